@@ -1,0 +1,1 @@
+"""shotnet.calibration: array planning, survey and clock calibration, health reports."""

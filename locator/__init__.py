@@ -1,0 +1,1 @@
+"""shotnet.locator: association, multilateration (Numba kernels), uncertainty, the service."""

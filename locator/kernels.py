@@ -1,0 +1,236 @@
+"""Numba kernels for multilateration and association.
+
+Kernels take arrays and scalars only (never module config: Numba freezes globals), write
+into buffers the caller allocated, and do no I/O. Times are float64 seconds relative to a
+reference the caller subtracted; positions are local ENU metres.
+
+Model: detection ``i`` at sensor ``s_i`` (position ``p_i``) arrives at
+``t_i = t0 + |x - p_i| / c``; the unknowns are the source position ``x`` (2-D with an
+assumed source height, or 3-D) and the emission time ``t0``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+LOSS_L2 = 0
+LOSS_HUBER = 1
+LOSS_CAUCHY = 2
+
+
+@numba.njit(cache=True)
+def _robust_weight(r_std, loss, k):
+    if loss == LOSS_HUBER:
+        a = abs(r_std)
+        return 1.0 if a <= k else k / a
+    if loss == LOSS_CAUCHY:
+        return 1.0 / (1.0 + (r_std / k) ** 2)
+    return 1.0
+
+
+@numba.njit(cache=True)
+def travel_time(dx, dy, dz, wx, wy, c, grad):
+    """Travel time (s) along ``d = receiver - source`` (m) in a uniform horizontal wind
+    ``(wx, wy)`` (m/s): ``T`` solves ``|d - w T| = c T``. ``grad`` receives
+    ``dT/d(source x, y, z)`` and ``dT/d(wx, wy)``."""
+    a = c * c - wx * wx - wy * wy
+    dw = dx * wx + dy * wy
+    dd = dx * dx + dy * dy + dz * dz
+    T = (-dw + math.sqrt(dw * dw + a * dd)) / a
+    gx = dx - wx * T
+    gy = dy - wy * T
+    gz = dz
+    den = gx * wx + gy * wy + c * c * T
+    if den < 1e-12:
+        den = 1e-12
+    grad[0] = -gx / den
+    grad[1] = -gy / den
+    grad[2] = -gz / den
+    grad[3] = -T * gx / den
+    grad[4] = -T * gy / den
+    return T
+
+
+@numba.njit(cache=True)
+def _chi2(px, py, pz, t, sigma, mask, q, c, z_src, ndim, est_wind, wind, loss, loss_k, grad):
+    s = 0.0
+    wx = q[ndim + 1] if est_wind else wind[0]
+    wy = q[ndim + 2] if est_wind else wind[1]
+    for i in range(px.shape[0]):
+        if mask[i] == 0:
+            continue
+        zs = q[2] if ndim == 3 else z_src
+        T = travel_time(px[i] - q[0], py[i] - q[1], pz[i] - zs, wx, wy, c, grad)
+        r = (t[i] - q[ndim] - T) / sigma[i]
+        s += _robust_weight(r, loss, loss_k) * r * r
+    return s
+
+
+@numba.njit(cache=True)
+def _normal(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, A, g, grad):
+    m = A.shape[0]
+    for a in range(m):
+        g[a] = 0.0
+        for b in range(m):
+            A[a, b] = 0.0
+    wx = p[ndim + 1] if est_wind else wind[0]
+    wy = p[ndim + 2] if est_wind else wind[1]
+    row = np.zeros(m)
+    for i in range(px.shape[0]):
+        if mask[i] == 0:
+            continue
+        zs = p[2] if ndim == 3 else z_src
+        T = travel_time(px[i] - p[0], py[i] - p[1], pz[i] - zs, wx, wy, c, grad)
+        res = t[i] - p[ndim] - T
+        # d(predicted)/d(params); the prediction is t0 + T(receiver - source).
+        row[0] = grad[0]
+        row[1] = grad[1]
+        if ndim == 3:
+            row[2] = grad[2]
+        row[ndim] = 1.0
+        if est_wind:
+            row[ndim + 1] = grad[3]
+            row[ndim + 2] = grad[4]
+        w = _robust_weight(res / sigma[i], loss, loss_k) / (sigma[i] * sigma[i])
+        for a in range(m):
+            g[a] += row[a] * w * res
+            for b in range(m):
+                A[a, b] += row[a] * w * row[b]
+
+
+@numba.njit(cache=True)
+def lm_solve(px, py, pz, t, sigma, mask, x0, c, z_src, ndim, est_wind, wind, loss, loss_k, max_iter,
+             out_params, out_cov):
+    """Levenberg-Marquardt for the arrival-time model with unknown emission time.
+
+    Parameters (arrays of length n unless noted)
+    ----------
+    px, py, pz : sensor ENU positions (m)
+    t : arrival times (s, relative)
+    sigma : 1-sigma timing uncertainty (s)
+    mask : 1 to use a detection, 0 to ignore it
+    x0 : starting point ``[x, y, (z,) t0, (wx, wy)]`` (length m)
+    c : speed of sound (m/s); z_src : source height (m) when ndim == 2
+    ndim : 2 or 3 position unknowns; est_wind : also solve for the wind (2 unknowns)
+    wind : known wind ``[wx, wy]`` (m/s), used when not estimated
+    loss : LOSS_L2, LOSS_HUBER or LOSS_CAUCHY; loss_k : its scale in sigmas
+    out_params (m,) : the solution; out_cov (m, m) : ``(J^T W J)^-1`` at the solution
+    (unscaled; W = robust weight / sigma^2)
+
+    Returns chi^2 (with robust weights) at the solution, or -1.0 if singular.
+    """
+    m = ndim + 1 + (2 if est_wind else 0)
+    p = np.empty(m)
+    for j in range(m):
+        p[j] = x0[j]
+    grad = np.zeros(5)
+    A = np.zeros((m, m))
+    g = np.zeros(m)
+    lam = 1e-3
+    cost = _chi2(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, grad)
+    for it in range(max_iter):
+        _normal(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, A, g, grad)
+        improved = False
+        small = False
+        for _ in range(12):
+            Ad = A.copy()
+            for a in range(m):
+                Ad[a, a] = A[a, a] * (1.0 + lam) + 1e-30
+            if abs(np.linalg.det(Ad)) < 1e-300:
+                return -1.0
+            step = np.linalg.solve(Ad, g)
+            q = p + step
+            new_cost = _chi2(px, py, pz, t, sigma, mask, q, c, z_src, ndim, est_wind, wind, loss, loss_k, grad)
+            if new_cost <= cost:
+                small = abs(cost - new_cost) <= 1e-10 * (1.0 + cost)
+                p = q
+                cost = new_cost
+                lam = max(lam * 0.3, 1e-9)
+                improved = True
+                break
+            lam *= 10.0
+        if not improved or small:
+            break
+    _normal(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, A, g, grad)
+    if abs(np.linalg.det(A)) < 1e-300:
+        return -1.0
+    inv = np.linalg.inv(A)
+    for a in range(m):
+        out_params[a] = p[a]
+        for b in range(m):
+            out_cov[a, b] = inv[a, b]
+    return cost
+
+
+@numba.njit(parallel=True, cache=True)
+def lm_solve_many(px, py, pz, t, sigma, x0, c, z_src, max_iter, out_params, out_cost):
+    """Solve many independent 2-D problems in parallel (L2 loss).
+
+    ``px, py, pz, t, sigma`` have shape (n_problems, n_sensors); ``x0`` (n_problems, 3)."""
+    n_prob, n = t.shape
+    for k in prange(n_prob):
+        mask = np.ones(n, dtype=np.int8)
+        cov = np.empty((3, 3))
+        par = np.empty(3)
+        out_cost[k] = lm_solve(px[k], py[k], pz[k], t[k], sigma[k], mask, x0[k], c, z_src, 2,
+                               False, np.zeros(2), LOSS_L2, 1.0, max_iter, par, cov)
+        for j in range(3):
+            out_params[k, j] = par[j]
+
+
+@numba.njit(parallel=True, cache=True)
+def grid_coherence(gx, gy, z_src, px, py, pz, sens, t, c, wx, wy, window_s, n_sensors, best_count, best_tau,
+                   best_spread):
+    """Space-time consistency search.
+
+    For every grid node ``(gx[g], gy[g])`` back-project each detection to an origin time
+    ``tau_i = t_i - |node - p_i| / c`` and find the window of width ``window_s`` holding
+    the most *distinct* sensors. Writes, per node, that count, the window's mean origin
+    time and its spread (max - min tau), so ties go to the tightest window.
+
+    ``px, py, pz`` are per-detection sensor positions, ``sens`` per-detection sensor indices
+    in ``[0, n_sensors)``; ``(wx, wy)`` the wind (m/s) to first order.
+    """
+    n_cells = gx.shape[0]
+    n = t.shape[0]
+    for g in prange(n_cells):
+        tau = np.empty(n)
+        for i in range(n):
+            dx = px[i] - gx[g]
+            dy = py[i] - gy[g]
+            dz = pz[i] - z_src
+            # first order in the wind (|w| << c): T = |d|/c - (d.w)/c^2
+            tau[i] = t[i] - math.sqrt(dx * dx + dy * dy + dz * dz) / c + (dx * wx + dy * wy) / (c * c)
+        order = np.argsort(tau)
+        counts = np.zeros(n_sensors, dtype=np.int32)
+        distinct = 0
+        j = 0
+        bc = 0
+        bt = 0.0
+        bs = 1e9
+        for ii in range(n):
+            i = order[ii]
+            if counts[sens[i]] == 0:
+                distinct += 1
+            counts[sens[i]] += 1
+            while tau[i] - tau[order[j]] > window_s:
+                k = order[j]
+                counts[sens[k]] -= 1
+                if counts[sens[k]] == 0:
+                    distinct -= 1
+                j += 1
+            spread = tau[i] - tau[order[j]]
+            if distinct > bc or (distinct == bc and spread < bs):
+                bc = distinct
+                bs = spread
+                s = 0.0
+                for q in range(j, ii + 1):
+                    s += tau[order[q]]
+                bt = s / (ii + 1 - j)
+        best_count[g] = bc
+        best_tau[g] = bt
+        best_spread[g] = bs

@@ -1,0 +1,224 @@
+"""Locate one shot from its detections: robust least squares and an honest 95% ellipse.
+
+The public function :func:`locate` validates input, allocates buffers, calls the Numba
+kernel :func:`~shotnet.locator.kernels.lm_solve` and packages the result. Robustness:
+
+1. L2 Levenberg-Marquardt from the starting point (grid search or a guess);
+2. if any standardised residual is large, Cauchy IRLS, then drop detections whose
+   residual exceeds ``outlier_sigma`` and solve L2 again on the rest (echoes and blocked
+   paths are always *late*; ballistic cracks are *early*);
+3. with few sensors, RANSAC over minimal subsets instead of step 2.
+
+Uncertainty: the covariance ``s^2 (J^T W J)^-1`` with ``s^2 = chi^2 / (n - p)`` estimated
+from the residuals, and a 95% ellipse with the factor ``k = 2 F_0.95(2, n - p)`` (the
+chi-square factor 5.991 under-covers when sigma is estimated).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import f as f_dist
+
+from . import kernels
+
+CHI2_95_2D = 5.991464547107979
+
+
+@dataclass(frozen=True)
+class Solution:
+    x_m: float
+    y_m: float
+    z_m: float
+    t0_s: float
+    cov: np.ndarray            # parameter covariance, scaled by s^2 (m^2, s^2)
+    used: np.ndarray           # bool mask of detections kept
+    residuals_s: np.ndarray    # t - predicted, for all detections (s)
+    chi2: float
+    dof: int
+    scale2: float              # s^2 applied to the covariance
+    ellipse_factor: float      # k: semi-axes are sqrt(k * eigenvalues)
+    ndim: int
+    wind_m_per_s: tuple[float, float] = (0.0, 0.0)
+    wind_estimated: bool = False
+
+    @property
+    def n_used(self) -> int:
+        return int(self.used.sum())
+
+    @property
+    def residual_rms_s(self) -> float:
+        r = self.residuals_s[self.used]
+        return float(np.sqrt(np.mean(r * r))) if len(r) else float("nan")
+
+    def ellipse95(self) -> tuple[float, float, float]:
+        """(major, minor semi-axis in m, azimuth of the major axis in degrees clockwise from
+        north, 0..180)."""
+        return ellipse_from_cov(self.cov[:2, :2], self.ellipse_factor)
+
+
+def ellipse_from_cov(cov2: np.ndarray, k: float) -> tuple[float, float, float]:
+    vals, vecs = np.linalg.eigh(np.asarray(cov2, dtype=np.float64))
+    vals = np.maximum(vals, 0.0)
+    major, minor = math.sqrt(k * vals[1]), math.sqrt(k * vals[0])
+    e, n = vecs[0, 1], vecs[1, 1]
+    az = math.degrees(math.atan2(e, n)) % 180.0
+    return major, minor, az
+
+
+def ellipse_factor(dof: int, estimated: bool) -> float:
+    if estimated and dof >= 1:
+        return 2.0 * float(f_dist.ppf(0.95, 2, dof))
+    return CHI2_95_2D
+
+
+@dataclass(frozen=True)
+class _Model:
+    c: float
+    z_src: float
+    ndim: int
+    est_wind: bool
+    wind: np.ndarray
+
+    @property
+    def n_params(self) -> int:
+        return self.ndim + 1 + (2 if self.est_wind else 0)
+
+    def wind_of(self, params) -> tuple[float, float]:
+        if self.est_wind:
+            return float(params[self.ndim + 1]), float(params[self.ndim + 2])
+        return float(self.wind[0]), float(self.wind[1])
+
+
+def _predict(pos: np.ndarray, params: np.ndarray, mod: _Model) -> np.ndarray:
+    src = np.array([params[0], params[1], params[2] if mod.ndim == 3 else mod.z_src])
+    wx, wy = mod.wind_of(params)
+    d = pos - src
+    a = mod.c**2 - wx * wx - wy * wy
+    dw = d[:, 0] * wx + d[:, 1] * wy
+    tt = (-dw + np.sqrt(dw * dw + a * np.einsum("ij,ij->i", d, d))) / a
+    return params[mod.ndim] + tt
+
+
+def _solve(pos, t, sig, mask, x0, mod: _Model, loss, loss_k, max_iter=50):
+    m = mod.n_params
+    par = np.zeros(m)
+    cov = np.zeros((m, m))
+    chi2 = kernels.lm_solve(pos[:, 0].copy(), pos[:, 1].copy(), pos[:, 2].copy(), t, sig, mask.astype(np.int8),
+                            np.asarray(x0, dtype=np.float64)[:m], float(mod.c), float(mod.z_src), mod.ndim,
+                            mod.est_wind, mod.wind, loss, float(loss_k), max_iter, par, cov)
+    return par, cov, chi2
+
+
+def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s: float,
+           z_src_m: float = 1.5, x0=None, ndim: int = 2, wind_m_per_s=(0.0, 0.0),
+           estimate_wind: bool = False, outlier_sigma: float = 4.0, ransac_below: int = 9,
+           min_used: int = 4) -> Solution | None:
+    """Locate a source from arrival times.
+
+    Parameters
+    ----------
+    pos_m : (n, 3) sensor ENU positions, metres
+    t_s : (n,) arrival times, seconds relative to any reference
+    sigma_s : (n,) 1-sigma timing uncertainty, seconds (include model error)
+    c_m_per_s : speed of sound
+    z_src_m : assumed source height (ENU up, m) for the 2-D solve
+    x0 : starting [x, y, (z,) t0]; default the centroid of the earliest sensors
+    ndim : 2 (x, y, t0) or 3 (x, y, z, t0)
+    wind_m_per_s : known horizontal wind (east, north); the start value when estimated
+    estimate_wind : add the wind as two unknowns (needs a few more sensors)
+
+    Returns None when fewer than ``min_used`` detections remain or the problem is singular.
+    """
+    pos = np.ascontiguousarray(pos_m, dtype=np.float64)
+    t = np.ascontiguousarray(t_s, dtype=np.float64)
+    sig = np.ascontiguousarray(sigma_s, dtype=np.float64)
+    n = len(t)
+    if pos.shape != (n, 3) or sig.shape != (n,):
+        raise ValueError("pos_m must be (n, 3) and sigma_s (n,) for n arrival times")
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(t)) and np.all(sig > 0)):
+        raise ValueError("positions and times must be finite and sigmas positive")
+    mod = _Model(float(c_m_per_s), float(z_src_m), ndim, bool(estimate_wind),
+                 np.asarray(wind_m_per_s, dtype=np.float64)[:2].copy())
+    p = mod.n_params
+    if n < max(min_used, p):
+        return None
+    if x0 is None:
+        early = np.argsort(t)[:3]
+        cx, cy = pos[early, 0].mean(), pos[early, 1].mean()
+        x0 = [cx, cy] + ([z_src_m] if ndim == 3 else []) + [float(t.min()) - 0.05]
+    x0 = list(np.asarray(x0, dtype=np.float64)[: ndim + 1])
+    if estimate_wind:
+        x0 += [float(mod.wind[0]), float(mod.wind[1])]
+    x0 = np.asarray(x0)
+    mask = np.ones(n, dtype=bool)
+
+    par, cov, chi2 = _solve(pos, t, sig, mask, x0, mod, kernels.LOSS_L2, 1.0)
+    if chi2 < 0:
+        return None
+    r = t - _predict(pos, par, mod)
+    if np.any(np.abs(r / sig) > outlier_sigma):
+        if n < ransac_below:
+            par, mask = _ransac(pos, t, sig, par, mod, outlier_sigma)
+        else:
+            par_c, _, chi2c = _solve(pos, t, sig, mask, par, mod, kernels.LOSS_CAUCHY, 2.0)
+            if chi2c >= 0:
+                par = par_c
+            r = t - _predict(pos, par, mod)
+            mask = np.abs(r / sig) <= outlier_sigma
+        if mask.sum() < max(min_used, p):
+            return None
+        par, cov, chi2 = _solve(pos, t, sig, mask, par, mod, kernels.LOSS_L2, 1.0)
+        if chi2 < 0:
+            return None
+    r = t - _predict(pos, par, mod)
+    used = mask
+    dof = int(used.sum()) - p
+    chi2 = float(np.sum((r[used] / sig[used]) ** 2))
+    scale2 = chi2 / dof if dof >= 1 else 1.0
+    k = ellipse_factor(dof, estimated=dof >= 1)
+    wx, wy = mod.wind_of(par)
+    return Solution(
+        x_m=float(par[0]), y_m=float(par[1]), z_m=float(par[2]) if ndim == 3 else float(z_src_m),
+        t0_s=float(par[ndim]), cov=cov * scale2, used=used, residuals_s=r, chi2=chi2, dof=dof,
+        scale2=scale2, ellipse_factor=k, ndim=ndim, wind_m_per_s=(wx, wy), wind_estimated=mod.est_wind)
+
+
+def _ransac(pos, t, sig, par0, mod: _Model, outlier_sigma):
+    """Exhaustive RANSAC over minimal subsets (p + 1 detections, one redundant) for small
+    n; keeps the consensus set with the most inliers, then the smallest chi^2."""
+    n = len(t)
+    p = mod.n_params
+    best_mask = np.ones(n, dtype=bool)
+    best_key = (-1, 0.0)
+    best_par = par0
+    for subset in itertools.combinations(range(n), p + 1):
+        m = np.zeros(n, dtype=bool)
+        m[list(subset)] = True
+        par, _, chi2 = _solve(pos, t, sig, m, par0, mod, kernels.LOSS_L2, 1.0)
+        if chi2 < 0:
+            continue
+        r = (t - _predict(pos, par, mod)) / sig
+        inl = np.abs(r) <= outlier_sigma
+        key = (int(inl.sum()), -float(np.sum(r[inl] ** 2)))
+        if key > best_key:
+            best_key, best_mask, best_par = key, inl, par
+    return best_par, best_mask
+
+
+def crlb_position_cov(pos_m: np.ndarray, src_m: np.ndarray, sigma_s, c_m_per_s: float, ndim: int = 2) -> np.ndarray:
+    """Cramér-Rao bound on the position covariance (m^2), emission time unknown.
+
+    Rows of H are ``[u_i^T / c, 1]`` (``u_i`` unit vector sensor -> source, first ``ndim``
+    components); ``J = H^T W H``, ``W = diag(1/sigma^2)``; the bound is the top-left block
+    of ``J^-1``."""
+    pos = np.asarray(pos_m, dtype=np.float64)
+    d = np.asarray(src_m, dtype=np.float64)[None, :] - pos
+    u = d / np.linalg.norm(d, axis=1, keepdims=True)
+    h = np.hstack([u[:, :ndim] / c_m_per_s, np.ones((len(pos), 1))])
+    w = 1.0 / np.broadcast_to(np.asarray(sigma_s, dtype=np.float64), (len(pos),)) ** 2
+    j = h.T @ (h * w[:, None])
+    return np.linalg.inv(j)[:ndim, :ndim]

@@ -1,0 +1,1 @@
+"""shotnet.models: the shipped ONNX classifier, its model card, and training code."""

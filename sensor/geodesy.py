@@ -1,0 +1,81 @@
+"""WGS84 geodetic <-> ECEF <-> local East-North-Up (ENU), exact (no flat-earth shortcut).
+
+Angles in degrees, lengths in metres. Shared by the simulator, the locator and calibration;
+it lives in the base package (``sensor``) because ``sensor`` never imports ``locator``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WGS84_A_M = 6378137.0
+WGS84_F = 1.0 / 298.257223563
+WGS84_E2 = WGS84_F * (2.0 - WGS84_F)
+WGS84_B_M = WGS84_A_M * (1.0 - WGS84_F)
+WGS84_EP2 = (WGS84_A_M**2 - WGS84_B_M**2) / WGS84_B_M**2
+
+
+def geodetic_to_ecef(lat_deg, lon_deg, alt_m):
+    """Geodetic latitude, longitude (deg) and ellipsoidal height (m) to ECEF x, y, z (m)."""
+    lat = np.radians(np.asarray(lat_deg, dtype=np.float64))
+    lon = np.radians(np.asarray(lon_deg, dtype=np.float64))
+    h = np.asarray(alt_m, dtype=np.float64)
+    sl, cl = np.sin(lat), np.cos(lat)
+    n = WGS84_A_M / np.sqrt(1.0 - WGS84_E2 * sl * sl)
+    x = (n + h) * cl * np.cos(lon)
+    y = (n + h) * cl * np.sin(lon)
+    z = (n * (1.0 - WGS84_E2) + h) * sl
+    return x, y, z
+
+
+def ecef_to_geodetic(x, y, z):
+    """ECEF (m) to geodetic (deg, deg, m); Bowring's method with two refinements (sub-mm)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    z = np.asarray(z, dtype=np.float64)
+    lon = np.arctan2(y, x)
+    p = np.hypot(x, y)
+    theta = np.arctan2(z * WGS84_A_M, p * WGS84_B_M)
+    lat = np.arctan2(z + WGS84_EP2 * WGS84_B_M * np.sin(theta) ** 3,
+                     p - WGS84_E2 * WGS84_A_M * np.cos(theta) ** 3)
+    for _ in range(2):
+        n = WGS84_A_M / np.sqrt(1.0 - WGS84_E2 * np.sin(lat) ** 2)
+        h = p / np.cos(lat) - n
+        lat = np.arctan2(z, p * (1.0 - WGS84_E2 * n / (n + h)))
+    n = WGS84_A_M / np.sqrt(1.0 - WGS84_E2 * np.sin(lat) ** 2)
+    h = p / np.cos(lat) - n
+    return np.degrees(lat), np.degrees(lon), h
+
+
+@dataclass(frozen=True)
+class LocalFrame:
+    """A local tangent plane: ENU metres about an origin (lat0, lon0, alt0)."""
+
+    lat0_deg: float
+    lon0_deg: float
+    alt0_m: float = 0.0
+
+    def _rot(self) -> np.ndarray:
+        la, lo = np.radians(self.lat0_deg), np.radians(self.lon0_deg)
+        sla, cla, slo, clo = np.sin(la), np.cos(la), np.sin(lo), np.cos(lo)
+        return np.array([[-slo, clo, 0.0],
+                         [-sla * clo, -sla * slo, cla],
+                         [cla * clo, cla * slo, sla]])
+
+    def to_enu(self, lat_deg, lon_deg, alt_m):
+        """Geodetic to (east, north, up) metres in this frame."""
+        x, y, z = geodetic_to_ecef(lat_deg, lon_deg, alt_m)
+        x0, y0, z0 = geodetic_to_ecef(self.lat0_deg, self.lon0_deg, self.alt0_m)
+        d = np.stack([np.asarray(x - x0), np.asarray(y - y0), np.asarray(z - z0)])
+        e, n, u = np.tensordot(self._rot(), d, axes=1)
+        return e, n, u
+
+    def to_geodetic(self, e_m, n_m, u_m):
+        """(east, north, up) metres in this frame to geodetic (deg, deg, m)."""
+        enu = np.stack([np.asarray(e_m, dtype=np.float64), np.asarray(n_m, dtype=np.float64),
+                        np.asarray(u_m, dtype=np.float64)])
+        d = np.tensordot(self._rot().T, enu, axes=1)
+        x0, y0, z0 = geodetic_to_ecef(self.lat0_deg, self.lon0_deg, self.alt0_m)
+        return ecef_to_geodetic(d[0] + x0, d[1] + y0, d[2] + z0)

@@ -1,0 +1,193 @@
+"""Onset trigger and picker for impulses: causal band-pass, recursive STA/LTA, AIC pick.
+
+Three layers, as in stumpy: ``_sta_lta_kernel`` (Numba, arrays and scalars in, buffers
+out, no I/O), :class:`Trigger` (streaming state across blocks), and :func:`pick_onset`
+(AIC refinement with sub-sample precision on a window around a trigger). A pure-Python
+twin of every kernel lives in the tests.
+
+Only causal filters are used: a zero-phase filter (filtfilt) spreads energy before the
+onset and moves picks 1-3 ms early.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from scipy.signal import butter, sosfilt, sosfilt_zi
+
+
+@numba.njit(cache=True)
+def _sta_lta_kernel(x, sta_a, lta_a, state, ratio_out):
+    """Recursive STA/LTA on ``x**2``. ``state`` = [sta, lta] is updated in place;
+    ``ratio_out[i]`` receives STA/LTA *before* sample i updates the LTA, i.e. the ratio of
+    recent energy to the background that preceded it."""
+    sta = state[0]
+    lta = state[1]
+    for i in range(x.shape[0]):
+        e = x[i] * x[i]
+        sta += sta_a * (e - sta)
+        ratio_out[i] = sta / lta if lta > 0.0 else 0.0
+        lta += lta_a * (e - lta)
+    state[0] = sta
+    state[1] = lta
+
+
+@numba.njit(cache=True)
+def _aic_kernel(x, out):
+    """Maeda's AIC on a window: ``AIC(k) = k log var(x[:k]) + (n-k-1) log var(x[k:])``.
+    The minimum is the onset. ``out`` ends up +inf where undefined."""
+    n = x.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    tot1 = 0.0
+    tot2 = 0.0
+    for i in range(n):
+        tot1 += x[i]
+        tot2 += x[i] * x[i]
+    for k in range(n):
+        out[k] = np.inf
+    for k in range(1, n - 1):
+        s1 += x[k - 1]
+        s2 += x[k - 1] * x[k - 1]
+        m1 = s1 / k
+        v1 = s2 / k - m1 * m1
+        r1 = tot1 - s1
+        r2 = tot2 - s2
+        m2 = r1 / (n - k)
+        v2 = r2 / (n - k) - m2 * m2
+        if v1 > 0.0 and v2 > 0.0 and k >= 2 and n - k >= 2:
+            out[k] = k * math.log(v1) + (n - k - 1) * math.log(v2)
+
+
+def aic_curve(x: np.ndarray) -> np.ndarray:
+    """AIC picker curve of a 1-D window (float64); minimum at the onset."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    _aic_kernel(x, out)
+    return out
+
+
+def design_bandpass(fs_hz: float, lo_hz: float = 150.0, hi_hz: float | None = None, order: int = 4):
+    """Causal Butterworth band-pass (second-order sections)."""
+    hi_hz = hi_hz or min(0.45 * fs_hz, 6000.0)
+    return butter(order, [lo_hz, hi_hz], btype="bandpass", fs=fs_hz, output="sos")
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Trigger parameters; units in the names."""
+
+    sta_s: float = 0.004
+    lta_s: float = 1.0
+    on_ratio: float = 8.0          # STA/LTA ratio that opens a trigger (~9 dB)
+    min_separation_s: float = 0.04  # a second trigger needs this much quiet after the first
+    band_lo_hz: float = 150.0
+    pick_pre_s: float = 0.04        # AIC window before the trigger
+    pick_post_s: float = 0.004      # and after it
+
+
+class Trigger:
+    """Streaming STA/LTA trigger over blocks of filtered audio.
+
+    :meth:`process` takes raw audio blocks, keeps filter and STA/LTA state across calls and
+    returns the absolute sample indices where a trigger opened, plus the filtered block
+    (the picker works on the same filtered signal).
+    """
+
+    def __init__(self, fs_hz: float, cfg: TriggerConfig = TriggerConfig()):
+        self.fs_hz = float(fs_hz)
+        self.cfg = cfg
+        self.sos = design_bandpass(fs_hz, cfg.band_lo_hz)
+        self._zi = None
+        self._state = np.zeros(2)
+        self._sta_a = 1.0 - math.exp(-1.0 / (cfg.sta_s * fs_hz))
+        self._lta_a = 1.0 - math.exp(-1.0 / (cfg.lta_s * fs_hz))
+        self._n = 0                   # samples seen
+        self._last_trigger = -(1 << 62)
+        self._armed = True
+        self._warmup = int(cfg.lta_s * fs_hz)
+
+    def reset(self) -> None:
+        self.__init__(self.fs_hz, self.cfg)
+
+    def process(self, block: np.ndarray) -> tuple[list[int], np.ndarray]:
+        x = np.asarray(block, dtype=np.float64)
+        if self._zi is None:
+            self._zi = sosfilt_zi(self.sos) * 0.0
+            self._state[:] = (1e-12, 1e-12)
+        y, self._zi = sosfilt(self.sos, x, zi=self._zi)
+        ratio = np.empty_like(y)
+        _sta_lta_kernel(y, self._sta_a, self._lta_a, self._state, ratio)
+        hits = []
+        on = self.cfg.on_ratio
+        sep = int(self.cfg.min_separation_s * self.fs_hz)
+        above = ratio >= on
+        idx = np.flatnonzero(above)
+        for j in idx:
+            n_abs = self._n + int(j)
+            if n_abs < self._warmup:
+                continue
+            if n_abs - self._last_trigger >= sep:
+                hits.append(n_abs)
+            self._last_trigger = n_abs
+        self._n += len(x)
+        return hits, y
+
+
+@dataclass(frozen=True)
+class Pick:
+    """An onset: ``index`` is the fractional sample index (absolute, from stream start)."""
+
+    index: float
+    snr_db: float
+    peak: float
+    noise_rms: float
+
+
+def pick_onset(filtered: np.ndarray, start_index: int, trigger_index: int, fs_hz: float,
+               cfg: TriggerConfig = TriggerConfig()) -> Pick | None:
+    """Refine a trigger to a sub-sample onset with the AIC picker.
+
+    ``filtered`` holds band-passed samples starting at absolute index ``start_index`` and
+    must cover ``[trigger - pick_pre_s, trigger + 20 ms]``. Sub-sample precision comes from
+    a parabola through the AIC minimum and its neighbours.
+    """
+    pre = int(cfg.pick_pre_s * fs_hz)
+    post = int(cfg.pick_post_s * fs_hz)
+    a = trigger_index - pre - start_index
+    b = trigger_index + post - start_index
+    if a < 0 or b > len(filtered):
+        return None
+    w = filtered[a:b]
+    aic = aic_curve(w)
+    k = int(np.argmin(aic))
+    if not np.isfinite(aic[k]) or k < 1 or k >= len(w) - 1:
+        return None
+    y0, y1, y2 = aic[k - 1], aic[k], aic[k + 1]
+    frac = 0.0
+    if np.isfinite(y0) and np.isfinite(y2):
+        den = y0 - 2 * y1 + y2
+        if den > 0:
+            frac = float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5))
+    onset = start_index + a + k + frac
+    noise = w[:k]
+    noise_rms = float(np.sqrt(np.mean(noise**2))) if k > 4 else float("nan")
+    k_abs = a + k
+    seg = filtered[k_abs:min(len(filtered), k_abs + int(0.02 * fs_hz))]
+    peak = float(np.max(np.abs(seg))) if len(seg) else 0.0
+    snr = 20 * math.log10(peak / noise_rms) if noise_rms and noise_rms > 0 and peak > 0 else 0.0
+    return Pick(onset, snr, peak, noise_rms)
+
+
+def pick_sigma_ns(snr_db: float, fs_hz: float) -> int:
+    """1-sigma pick uncertainty (ns) from onset SNR.
+
+    Field figures for impulses: ~0.1 ms at 25 dB SNR, ~0.3-0.7 ms at 15 dB; the error
+    scales like amplitude noise (x10 per 20 dB). Floor of one sample / sqrt(12)
+    and 20 us."""
+    s = 1e-4 * 10 ** ((25.0 - snr_db) / 20.0)
+    s = max(s, 1.0 / fs_hz / math.sqrt(12.0), 20e-6)
+    return int(min(s, 0.05) * 1e9)
