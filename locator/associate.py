@@ -66,6 +66,10 @@ class AssocConfig:
     settle_range_m: float = 700.0        # first solve waits until sound has passed this range...
     early_alert_sensors: int = 8         # ...unless this many sensors already heard it
     latency_slack_s: float = 0.5         # allowance for node processing and network delay
+    echo_window_s: float = 0.3           # a weak solution this soon after a strong one...
+    echo_radius_m: float = 150.0         # ...and this close to it is an echo, not a shot
+    same_shot_s: float = 0.015           # two solutions this close in time and space...
+    same_shot_m: float = 15.0            # ...are one shot and get merged
     max_pending: int = 2000              # oldest pending detections beyond this are expired
     max_search: int = 400                # detections considered by one search
     test_mode: bool = False              # events are marked as tests (calibration)
@@ -98,6 +102,7 @@ class AssocStats:
     updates: int = 0
     attached: int = 0
     searches: int = 0
+    echoes: int = 0
 
 
 def _event_id(keys: list[str]) -> str:
@@ -255,6 +260,22 @@ class Associator:
             return None
         if len(cand) >= cfg.min_sensors:
             ev, sol, t0_ns = self._solve(cand, (x0, y0))
+        if ev is not None:
+            twin = self._same_shot(sol, t0_ns)
+            if twin is not None:
+                # The same shot found twice (its detections arrived in two groups):
+                # merge into the open event rather than publish a duplicate.
+                merged = self._merge(twin, cand)
+                if merged is not None:
+                    return merged
+                excluded.update(d.key for d in cand)
+                return None
+        if ev is not None and self._is_echo(sol, t0_ns, len(ev.sensor_ids)):
+            # Late, weaker copy of a shot just located nearby: reflections from facades
+            # line up by chance. Its detections are spent; no event.
+            self.stats.echoes += 1
+            self.pending = [d for d in self.pending if d.key not in set(ev.detections)]
+            return None
         if ev is None:
             # No good shot from this candidate: leave its detections out of this step's
             # further searches (they may still fit a shot when more detections arrive).
@@ -265,6 +286,40 @@ class Associator:
         close_at = t0_ns + int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
         self.open.append(_Open(ev, sol, [d for d in cand if d.key in used], close_at, t0_ns))
         self.stats.events += 1
+        return ev
+
+    def _is_echo(self, sol: Solution, t0_ns: int, n_sensors: int) -> bool:
+        for op in self.open + self.recent[-50:]:
+            dt = (t0_ns - op.t0_ns) / NS_PER_S
+            if 0 < dt <= self.cfg.echo_window_s and \
+                    math.hypot(op.sol.x_m - sol.x_m, op.sol.y_m - sol.y_m) <= self.cfg.echo_radius_m and \
+                    n_sensors < 0.5 * len(op.dets):
+                return True
+        return False
+
+    def _same_shot(self, sol: Solution, t0_ns: int) -> _Open | None:
+        for op in self.open:
+            if abs(op.t0_ns - t0_ns) <= self.cfg.same_shot_s * NS_PER_S and \
+                    math.hypot(op.sol.x_m - sol.x_m, op.sol.y_m - sol.y_m) <= self.cfg.same_shot_m:
+                return op
+        return None
+
+    def _merge(self, op: _Open, cand: list[Detection]) -> Event | None:
+        have = {d.sensor_id for d in op.dets}
+        extra = [d for d in cand if d.sensor_id not in have]
+        for d in cand:
+            op.tried.add(d.key)
+        if not extra:
+            return None
+        dets = op.dets + extra
+        ev, sol, t0_ns = self._solve(dets, (op.sol.x_m, op.sol.y_m), event_id=op.event.event_id,
+                                     version=op.event.version + 1, incident_id=op.event.incident_id)
+        if ev is None or len(ev.detections) <= len(op.dets):
+            return None
+        keep = set(ev.detections)
+        self.pending = [d for d in self.pending if d.key not in keep]
+        op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
+        self.stats.updates += 1
         return ev
 
     def _grid(self, gx, gy, px, py, pz, sens, t, window):

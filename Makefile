@@ -1,0 +1,52 @@
+# shotnet: two commands do everything, each sets itself up on a fresh Debian machine.
+#   make demo   - the simulated city, end to end
+#   make test   - the test suite (slow tests: make test-slow)
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := libportaudio2 libsndfile1 iproute2
+STAMP_APT := $(VENV)/.stamp-apt
+STAMP_PIP := $(VENV)/.stamp-pip
+
+.PHONY: demo test test-slow bench setup clean
+
+setup: $(STAMP_PIP)
+
+# Debian packages the stack needs (PortAudio for sounddevice). Skipped when present.
+$(STAMP_APT):
+	@mkdir -p $(VENV)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@# Debian splits venv out of python3.11.
+	@$(PY) -c "import ensurepip" 2>/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3.11-venv; }
+	@touch $@
+
+$(STAMP_PIP): $(STAMP_APT) pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
+	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@# Compile the Numba kernels once so the first run of each node is fast.
+	$(BIN)/python -c "import shotnet.locator.kernels, shotnet.sensor.trigger" >/dev/null
+	@touch $@
+
+demo: $(STAMP_PIP)
+	$(BIN)/shotnet demo
+
+test: $(STAMP_PIP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP_PIP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP_PIP)
+	$(BIN)/python bench/bench_solver.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

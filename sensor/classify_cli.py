@@ -1,0 +1,54 @@
+"""``shotnet classify FILE [...]``: find impulses in sound files and classify them.
+
+One JSON line per file: ``{"file", "fs_hz", "duration_s", "model", "impulses": [{"offset_s",
+"label", "score", "p_gunshot"}]}``. Any sample rate and channel count (mixed to mono; the
+classifier resamples). An unreadable file gets ``{"file", "error"}`` and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from .classify import load_classifier
+from .clock import LinearSampleClock
+from .node import NodeConfig, NodeCore, run_node
+from .sources import WavSource
+
+
+def classify_file(path: str, classifier, threshold: float) -> dict:
+    src = WavSource(path)
+    clock = LinearSampleClock(0, src.fs_hz)
+    core = NodeCore(NodeConfig("file", src.fs_hz), clock, classifier)
+    dets = []
+    run_node(core, src, dets.append, block_frames=max(256, src.fs_hz // 20))
+    imps = []
+    for d in dets:
+        if d.label == "gunshot" and d.score < threshold:
+            continue
+        imps.append({"offset_s": round(d.t_ns / 1e9, 5), "label": d.label, "score": round(d.score, 4),
+                     "p_gunshot": round(d.p_gunshot, 4)})
+    return {"file": path, "fs_hz": src.fs_hz, "duration_s": round(src.frames / src.fs_hz, 3),
+            "model": classifier.name, "impulses": imps,
+            "nonfinite_blocks": core.stats.nonfinite_blocks, "clipped_samples": core.stats.clipped_samples}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="shotnet classify", description="Find and classify impulses in sound files.")
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--threshold", type=float, default=0.5, help="minimum gunshot score to report a gunshot")
+    ap.add_argument("--model", default=None, help="ONNX model path, or 'heuristic'")
+    args = ap.parse_args(argv)
+    clf = load_classifier(args.model)
+    rc = 0
+    for f in args.files:
+        try:
+            out = classify_file(f, clf, args.threshold)
+        except Exception as exc:  # one bad file must not stop the others
+            out = {"file": f, "error": f"{type(exc).__name__}: {exc}"}
+            rc = 1
+        print(json.dumps(out), flush=True)
+    del np
+    return rc

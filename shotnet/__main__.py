@@ -1,0 +1,5 @@
+import sys
+
+from shotnet.cli import main
+
+sys.exit(main())

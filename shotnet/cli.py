@@ -1,0 +1,47 @@
+"""The umbrella command: ``shotnet <command> ...``. Each command is ``main(argv) -> int``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+COMMANDS = {
+    "demo": ("shotnet.demo", "run the simulated city end to end (the main job)"),
+    "simulate": ("shotnet.simulate", "write a simulated scene: WAV per sensor, sensors.geojson, truth.jsonl"),
+    "locate": ("shotnet.locator.batch", "locate shots in a JSON Lines file of detections"),
+    "classify": ("shotnet.sensor.classify_cli", "find and classify impulses in sound files"),
+    "sensor": ("shotnet.sensor.run", "sensor node: 'shotnet sensor run ...'"),
+    "locator": ("shotnet.locator.service", "locator service: 'shotnet locator run ...'"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: shotnet <command> [options]", "", "commands:"]
+    lines += [f"  {k:10s} {v[1]}" for k, v in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("SHOTNET_LOG", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"shotnet: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    if cmd in ("sensor", "locator"):
+        if not rest or rest[0] != "run":
+            print(f"usage: shotnet {cmd} run [options]", file=sys.stderr)
+            return 2
+        rest = rest[1:]
+    import importlib
+
+    return importlib.import_module(COMMANDS[cmd][0]).main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
