@@ -1,0 +1,104 @@
+"""The solver: against the Cramér-Rao bound, scipy, and its own uncertainty."""
+
+import numpy as np
+import pytest
+from scipy.optimize import least_squares
+
+from shotnet.locator.locate import crlb_position_cov, ellipse_from_cov, locate
+from shotnet.sensor.acoustics import travel_time_s
+
+C = 343.0
+
+
+def _geometry(rng, n=10, half=800.0):
+    return np.c_[rng.uniform(-half, half, (n, 2)), rng.uniform(8, 30, n)]
+
+
+@pytest.mark.parametrize("n_sensors", [5, 10, 20])
+def test_rms_error_reaches_the_cramer_rao_bound(rng, n_sensors):
+    pos = _geometry(rng, n_sensors)
+    src = np.array([150.0, -220.0, 1.5])
+    sigma = 2e-4
+    crb = crlb_position_cov(pos, src, sigma, C)
+    errs = []
+    for _ in range(300):
+        t = np.linalg.norm(pos - src, axis=1) / C + 0.7 + rng.normal(0, sigma, n_sensors)
+        s = locate(pos, t, np.full(n_sensors, sigma), c_m_per_s=C, outlier_sigma=1e9)
+        errs.append([s.x_m - src[0], s.y_m - src[1]])
+    errs = np.array(errs)
+    rms = np.sqrt(np.mean(np.sum(errs**2, axis=1)))
+    bound = np.sqrt(np.trace(crb))
+    assert rms <= 1.2 * bound and rms >= 0.8 * bound, (rms, bound)
+
+
+def test_ellipse_covers_the_truth_about_95_percent(rng):
+    pos = _geometry(rng, 8)
+    src = np.array([-300.0, 400.0, 1.5])
+    inside = 0
+    trials = 400
+    for _ in range(trials):
+        t = np.linalg.norm(pos - src, axis=1) / C + rng.normal(0, 3e-4, 8)
+        # the nodes' sigma is wrong by 2x: the residual-scaled ellipse must not care
+        s = locate(pos, t, np.full(8, 1.5e-4), c_m_per_s=C, outlier_sigma=1e9)
+        e = np.array([s.x_m - src[0], s.y_m - src[1]])
+        inside += e @ np.linalg.solve(s.cov[:2, :2], e) <= s.ellipse_factor
+    assert 0.90 <= inside / trials <= 0.98
+
+
+def test_matches_scipy_least_squares(rng):
+    pos = _geometry(rng, 12)
+    src = np.array([80.0, 60.0, 1.5])
+    t = np.linalg.norm(pos - src, axis=1) / C + 0.2 + rng.normal(0, 1e-4, 12)
+    s = locate(pos, t, np.full(12, 1e-4), c_m_per_s=C)
+
+    def f(p):
+        return t - p[2] - np.linalg.norm(pos - [p[0], p[1], 1.5], axis=1) / C
+
+    ref = least_squares(f, [0.0, 0.0, 0.0], method="lm", xtol=1e-14, ftol=1e-14).x
+    assert abs(s.x_m - ref[0]) < 1e-3 and abs(s.y_m - ref[1]) < 1e-3
+
+
+def test_recovers_the_wind(rng):
+    pos = _geometry(rng, 14)
+    src = np.array([120.0, -80.0, 1.5])
+    w = (4.0, -2.5)
+    t = travel_time_s(src, pos, C, w) + 1.0 + rng.normal(0, 1e-4, 14)
+    naive = locate(pos, t, np.full(14, 1e-4), c_m_per_s=C, outlier_sigma=1e9)
+    s = locate(pos, t, np.full(14, 1e-4), c_m_per_s=C, estimate_wind=True)
+    err_naive = np.hypot(naive.x_m - src[0], naive.y_m - src[1])
+    err = np.hypot(s.x_m - src[0], s.y_m - src[1])
+    assert err < 0.5 < err_naive
+    assert np.allclose(s.wind_m_per_s, w, atol=0.5)
+
+
+def test_late_arrivals_are_rejected(rng):
+    pos = _geometry(rng, 12)
+    src = np.array([0.0, 0.0, 1.5])
+    t = np.linalg.norm(pos - src, axis=1) / C + rng.normal(0, 1e-4, 12)
+    t[[2, 7]] += [0.030, 0.012]  # an echo and a blocked path: late
+    s = locate(pos, t, np.full(12, 2e-4), c_m_per_s=C)
+    assert not s.used[2] and not s.used[7] and s.n_used == 10
+    assert np.hypot(s.x_m, s.y_m) < 0.5
+
+
+def test_ransac_with_few_sensors(rng):
+    pos = _geometry(rng, 7)
+    src = np.array([50.0, 50.0, 1.5])
+    t = np.linalg.norm(pos - src, axis=1) / C + rng.normal(0, 1e-4, 7)
+    t[4] += 0.02
+    s = locate(pos, t, np.full(7, 2e-4), c_m_per_s=C)
+    assert not s.used[4] and np.hypot(s.x_m - 50, s.y_m - 50) < 1.0
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError):
+        locate(np.zeros((4, 3)), np.array([0, 1, 2, np.nan]), np.ones(4), c_m_per_s=C)
+    assert locate(np.zeros((3, 3)), np.zeros(3), np.ones(3), c_m_per_s=C) is None
+
+
+def test_ellipse_orientation():
+    # long north-south: azimuth 0; long east-west: 90
+    assert ellipse_from_cov(np.diag([1.0, 9.0]), 1.0)[2] == pytest.approx(0.0, abs=1e-6)
+    assert ellipse_from_cov(np.diag([9.0, 1.0]), 1.0)[2] == pytest.approx(90.0, abs=1e-6)
+    major, minor, _ = ellipse_from_cov(np.diag([4.0, 1.0]), 5.991)
+    assert major == pytest.approx(np.sqrt(4 * 5.991)) and minor == pytest.approx(np.sqrt(5.991))
