@@ -20,19 +20,31 @@ from scipy.signal import butter, sosfilt, sosfilt_zi
 
 
 @numba.njit(cache=True)
-def _sta_lta_kernel(x, sta_a, lta_a, state, ratio_out):
-    """Recursive STA/LTA on ``x**2``. ``state`` = [sta, lta] is updated in place;
-    ``ratio_out[i]`` receives STA/LTA *before* sample i updates the LTA, i.e. the ratio of
-    recent energy to the background that preceded it."""
+def _sta_lta_kernel(x, sta_a, lta_a, freeze_ratio, max_freeze, state, ratio_out):
+    """Recursive STA/LTA on ``x**2``.
+
+    ``state`` = [sta, lta, frozen] is updated in place; ``ratio_out[i]`` receives STA/LTA
+    *before* sample i updates the LTA. While the ratio exceeds ``freeze_ratio`` the LTA is
+    frozen (for at most ``max_freeze`` samples), so a loud shot's energy does not inflate
+    the background and mask a quieter shot a second later.
+    """
     sta = state[0]
     lta = state[1]
+    frozen = state[2]
     for i in range(x.shape[0]):
         e = x[i] * x[i]
         sta += sta_a * (e - sta)
-        ratio_out[i] = sta / lta if lta > 0.0 else 0.0
-        lta += lta_a * (e - lta)
+        r = sta / lta if lta > 0.0 else 0.0
+        ratio_out[i] = r
+        if r > freeze_ratio and frozen < max_freeze:
+            frozen += 1.0
+        else:
+            lta += lta_a * (e - lta)
+            if r <= freeze_ratio:
+                frozen = 0.0
     state[0] = sta
     state[1] = lta
+    state[2] = frozen
 
 
 @numba.njit(cache=True)
@@ -83,6 +95,8 @@ class TriggerConfig:
     sta_s: float = 0.004
     lta_s: float = 1.0
     on_ratio: float = 8.0          # STA/LTA ratio that opens a trigger (~9 dB)
+    freeze_ratio: float = 2.0      # the LTA stops learning above this ratio...
+    max_freeze_s: float = 2.0      # ...for at most this long (then it follows a new level)
     min_separation_s: float = 0.04  # a second trigger needs this much quiet after the first
     band_lo_hz: float = 150.0
     pick_pre_s: float = 0.04        # AIC window before the trigger
@@ -102,7 +116,7 @@ class Trigger:
         self.cfg = cfg
         self.sos = design_bandpass(fs_hz, cfg.band_lo_hz)
         self._zi = None
-        self._state = np.zeros(2)
+        self._state = np.zeros(3)
         self._sta_a = 1.0 - math.exp(-1.0 / (cfg.sta_s * fs_hz))
         self._lta_a = 1.0 - math.exp(-1.0 / (cfg.lta_s * fs_hz))
         self._n = 0                   # samples seen
@@ -115,12 +129,18 @@ class Trigger:
 
     def process(self, block: np.ndarray) -> tuple[list[int], np.ndarray]:
         x = np.asarray(block, dtype=np.float64)
-        if self._zi is None:
+        first = self._zi is None
+        if first:
             self._zi = sosfilt_zi(self.sos) * 0.0
-            self._state[:] = (1e-12, 1e-12)
         y, self._zi = sosfilt(self.sos, x, zi=self._zi)
+        if first:
+            # Start the averages at the first block's median energy (robust to an impulse
+            # in it), not at zero, so the LTA does not begin frozen.
+            e0 = float(np.median(y * y)) + 1e-20
+            self._state[:] = (e0, e0, 0.0)
         ratio = np.empty_like(y)
-        _sta_lta_kernel(y, self._sta_a, self._lta_a, self._state, ratio)
+        _sta_lta_kernel(y, self._sta_a, self._lta_a, self.cfg.freeze_ratio,
+                        float(self.cfg.max_freeze_s * self.fs_hz), self._state, ratio)
         hits = []
         on = self.cfg.on_ratio
         sep = int(self.cfg.min_separation_s * self.fs_hz)

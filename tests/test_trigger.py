@@ -12,14 +12,20 @@ from shotnet.sensor.synth import friedlander
 from .conftest import T0
 
 
-def sta_lta_py(x, sta_a, lta_a, sta, lta):
+def sta_lta_py(x, sta_a, lta_a, freeze_ratio, max_freeze, sta, lta, frozen=0):
     out = []
     for v in x:
         e = v * v
         sta += sta_a * (e - sta)
-        out.append(sta / lta if lta > 0 else 0.0)
-        lta += lta_a * (e - lta)
-    return np.array(out), sta, lta
+        r = sta / lta if lta > 0 else 0.0
+        out.append(r)
+        if r > freeze_ratio and frozen < max_freeze:
+            frozen += 1
+        else:
+            lta += lta_a * (e - lta)
+            if r <= freeze_ratio:
+                frozen = 0
+    return np.array(out), sta, lta, frozen
 
 
 def aic_py(x):
@@ -34,11 +40,28 @@ def aic_py(x):
 
 def test_sta_lta_kernel_matches_twin(rng):
     x = rng.standard_normal(3000)
-    state = np.array([0.1, 0.2])
+    x[1000:1100] *= 30  # an impulse: the LTA freezes
+    state = np.array([0.1, 0.2, 0.0])
     out = np.empty_like(x)
-    _sta_lta_kernel(x, 0.05, 0.001, state, out)
-    ref, sta, lta = sta_lta_py(x, 0.05, 0.001, 0.1, 0.2)
-    assert np.allclose(out, ref) and np.allclose(state, [sta, lta])
+    _sta_lta_kernel(x, 0.05, 0.001, 2.0, 50.0, state, out)
+    ref, sta, lta, frozen = sta_lta_py(x, 0.05, 0.001, 2.0, 50.0, 0.1, 0.2)
+    assert np.allclose(out, ref) and np.allclose(state, [sta, lta, frozen])
+
+
+def test_a_quiet_shot_after_a_loud_one_still_triggers(rng):
+    from shotnet.sensor.trigger import Trigger
+
+    fs = 16000
+    x = rng.standard_normal(fs * 4) * 1e-3
+    loud = friedlander(fs, 0.9, 1e-3, length_s=0.05)
+    quiet = friedlander(fs, 0.02, 1e-3, length_s=0.05)
+    x[int(1.5 * fs):int(1.5 * fs) + len(loud)] += loud
+    # the loud shot's reverberation: half a second of decaying noise
+    tail = rng.standard_normal(fs // 2) * 0.05 * np.exp(-np.arange(fs // 2) / (0.15 * fs))
+    x[int(1.55 * fs):int(1.55 * fs) + len(tail)] += tail
+    x[int(2.3 * fs):int(2.3 * fs) + len(quiet)] += quiet
+    hits, _ = Trigger(fs).process(x)
+    assert any(abs(h - 2.3 * fs) < 0.01 * fs for h in hits), [h / fs for h in hits]
 
 
 def test_aic_kernel_matches_twin(rng):
