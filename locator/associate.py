@@ -66,6 +66,8 @@ class AssocConfig:
     settle_range_m: float = 700.0        # first solve waits until sound has passed this range...
     early_alert_sensors: int = 8         # ...unless this many sensors already heard it
     latency_slack_s: float = 0.5         # allowance for node processing and network delay
+    certain_snr_db: float = 25.0         # predicted SNR at which a sensor surely hears a shot
+    max_silent_fraction: float = 0.25    # of nearer sensors allowed to have missed a shot
     echo_window_s: float = 0.3           # a weak solution this soon after a strong one...
     echo_radius_m: float = 150.0         # ...and this close to it is an echo, not a shot
     same_shot_s: float = 0.015           # two solutions this close in time and space...
@@ -103,6 +105,7 @@ class AssocStats:
     attached: int = 0
     searches: int = 0
     echoes: int = 0
+    silent_neighbours: int = 0
 
 
 def _event_id(keys: list[str]) -> str:
@@ -122,6 +125,7 @@ class Associator:
         self.wind_known = cfg.wind_known
         self.pos = layout.enu_m
         self.pending: list[Detection] = []
+        self.history: dict[str, list[int]] = {}  # recent detection times per sensor
         self.seen: set[str] = set()
         self.open: list[_Open] = []
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
@@ -148,6 +152,10 @@ class Associator:
         self.seen.add(det.key)
         self.stats.fed += 1
         self.pending.append(det)
+        h = self.history.setdefault(det.sensor_id, [])
+        h.append(det.t_ns)
+        if len(h) > 4096:
+            del h[:2048]
         return True
 
     # ------------------------------------------------------------------ processing
@@ -270,6 +278,12 @@ class Associator:
                     return merged
                 excluded.update(d.key for d in cand)
                 return None
+        if ev is not None and not self._heard_by_nearer(sol, t0_ns, ev, now_ns):
+            # Sensors nearer than those used should have heard a real shot and did not:
+            # the candidate mixes detections of different sounds (or echoes).
+            self.stats.silent_neighbours += 1
+            excluded.update(d.key for d in cand)
+            return None
         if ev is not None and self._is_echo(sol, t0_ns, len(ev.sensor_ids)):
             # Late, weaker copy of a shot just located nearby: reflections from facades
             # line up by chance. Its detections are spent; no event.
@@ -287,6 +301,43 @@ class Associator:
         self.open.append(_Open(ev, sol, [d for d in cand if d.key in used], close_at, t0_ns))
         self.stats.events += 1
         return ev
+
+    def _heard_by_nearer(self, sol: Solution, t0_ns: int, ev: Event, now_ns: int) -> bool:
+        """Check that sensors nearer than the farthest one used heard the shot.
+
+        A sensor counts as silent when its predicted arrival (plus the latency allowance)
+        is already past and it has no detection within the gate of it. A real shot may
+        be masked at a sensor or two; a chance alignment of unrelated detections is
+        contradicted by most of its neighbours."""
+        used = set(ev.sensor_ids)
+        src = np.array([sol.x_m, sol.y_m, sol.z_m])
+        dist = np.linalg.norm(self.pos - src, axis=1)
+        r_used = max(dist[self.idx[s]] for s in used)
+        wind_sd = self.cfg.wind_uncertainty_m_per_s if self.wind_known else self.cfg.max_wind_m_per_s
+        # How loud was it? Back-project the onset SNRs to 1 m; a nearer sensor only
+        # "should have heard" the shot if it would have had a comfortable SNR.
+        lv = [d.snr_db + 20 * math.log10(max(dist[self.idx[d.sensor_id]], 1.0))
+              for d in self._dets_of(ev) if d.snr_db is not None]
+        src_db = float(np.median(lv)) if lv else None
+        checked = silent = 0
+        for sid, k in self.idx.items():
+            if sid in used or dist[k] >= r_used:
+                continue
+            if src_db is not None and src_db - 20 * math.log10(max(dist[k], 1.0)) < self.cfg.certain_snr_db:
+                continue
+            pred = t0_ns + int(dist[k] / self.c * NS_PER_S)
+            if now_ns != NOW_INFINITE and pred + self.cfg.latency_slack_s * NS_PER_S > now_ns:
+                continue
+            gate = (self.cfg.gate_s + wind_sd * dist[k] / self.c**2) * NS_PER_S
+            checked += 1
+            h = self.history.get(sid, ())
+            if not any(abs(t - pred) <= gate for t in h[-64:]):
+                silent += 1
+        return silent <= max(1, int(self.cfg.max_silent_fraction * checked))
+
+    def _dets_of(self, ev: Event) -> list[Detection]:
+        keys = set(ev.detections)
+        return [d for d in self.pending if d.key in keys]
 
     def _is_echo(self, sol: Solution, t0_ns: int, n_sensors: int) -> bool:
         for op in self.open + self.recent[-50:]:

@@ -61,6 +61,7 @@ class NodeStats:
     triggers: int = 0
     detections: int = 0
     unpickable: int = 0
+    echoes_suppressed: int = 0
     nonfinite_blocks: int = 0
     clipped_samples: int = 0
     by_label: dict = field(default_factory=dict)
@@ -75,6 +76,8 @@ class NodeConfig:
     clip_pre_s: float = 1.0
     clip_post_s: float = 0.45          # what is already held when the detection is made
     clip_labels: tuple[str, ...] = ("gunshot",)
+    echo_window_s: float = 0.3         # an impulse this soon after a louder one...
+    echo_ratio: float = 0.35           # ...and weaker than this fraction of its peak is an echo
     position: tuple[float, float, float] | None = None  # lat, lon, alt_m
 
 
@@ -97,6 +100,7 @@ class NodeCore:
         self._pre = int(math.ceil(self.spec.pre_s * fs))
         self._post = int(math.ceil((self.spec.win_s - self.spec.pre_s) * fs))
         self._pick_pre = int(cfg.trigger.pick_pre_s * fs) + 2
+        self._recent_peaks: deque[tuple[int, float]] = deque(maxlen=32)  # (onset index, peak)
 
     def feed(self, samples: np.ndarray) -> list[Detection]:
         x = np.asarray(samples, dtype=np.float32)
@@ -143,6 +147,14 @@ class NodeCore:
             self.stats.unpickable += 1
             return None
         onset = int(math.floor(pick.index))
+        # Facade echoes of a shot arrive within a few hundred ms and weaker; a burst's
+        # rounds are about as loud as each other. Drop the former, keep the latter.
+        win = int(self.cfg.echo_window_s * fs)
+        louder = [p for (o, p) in self._recent_peaks if 0 < onset - o <= win]
+        self._recent_peaks.append((onset, pick.peak))
+        if louder and pick.peak < self.cfg.echo_ratio * max(louder):
+            self.stats.echoes_suppressed += 1
+            return None
         wa, wb = onset - self._pre, min(onset + self._post, self.raw.end)
         window = self.raw.read(max(wa, self.raw.start), wb)
         if window is None:

@@ -20,22 +20,27 @@ from scipy.signal import butter, sosfilt, sosfilt_zi
 
 
 @numba.njit(cache=True)
-def _sta_lta_kernel(x, sta_a, lta_a, freeze_ratio, max_freeze, state, ratio_out):
-    """Recursive STA/LTA on ``x**2``.
+def _sta_lta_kernel(x, sta_a, mta_a, lta_a, freeze_ratio, max_freeze, state, ratio_out, jump_out):
+    """Recursive STA/LTA and STA/MTA on ``x**2``.
 
-    ``state`` = [sta, lta, frozen] is updated in place; ``ratio_out[i]`` receives STA/LTA
-    *before* sample i updates the LTA. While the ratio exceeds ``freeze_ratio`` the LTA is
-    frozen (for at most ``max_freeze`` samples), so a loud shot's energy does not inflate
-    the background and mask a quieter shot a second later.
+    ``state`` = [sta, mta, lta, frozen] is updated in place. ``ratio_out[i]`` receives
+    STA/LTA and ``jump_out[i]`` STA/MTA, both *before* sample i updates the longer
+    averages. While STA/LTA exceeds ``freeze_ratio`` the LTA is frozen (at most
+    ``max_freeze`` samples), so a loud shot's energy does not inflate the background and
+    mask a quieter shot a second later; STA/MTA (MTA ~50 ms) finds each new onset inside
+    the reverberant tail of the previous one, as in a burst of automatic fire.
     """
     sta = state[0]
-    lta = state[1]
-    frozen = state[2]
+    mta = state[1]
+    lta = state[2]
+    frozen = state[3]
     for i in range(x.shape[0]):
         e = x[i] * x[i]
         sta += sta_a * (e - sta)
         r = sta / lta if lta > 0.0 else 0.0
         ratio_out[i] = r
+        jump_out[i] = sta / mta if mta > 0.0 else 0.0
+        mta += mta_a * (e - mta)
         if r > freeze_ratio and frozen < max_freeze:
             frozen += 1.0
         else:
@@ -43,8 +48,9 @@ def _sta_lta_kernel(x, sta_a, lta_a, freeze_ratio, max_freeze, state, ratio_out)
             if r <= freeze_ratio:
                 frozen = 0.0
     state[0] = sta
-    state[1] = lta
-    state[2] = frozen
+    state[1] = mta
+    state[2] = lta
+    state[3] = frozen
 
 
 @numba.njit(cache=True)
@@ -95,9 +101,11 @@ class TriggerConfig:
     sta_s: float = 0.004
     lta_s: float = 1.0
     on_ratio: float = 8.0          # STA/LTA ratio that opens a trigger (~9 dB)
+    mta_s: float = 0.05
+    jump_ratio: float = 4.0        # STA/MTA that marks a new onset (inside a tail, too)
     freeze_ratio: float = 2.0      # the LTA stops learning above this ratio...
     max_freeze_s: float = 2.0      # ...for at most this long (then it follows a new level)
-    min_separation_s: float = 0.04  # a second trigger needs this much quiet after the first
+    min_separation_s: float = 0.04  # minimum time between two triggers
     band_lo_hz: float = 150.0
     pick_pre_s: float = 0.04        # AIC window before the trigger
     pick_post_s: float = 0.004      # and after it
@@ -116,8 +124,9 @@ class Trigger:
         self.cfg = cfg
         self.sos = design_bandpass(fs_hz, cfg.band_lo_hz)
         self._zi = None
-        self._state = np.zeros(3)
+        self._state = np.zeros(4)
         self._sta_a = 1.0 - math.exp(-1.0 / (cfg.sta_s * fs_hz))
+        self._mta_a = 1.0 - math.exp(-1.0 / (cfg.mta_s * fs_hz))
         self._lta_a = 1.0 - math.exp(-1.0 / (cfg.lta_s * fs_hz))
         self._n = 0                   # samples seen
         self._last_trigger = -(1 << 62)
@@ -137,21 +146,19 @@ class Trigger:
             # Start the averages at the first block's median energy (robust to an impulse
             # in it), not at zero, so the LTA does not begin frozen.
             e0 = float(np.median(y * y)) + 1e-20
-            self._state[:] = (e0, e0, 0.0)
+            self._state[:] = (e0, e0, e0, 0.0)
         ratio = np.empty_like(y)
-        _sta_lta_kernel(y, self._sta_a, self._lta_a, self.cfg.freeze_ratio,
-                        float(self.cfg.max_freeze_s * self.fs_hz), self._state, ratio)
+        jump = np.empty_like(y)
+        _sta_lta_kernel(y, self._sta_a, self._mta_a, self._lta_a, self.cfg.freeze_ratio,
+                        float(self.cfg.max_freeze_s * self.fs_hz), self._state, ratio, jump)
         hits = []
-        on = self.cfg.on_ratio
         sep = int(self.cfg.min_separation_s * self.fs_hz)
-        above = ratio >= on
-        idx = np.flatnonzero(above)
+        idx = np.flatnonzero((ratio >= self.cfg.on_ratio) & (jump >= self.cfg.jump_ratio))
         for j in idx:
             n_abs = self._n + int(j)
-            if n_abs < self._warmup:
+            if n_abs < self._warmup or n_abs - self._last_trigger < sep:
                 continue
-            if n_abs - self._last_trigger >= sep:
-                hits.append(n_abs)
+            hits.append(n_abs)
             self._last_trigger = n_abs
         self._n += len(x)
         return hits, y

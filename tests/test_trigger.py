@@ -12,20 +12,22 @@ from shotnet.sensor.synth import friedlander
 from .conftest import T0
 
 
-def sta_lta_py(x, sta_a, lta_a, freeze_ratio, max_freeze, sta, lta, frozen=0):
-    out = []
+def sta_lta_py(x, sta_a, mta_a, lta_a, freeze_ratio, max_freeze, sta, mta, lta, frozen=0):
+    out, jumps = [], []
     for v in x:
         e = v * v
         sta += sta_a * (e - sta)
         r = sta / lta if lta > 0 else 0.0
         out.append(r)
+        jumps.append(sta / mta if mta > 0 else 0.0)
+        mta += mta_a * (e - mta)
         if r > freeze_ratio and frozen < max_freeze:
             frozen += 1
         else:
             lta += lta_a * (e - lta)
             if r <= freeze_ratio:
                 frozen = 0
-    return np.array(out), sta, lta, frozen
+    return np.array(out), np.array(jumps), [sta, mta, lta, frozen]
 
 
 def aic_py(x):
@@ -41,11 +43,27 @@ def aic_py(x):
 def test_sta_lta_kernel_matches_twin(rng):
     x = rng.standard_normal(3000)
     x[1000:1100] *= 30  # an impulse: the LTA freezes
-    state = np.array([0.1, 0.2, 0.0])
-    out = np.empty_like(x)
-    _sta_lta_kernel(x, 0.05, 0.001, 2.0, 50.0, state, out)
-    ref, sta, lta, frozen = sta_lta_py(x, 0.05, 0.001, 2.0, 50.0, 0.1, 0.2)
-    assert np.allclose(out, ref) and np.allclose(state, [sta, lta, frozen])
+    state = np.array([0.1, 0.15, 0.2, 0.0])
+    out, jump = np.empty_like(x), np.empty_like(x)
+    _sta_lta_kernel(x, 0.05, 0.01, 0.001, 2.0, 50.0, state, out, jump)
+    ref, ref_jump, ref_state = sta_lta_py(x, 0.05, 0.01, 0.001, 2.0, 50.0, 0.1, 0.15, 0.2)
+    assert np.allclose(out, ref) and np.allclose(jump, ref_jump) and np.allclose(state, ref_state)
+
+
+def test_every_round_of_a_burst_in_reverberation_triggers(rng):
+    from shotnet.sensor.trigger import Trigger
+
+    fs = 16000
+    x = rng.standard_normal(fs * 4) * 1e-3
+    for k in range(8):  # 12 rounds/s, each with a 0.4 s reverberant tail
+        j = int((1.5 + k / 12) * fs)
+        p = friedlander(fs, 0.3 * rng.uniform(0.6, 1.0), 1e-3, length_s=0.05)
+        x[j:j + len(p)] += p
+        tail = rng.standard_normal(int(0.4 * fs)) * 0.02 * np.exp(-np.arange(int(0.4 * fs)) / (0.1 * fs))
+        x[j + 80:j + 80 + len(tail)] += tail
+    hits, _ = Trigger(fs).process(x)
+    for k in range(8):
+        assert any(abs(h - (1.5 + k / 12) * fs) < 0.005 * fs for h in hits), k
 
 
 def test_a_quiet_shot_after_a_loud_one_still_triggers(rng):
