@@ -90,7 +90,8 @@ def main(argv=None) -> int:
                      should_stop=lambda: (sender.poll(0), stop["now"])[1])
     drained = sender.drain(5.0)
     sender.close()
-    print(json.dumps({"sensor_id": args.sensor_id, "stats": dataclasses.asdict(stats), "sent": sender.sent,
+    print(json.dumps({"sensor_id": args.sensor_id, "model": classifier.name, "model_sha256": classifier.sha256,
+                      "stats": dataclasses.asdict(stats), "sent": sender.sent,
                       "acked": sender.acked, "unacked": len(sender.outbox), "drained": drained}),
           file=sys.stderr, flush=True)
     return 0

@@ -195,18 +195,17 @@ def main(argv=None) -> int:
     print(f"non-gunshot impulses alerted as gunshots: {len(false_alerts)}"
           + (f" ({', '.join(false_alerts)})" if false_alerts else "")
           + f"; ghost alerts: {len(ghost_alerts)}")
-    clf = json.loads((work / f"node-{scene.layout.ids[0]}.log").read_text().strip().splitlines()[-1] or "{}")
-    print(f"classifier on the nodes: {_model_name(work)}; files in {work}")
-    del clf
+    node_stats = []
+    for sid in scene.layout.ids:
+        try:
+            node_stats.append(json.loads((work / f"node-{sid}.log").read_text().strip().splitlines()[-1]))
+        except (ValueError, IndexError, OSError):
+            pass
+    if node_stats:
+        n_det = sum(n["stats"]["detections"] for n in node_stats)
+        unacked = sum(n["unacked"] for n in node_stats)
+        print(f"nodes: {n_det} detections sent, {unacked} unacknowledged; classifier on the nodes: "
+              f"{node_stats[0]['model']} ({node_stats[0]['model_sha256']})")
+    print(f"files of this run: {work}")
     return 0
 
-
-def _model_name(work: Path) -> str:
-    try:
-        for line in (work / "events.jsonl").read_text().splitlines()[:1]:
-            pass
-        from shotnet.sensor.classify import load_classifier
-
-        return load_classifier().name
-    except Exception:
-        return "unknown"

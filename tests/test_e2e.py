@@ -32,10 +32,10 @@ def test_detections_over_loopback_become_alerts(tmp_path, city_scene, city_detec
 
     senders = {sid: DetectionSender(svc.endpoint, sid, ctx=ctx) for sid in city_scene.layout.ids}
     for d in sorted(city_detections, key=lambda d: d.t_ns):
+        # the locator's clock follows the stream: a detection is delivered, then time moves on
         now["ns"] = d.t_ns
         senders[d.sensor_id].send(d)
-    for s in senders.values():
-        assert s.drain(10.0), "every detection is acknowledged"
+        assert senders[d.sensor_id].drain(5.0), "every detection is acknowledged"
     # a malformed message and one from an unknown sensor: counted, not fatal
     rogue = ctx.socket(zmq.DEALER)
     rogue.connect(svc.endpoint)
