@@ -41,6 +41,9 @@ from shotnet.sensor.contract import NS_PER_S, Detection, Ellipse, Event
 from shotnet.sensor.layout import SensorLayout
 
 from . import kernels
+from .incidents import IncidentTracker
+from scipy.stats import f as f_dist
+
 from .locate import Solution, locate
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ class AssocConfig:
     settle_range_m: float = 700.0        # first solve waits until sound has passed this range...
     early_alert_sensors: int = 8         # ...unless this many sensors already heard it
     latency_slack_s: float = 0.5         # allowance for node processing and network delay
+    aerial_min_sensors: int = 7          # try a 3-D solve (aerial fireworks) with this many
+    aerial_min_height_m: float = 30.0    # above the assumed source height
     certain_snr_db: float = 25.0         # predicted SNR at which a sensor surely hears a shot
     max_silent_fraction: float = 0.25    # of nearer sensors allowed to have missed a shot
     echo_window_s: float = 0.3           # a weak solution this soon after a strong one...
@@ -138,7 +143,7 @@ class Associator:
         self._cgx, self._cgy = mx.ravel().copy(), my.ravel().copy()
         diag = float(np.linalg.norm(hi - lo))
         self.max_travel_s = diag / self.c
-        self._incidents: list[tuple[str, int, float, float]] = []  # (id, last t_ns, x, y)
+        self.incidents = IncidentTracker()
 
     # ------------------------------------------------------------------ input
     def feed(self, det: Detection) -> bool:
@@ -349,7 +354,7 @@ class Associator:
         return False
 
     def _same_shot(self, sol: Solution, t0_ns: int) -> _Open | None:
-        for op in self.open:
+        for op in self.open + self.recent[-50:]:
             if abs(op.t0_ns - t0_ns) <= self.cfg.same_shot_s * NS_PER_S and \
                     math.hypot(op.sol.x_m - sol.x_m, op.sol.y_m - sol.y_m) <= self.cfg.same_shot_m:
                 return op
@@ -393,6 +398,11 @@ class Associator:
         est = self.cfg.estimate_wind and len(dets) >= self.cfg.wind_min_sensors
         sol = locate(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=x0, wind_m_per_s=self.wind,
                      estimate_wind=est)
+        aerial = False
+        if len(dets) >= self.cfg.aerial_min_sensors:
+            sol3 = self._aerial(pos, t, sig, sol, x0)
+            if sol3 is not None:
+                sol, aerial = sol3, True
         if sol is None or sol.n_used < self.cfg.min_sensors or sol.residual_rms_s > self.cfg.max_rms_s:
             return None, None, None
         used = [d for d, u in zip(dets, sol.used) if u]
@@ -415,6 +425,9 @@ class Associator:
         major, minor, az = sol.ellipse95()
         pg = float(np.mean([d.p_gunshot for d in used]))
         label = "gunshot" if pg >= 0.5 else _majority_label(used)
+        if aerial:
+            # Guns are fired from the ground; a source tens of metres up is a firework.
+            label, pg = "aerial", min(pg, 0.01)
         conf = pg if label == "gunshot" else 1.0 - pg
         ev = Event(
             event_id=event_id, t_ns=t0_ns, lat=round(float(lat), 8), lon=round(float(lon), 8),
@@ -426,16 +439,32 @@ class Associator:
             version=version, test=self.cfg.test_mode)
         return ev, sol, t0_ns
 
+    def _aerial(self, pos, t, sig, sol2: Solution | None, x0) -> Solution | None:
+        """A 3-D solution if the shot clearly came from the air (an aerial firework):
+        height above ground > ``aerial_min_height_m`` by 3 sigma, and the 3-D model
+        fits significantly better than the 2-D one (or the 2-D one failed)."""
+        start = [x0[0], x0[1], self.z_src + 100.0, x0[2]]
+        if sol2 is not None:
+            start = [sol2.x_m, sol2.y_m, self.z_src + 100.0, sol2.t0_s]
+        sol3 = locate(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=start, ndim=3,
+                      wind_m_per_s=self.wind)
+        if sol3 is None or sol3.dof < 1:
+            return None
+        h = sol3.z_m - self.z_src
+        if h < self.cfg.aerial_min_height_m or h < 3.0 * math.sqrt(max(sol3.cov[2, 2], 0.0)):
+            return None
+        if sol2 is not None and sol2.residual_rms_s <= self.cfg.max_rms_s:
+            # F-test on the common detections: does the extra unknown (height) pay off?
+            common = sol2.used & sol3.used
+            c2 = float(np.sum((sol2.residuals_s[common] / sig[common]) ** 2))
+            c3 = float(np.sum((sol3.residuals_s[common] / sig[common]) ** 2))
+            dof = int(common.sum()) - 4
+            if dof < 1 or c3 <= 0 or (c2 - c3) / (c3 / dof) < f_dist.ppf(0.999, 1, dof):
+                return None
+        return sol3
+
     def _incident_for(self, event_id: str, t0_ns: int, x: float, y: float) -> str:
-        """Rounds within 10 s and 60 m of an incident's last round join it."""
-        for k, (iid, t_last, ix, iy) in enumerate(self._incidents):
-            if abs(t0_ns - t_last) <= 10 * NS_PER_S and math.hypot(x - ix, y - iy) <= 60.0:
-                self._incidents[k] = (iid, max(t_last, t0_ns), x, y)
-                return iid
-        iid = "inc-" + event_id[:16]
-        self._incidents.append((iid, t0_ns, x, y))
-        self._incidents = self._incidents[-500:]
-        return iid
+        return self.incidents.assign(event_id, t0_ns, x, y)
 
     def _expire(self, now_ns: int) -> None:
         if now_ns == NOW_INFINITE:

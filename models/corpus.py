@@ -53,6 +53,7 @@ class Profile:
     urban_prob: float = 0.5
     class_weights: tuple[float, ...] = (0.30, 0.14, 0.08, 0.10, 0.08, 0.10, 0.08, 0.12)
     jitter_s: float = 0.001
+    clip_prob: float = 0.08
 
 
 TRAIN = Profile()
@@ -188,6 +189,10 @@ def make_window(rng: np.random.Generator, cls: str, spec: FeatureSpec = FeatureS
         e = np.sqrt(np.mean(y[: int(0.05 * fs)] ** 2)) + 1e-20
         snr = rng.uniform(*prof.snr_db)
         x[on:on + len(y)] += y * (10 ** (snr / 20) / e)
+    if rng.random() < prof.clip_prob:
+        # a near, loud sound saturates the ADC: flat tops
+        c = rng.uniform(0.2, 0.8) * np.max(np.abs(x))
+        x = np.clip(x, -c, c)
     return x.astype(np.float32), kind
 
 

@@ -11,6 +11,7 @@ COMMANDS = {
     "simulate": ("shotnet.simulate", "write a simulated scene: WAV per sensor, sensors.geojson, truth.jsonl"),
     "locate": ("shotnet.locator.batch", "locate shots in a JSON Lines file of detections"),
     "classify": ("shotnet.sensor.classify_cli", "find and classify impulses in sound files"),
+    "train": ("shotnet.models.train", "build the corpus, train the classifier, export ONNX + card"),
     "sensor": ("shotnet.sensor.run", "sensor node: 'shotnet sensor run ...'"),
     "locator": ("shotnet.locator.service", "locator service: 'shotnet locator run ...'"),
 }
