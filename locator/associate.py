@@ -131,6 +131,8 @@ class Associator:
         self.pos = layout.enu_m
         self.pending: list[Detection] = []
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor
+        self._now = 0                            # the clock at the last step
+        self._fed_at: dict[str, int] = {}        # detection key -> clock when it arrived
         self.seen: set[str] = set()
         self.open: list[_Open] = []
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
@@ -157,20 +159,50 @@ class Associator:
         self.seen.add(det.key)
         self.stats.fed += 1
         self.pending.append(det)
+        self._fed_at[det.key] = self._now
         h = self.history.setdefault(det.sensor_id, [])
         h.append(det.t_ns)
         if len(h) > 4096:
             del h[:2048]
         return True
 
+    def restore(self, events: list[Event], dets: list[Detection]) -> None:
+        """Resume after a restart: re-open stored events (so late detections attach to
+        them under the same ids) and feed every stored detection they did not use."""
+        by_key = {d.key: d for d in dets}
+        used: set[str] = set()
+        for ev in sorted(events, key=lambda e: e.t_ns):
+            mine = [by_key[k] for k in ev.detections if k in by_key]
+            if len(mine) < len(ev.detections):
+                continue
+            new, sol, t0_ns = self._solve(mine, (ev.x_m, ev.y_m), event_id=ev.event_id, version=ev.version,
+                                          incident_id=ev.incident_id)
+            if new is None:
+                continue
+            self.incidents.assign(ev.event_id, t0_ns, sol.x_m, sol.y_m)
+            self.incidents.update(ev)
+            close_at = t0_ns + int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
+            self.open.append(_Open(ev, sol, mine, close_at, t0_ns))
+            used.update(ev.detections)
+            for d in mine:
+                self.seen.add(d.key)
+                self.history.setdefault(d.sensor_id, []).append(d.t_ns)
+        for d in sorted(dets, key=lambda d: d.t_ns):
+            if d.key not in used:
+                self.feed(d)
+
     # ------------------------------------------------------------------ processing
     def step(self, now_ns: int = NOW_INFINITE) -> list[Event]:
         """Process what has arrived; returns new events and updated versions."""
         out: list[Event] = []
+        if now_ns != NOW_INFINITE:
+            self._now = max(self._now, now_ns)
         self.pending.sort(key=lambda d: d.t_ns)
         out += self._attach_pending(now_ns)
         excluded: set[str] = set()
-        for _ in range(64):
+        # Search until nothing is left to find, so that a backlog (a restart, a healed
+        # partition) is fully searched before anything in it can expire.
+        for _ in range(100_000):
             ev = self._search_once(now_ns, excluded)
             if ev is False:
                 break
@@ -473,10 +505,14 @@ class Associator:
             horizon = now_ns - int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
         keep = []
         for d in self.pending:
-            if horizon is None or d.t_ns < horizon:
+            # Old by its own time AND waiting long enough since it arrived: a backlog
+            # delivered late (after a restart or a partition) gets its full chance.
+            if horizon is None or (d.t_ns < horizon and self._fed_at.get(d.key, 0) < horizon):
                 self.stats.unassociated += 1
+                self._fed_at.pop(d.key, None)
             else:
                 keep.append(d)
+        self._fed_at = {d.key: self._fed_at.get(d.key, 0) for d in keep}
         if len(keep) > self.cfg.max_pending:
             self.stats.unassociated += len(keep) - self.cfg.max_pending
             keep = keep[-self.cfg.max_pending:]

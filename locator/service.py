@@ -1,21 +1,32 @@
-"""The locator service: ZeroMQ in, events out.
+"""The locator service: ZeroMQ in, stored events and alerts out.
 
-A ROUTER socket receives detections from nodes and acknowledges each one after it is
-recorded; the :class:`~shotnet.locator.associate.Associator` turns them into events; each
-event (and each improved version of it) is appended to ``events.jsonl``, published on a
-PUB socket (topic ``b"evt"``) and printed as an alert line.
+Per loop: read every waiting message from the ROUTER; validate each (malformed ones are
+counted and answered with nothing); write the valid ones to the SQLite store in one
+transaction; *then* acknowledge them to their nodes; feed new ones to the
+:class:`~shotnet.locator.associate.Associator`. Every ``step_s`` the associator runs; each
+event (or improved version) is written to the store *before* it is published:
 
-Malformed messages, unknown keys and unknown sensors are counted and answered with
-nothing; the service never crashes on input.
+- PUB topic ``b"evt"``: the event JSON (every located impulse, alerts and notices);
+- PUB topic ``b"inc"``: the incident summary (rounds, automatic fire, shooters);
+- PUB topic ``b"cap"``: CAP 1.2 XML, for gunshot events only, never in test-fire mode;
+- PUB topic ``b"geo"``: a GeoJSON Feature (point and 95% ellipse);
+- an optional webhook (gunshot alerts, with retries), and ``events.jsonl`` if asked.
+
+On start it replays the last ``replay_s`` of stored detections through the associator,
+so a locator killed mid-stream resumes where it was: events it already stored are
+recognised by their deterministic ids and not published again.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,11 +35,17 @@ import zmq
 
 from shotnet.sensor.contract import (KIND_ACK, KIND_DETECTION, KIND_EVENT, NS_PER_S, ContractError, Event,
                                      decode, detection_from_dict, encode)
-from shotnet.sensor.layout import SensorLayout
+from shotnet.sensor.layout import SensorLayout, load_layout
 
+from .alerts import Webhook, cap_alert, geojson_feature
 from .associate import Associator, AssocConfig
+from .store import Store
 
 log = logging.getLogger(__name__)
+
+TOPIC_INCIDENT = b"inc"
+TOPIC_CAP = b"cap"
+TOPIC_GEOJSON = b"geo"
 
 
 @dataclass
@@ -36,8 +53,10 @@ class ServiceStats:
     received: int = 0
     malformed: int = 0
     rejected: int = 0
+    duplicates: int = 0
     acked: int = 0
     published: int = 0
+    alerts: int = 0
     errors: dict = field(default_factory=dict)
 
     def count_error(self, msg: str) -> None:
@@ -45,20 +64,63 @@ class ServiceStats:
         self.errors[k] = self.errors.get(k, 0) + 1
 
 
+@dataclass(frozen=True)
+class ServiceConfig:
+    """``[locator]`` table of locator.toml; units in the names."""
+
+    sensors: str = "sensors.geojson"
+    bind: str = "tcp://127.0.0.1:5560"
+    pub: str = "tcp://127.0.0.1:5561"
+    store: str = "locator.sqlite"
+    events_jsonl: str = ""
+    metrics_port: int = 0            # Prometheus metrics on 127.0.0.1:port; 0 = off
+    webhook_url: str = ""
+    step_s: float = 0.1
+    replay_s: float = 120.0
+    sender: str = "shotnet@localhost"
+
+
 def alert_line(ev: Event) -> str:
     e = ev.ellipse95_m
     when = time.strftime("%H:%M:%S", time.gmtime(ev.t_ns // NS_PER_S)) + f".{(ev.t_ns % NS_PER_S) // 1_000_000:03d}Z"
-    tag = "UPDATE" if ev.version > 1 else "ALERT "
+    if ev.label == "gunshot" and not ev.test:
+        tag = "UPDATE" if ev.version > 1 else "ALERT "
+    else:
+        tag = "test  " if ev.test else "notice"
     return (f"{tag} {ev.label.upper():8s} {when} at {ev.lat:.6f},{ev.lon:.6f} "
             f"+/-{e.major:.1f}x{e.minor:.1f} m @{e.azimuth_deg:.0f}deg  {len(ev.sensor_ids)} sensors  "
             f"rms {ev.residual_rms_ms:.2f} ms  conf {ev.confidence:.2f}  {ev.event_id[:12]} v{ev.version}")
+
+
+class Metrics:
+    """Prometheus metrics on their own registry (several services may share a process)."""
+
+    def __init__(self, port: int):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter("shotnet_locator_messages_total", "Messages received, by outcome", ["outcome"],
+                                registry=r)
+        self.events = Counter("shotnet_locator_events_total", "Events published, by label and kind",
+                              ["label", "kind"], registry=r)
+        self.pending = Gauge("shotnet_locator_pending_detections", "Detections waiting for association", registry=r)
+        self.latency = Histogram("shotnet_locator_alert_latency_seconds",
+                                 "Wall time from the estimated shot to the first publication",
+                                 buckets=(0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 20), registry=r)
+        self.step = Histogram("shotnet_locator_step_seconds", "Association step duration",
+                              buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1), registry=r)
+        self.port = port
+        if port:
+            self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=r)
 
 
 class LocatorService:
     def __init__(self, layout: SensorLayout, cfg: AssocConfig, bind: str, pub: str | None = None,
                  events_path: str | Path | None = None, ctx: zmq.Context | None = None,
                  on_event: Callable[[Event], None] | None = None, clock_ns: Callable[[], int] = time.time_ns,
-                 step_s: float = 0.1, alerts_only_gunshots: bool = False):
+                 step_s: float = 0.1, store: Store | str | Path | None = None, replay_s: float = 120.0,
+                 webhook_url: str = "", metrics_port: int = 0, sender: str = "shotnet@localhost"):
         self.ctx = ctx or zmq.Context.instance()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -72,50 +134,108 @@ class LocatorService:
             self.pub.bind(pub)
             self.pub_endpoint = self.pub.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.assoc = Associator(layout, cfg)
+        self.store = store if isinstance(store, Store) or store is None else Store(store)
         self.events_fh = open(events_path, "a") if events_path else None
         self.on_event = on_event
         self.clock_ns = clock_ns
         self.step_s = step_s
+        self.sender = sender
+        self.webhook = Webhook(webhook_url) if webhook_url else None
+        self.metrics = Metrics(metrics_port)
         self.stats = ServiceStats()
         self._stop = False
+        self.incidents: dict[str, dict] = {}
+        if self.store is not None and replay_s > 0:
+            self._replay(replay_s)
+
+    # ------------------------------------------------------------------ recovery
+    def _replay(self, replay_s: float) -> None:
+        since = self.clock_ns() - int(replay_s * NS_PER_S)
+        dets = self.store.detections_since(since)
+        self.assoc.restore(self.store.events(since), dets)
+        if dets:
+            log.info("replaying %d stored detections from the last %.0f s", len(dets), replay_s)
+            for ev in self.assoc.step(self.clock_ns()):
+                self.publish(ev)
 
     def stop(self, *_):
         self._stop = True
 
-    def handle(self, frames: list[bytes]) -> None:
-        """One ROUTER message: ``[identity, PROTOCOL, kind, payload]``."""
-        self.stats.received += 1
-        ident, body = frames[0], frames[1:]
-        try:
-            kind, payload = decode(body)
-            if kind != KIND_DETECTION:
-                raise ContractError(f"unexpected message kind {kind!r}")
-            det = detection_from_dict(payload)
-        except ContractError as exc:
-            self.stats.malformed += 1
-            self.stats.count_error(str(exc))
-            log.warning("rejected message from %r: %s", ident[:32], exc)
+    # ------------------------------------------------------------------ input
+    def handle_batch(self, batch: list[list[bytes]]) -> None:
+        """Validate, store, acknowledge and feed a batch of ROUTER messages."""
+        ok = []
+        for frames in batch:
+            self.stats.received += 1
+            ident, body = frames[0], frames[1:]
+            try:
+                kind, payload = decode(body)
+                if kind != KIND_DETECTION:
+                    raise ContractError(f"unexpected message kind {kind!r}")
+                det = detection_from_dict(payload)
+                if det.sensor_id not in self.assoc.idx:
+                    raise ContractError(f"unknown sensor {det.sensor_id!r}")
+            except ContractError as exc:
+                bucket = "rejected" if str(exc).startswith("unknown sensor") else "malformed"
+                setattr(self.stats, bucket, getattr(self.stats, bucket) + 1)
+                self.stats.count_error(str(exc))
+                self.metrics.messages.labels(bucket).inc()
+                log.warning("%s message from %r: %s", bucket, ident[:32], exc)
+                continue
+            ok.append((ident, det))
+        if not ok:
             return
-        if not self.assoc.feed(det) and det.sensor_id not in self.assoc.idx:
-            self.stats.rejected += 1
-            log.warning("detection from unknown sensor %r rejected", det.sensor_id)
-            return
-        # Acknowledge after recording (duplicates are acked again: the node may have
-        # missed the first ack).
-        self.router.send_multipart([ident] + encode(KIND_ACK, {"seqs": [det.seq]}))
-        self.stats.acked += 1
+        new = self.store.add_detections([d for _, d in ok]) if self.store else [True] * len(ok)
+        for (ident, det), is_new in zip(ok, new):
+            # Acknowledge after the store has it (and again for a duplicate: the node may
+            # have missed the first ack).
+            self.router.send_multipart([ident] + encode(KIND_ACK, {"seqs": [det.seq]}))
+            self.stats.acked += 1
+            if is_new and self.assoc.feed(det):
+                self.metrics.messages.labels("accepted").inc()
+            else:
+                self.stats.duplicates += 1
+                self.metrics.messages.labels("duplicate").inc()
 
+    def handle(self, frames: list[bytes]) -> None:
+        self.handle_batch([frames])
+
+    # ------------------------------------------------------------------ output
     def publish(self, ev: Event) -> None:
+        inc = self.assoc.incidents.update(ev)
+        status = self.store.put_event(ev) if self.store else "new"
+        if status == "same":
+            return
+        if inc is not None:
+            self.incidents[inc["incident_id"]] = inc
+            if self.store:
+                self.store.put_incident(inc)
         line = ev.to_json()
         if self.events_fh:
             self.events_fh.write(line + "\n")
             self.events_fh.flush()
+        kind = "update" if status == "updated" else "new"
+        self.metrics.events.labels(ev.label, kind).inc()
+        if kind == "new":
+            self.metrics.latency.observe(max(0.0, (self.clock_ns() - ev.t_ns) / NS_PER_S))
+        dispatch = ev.label == "gunshot" and not ev.test
         if self.pub is not None:
             self.pub.send_multipart([KIND_EVENT, line.encode()])
+            if inc is not None:
+                self.pub.send_multipart([TOPIC_INCIDENT, json.dumps(inc).encode()])
+            self.pub.send_multipart([TOPIC_GEOJSON, json.dumps(geojson_feature(ev, inc)).encode()])
+            if dispatch:
+                self.pub.send_multipart([TOPIC_CAP, cap_alert(ev, inc, sender=self.sender).encode()])
+        if dispatch:
+            self.stats.alerts += 1
+            if self.webhook:
+                self.webhook.post({"event": ev.to_dict(), "incident": inc,
+                                   "cap": cap_alert(ev, inc, sender=self.sender)})
         self.stats.published += 1
         if self.on_event:
             self.on_event(ev)
 
+    # ------------------------------------------------------------------ loop
     def run(self, duration_s: float | None = None) -> ServiceStats:
         end = time.monotonic() + duration_s if duration_s else None
         next_step = time.monotonic()
@@ -124,52 +244,153 @@ class LocatorService:
         while not self._stop and (end is None or time.monotonic() < end):
             timeout = max(0.0, next_step - time.monotonic())
             if dict(poller.poll(int(timeout * 1000) + 1)).get(self.router):
-                while True:
+                batch = []
+                while len(batch) < 1000:
                     try:
-                        frames = self.router.recv_multipart(zmq.NOBLOCK)
+                        batch.append(self.router.recv_multipart(zmq.NOBLOCK))
                     except zmq.Again:
                         break
-                    self.handle(frames)
+                self.handle_batch(batch)
             if time.monotonic() >= next_step:
+                t0 = time.perf_counter()
                 for ev in self.assoc.step(self.clock_ns()):
                     self.publish(ev)
+                self.metrics.step.observe(time.perf_counter() - t0)
+                self.metrics.pending.set(len(self.assoc.pending))
                 next_step = time.monotonic() + self.step_s
         return self.stats
 
     def close(self) -> None:
         for ev in self.assoc.flush():
             self.publish(ev)
+        if self.webhook:
+            self.webhook.close()
         if self.events_fh:
             self.events_fh.close()
+        if self.metrics.port:
+            self.metrics.server.shutdown()
         self.router.close(0)
         if self.pub is not None:
             self.pub.close(0)
+        if self.store:
+            self.store.close()
+
+
+# ---------------------------------------------------------------------- configuration
+def _check_table(table: dict, cls, where: str) -> dict:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    out = {}
+    for k, v in table.items():
+        default = getattr(cls, k) if hasattr(cls, k) else None
+        if isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise ValueError(f"{where}.{k} must be true or false, got {v!r}")
+        elif isinstance(default, float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{where}.{k} must be a number, got {v!r}")
+            v = float(v)
+        elif isinstance(default, int):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{where}.{k} must be an integer, got {v!r}")
+        elif isinstance(default, str):
+            if not isinstance(v, str):
+                raise ValueError(f"{where}.{k} must be a string, got {v!r}")
+        elif isinstance(default, tuple):
+            if not isinstance(v, list):
+                raise ValueError(f"{where}.{k} must be a list, got {v!r}")
+            v = tuple(v)
+        out[k] = v
+    return out
+
+
+def load_config(path: str | Path) -> tuple[ServiceConfig, AssocConfig]:
+    """Read and validate locator.toml: ``[locator]`` -> ServiceConfig, ``[association]`` ->
+    AssocConfig. Relative paths are relative to the file."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    extra = sorted(set(doc) - {"locator", "association"})
+    if extra:
+        raise ValueError(f"{path}: unknown table(s) {', '.join(extra)}; expected [locator] and [association]")
+    svc = ServiceConfig(**_check_table(doc.get("locator", {}), ServiceConfig, "locator"))
+    assoc = AssocConfig(**_check_table(doc.get("association", {}), AssocConfig, "association"))
+    base = path.parent
+    fix = {k: str((base / getattr(svc, k)).resolve()) for k in ("sensors", "store", "events_jsonl")
+           if getattr(svc, k) and not Path(getattr(svc, k)).is_absolute()}
+    return dataclasses.replace(svc, **fix), assoc
+
+
+def config_toml(svc: ServiceConfig, assoc: AssocConfig) -> str:
+    def fmt(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, tuple):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return repr(v)
+
+    lines = ["[locator]"] + [f"{f.name} = {fmt(getattr(svc, f.name))}" for f in dataclasses.fields(svc)]
+    lines += ["", "[association]"] + [f"{f.name} = {fmt(getattr(assoc, f.name))}" for f in dataclasses.fields(assoc)]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    from shotnet.sensor.layout import load_layout
-
     ap = argparse.ArgumentParser(prog="shotnet locator run", description="Run the locator service.")
-    ap.add_argument("--sensors", required=True, help="sensor layout (GeoJSON)")
-    ap.add_argument("--bind", default="tcp://127.0.0.1:5560", help="ROUTER endpoint for nodes")
-    ap.add_argument("--pub", default="tcp://127.0.0.1:5561", help="PUB endpoint for alerts")
-    ap.add_argument("--events", default=None, help="append events as JSON Lines to this file")
-    ap.add_argument("--temperature-c", type=float, default=20.0)
+    ap.add_argument("--config", help="locator.toml ([locator] and [association] tables)")
+    ap.add_argument("--sensors", help="sensor layout (GeoJSON); overrides the config")
+    ap.add_argument("--bind", help="ROUTER endpoint for nodes")
+    ap.add_argument("--pub", help="PUB endpoint for alerts")
+    ap.add_argument("--store", help="SQLite store")
+    ap.add_argument("--events", help="also append events as JSON Lines to this file")
+    ap.add_argument("--temperature-c", type=float, help="air temperature (deg C)")
+    ap.add_argument("--metrics-port", type=int, help="Prometheus metrics on 127.0.0.1:PORT")
+    ap.add_argument("--webhook", help="POST gunshot alerts (JSON with CAP) to this URL")
+    ap.add_argument("--test-mode", action="store_true", help="test-fire mode: store and show, never dispatch")
     ap.add_argument("--duration-s", type=float, default=None, help="stop after this long")
+    ap.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
     ap.add_argument("--quiet", action="store_true", help="do not print alert lines")
     args = ap.parse_args(argv)
-    layout = load_layout(args.sensors)
-    cfg = AssocConfig(temperature_c=args.temperature_c)
-    svc = LocatorService(layout, cfg, args.bind, args.pub, args.events,
-                         on_event=None if args.quiet else (lambda ev: print(alert_line(ev), flush=True)))
+    try:
+        svc_cfg, assoc_cfg = load_config(args.config) if args.config else (ServiceConfig(), AssocConfig())
+    except (ValueError, OSError) as exc:
+        print(f"shotnet locator run: {exc}", file=sys.stderr)
+        return 2
+    over = {k: v for k, v in (("sensors", args.sensors), ("bind", args.bind), ("pub", args.pub),
+                              ("store", args.store), ("events_jsonl", args.events),
+                              ("metrics_port", args.metrics_port), ("webhook_url", args.webhook)) if v is not None}
+    svc_cfg = dataclasses.replace(svc_cfg, **over)
+    a_over = {}
+    if args.temperature_c is not None:
+        a_over["temperature_c"] = args.temperature_c
+    if args.test_mode:
+        a_over["test_mode"] = True
+    assoc_cfg = dataclasses.replace(assoc_cfg, **a_over)
+    if args.print_config:
+        print(config_toml(svc_cfg, assoc_cfg), end="")
+        return 0
+    try:
+        layout = load_layout(svc_cfg.sensors)
+    except (ContractError, OSError) as exc:
+        print(f"shotnet locator run: {svc_cfg.sensors}: {exc}", file=sys.stderr)
+        return 2
+    svc = LocatorService(layout, assoc_cfg, svc_cfg.bind, svc_cfg.pub, svc_cfg.events_jsonl or None,
+                         on_event=None if args.quiet else (lambda ev: print(alert_line(ev), flush=True)),
+                         step_s=svc_cfg.step_s, store=svc_cfg.store or None, replay_s=svc_cfg.replay_s,
+                         webhook_url=svc_cfg.webhook_url, metrics_port=svc_cfg.metrics_port, sender=svc_cfg.sender)
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
-    print(json.dumps({"ready": True, "bind": svc.endpoint, "pub": svc.pub_endpoint}), flush=True)
+    print(json.dumps({"ready": True, "bind": svc.endpoint, "pub": svc.pub_endpoint, "store": svc_cfg.store,
+                      "metrics_port": svc_cfg.metrics_port}), flush=True)
     try:
         svc.run(args.duration_s)
     finally:
         svc.close()
-        print(json.dumps({"stats": svc.stats.__dict__, "assoc": svc.assoc.stats.__dict__}), file=sys.stderr, flush=True)
+        print(json.dumps({"stats": dataclasses.asdict(svc.stats), "assoc": dataclasses.asdict(svc.assoc.stats)}),
+              file=sys.stderr, flush=True)
     return 0

@@ -303,7 +303,9 @@ def default_layout(seed: int = 7, n_side: int = 5, spacing_m: float = 450.0,
     lat, lon, alt = frame.to_geodetic(e, nn, u)
     _, _, gnd = frame.to_geodetic(e, nn, np.zeros_like(u))
     ids = [f"S{j + 1:02d}" for j in range(len(pts))]
-    return SensorLayout.from_arrays(ids, lat, lon, alt, gnd, frame=frame)
+    # The layout's own frame is the canonical one (mean position, median ground), the
+    # same that loading its GeoJSON gives, so ENU metres agree across processes.
+    return SensorLayout.from_arrays(ids, lat, lon, alt, gnd)
 
 
 def default_scene(t_start_ns: int, seed: int = 2026, duration_s: float = 40.0,

@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     py = sys.executable
     loc = subprocess.Popen([py, "-m", "shotnet", "locator", "run", "--sensors", str(work / "scene/sensors.geojson"),
                             "--bind", bind, "--pub", pub, "--events", str(work / "events.jsonl"),
+                            "--store", str(work / "locator.sqlite"),
                             "--temperature-c", str(scene.temperature_c), "--quiet"],
                            stdout=subprocess.PIPE, stderr=open(work / "locator.log", "w"), text=True, env=env)
     ready = loc.stdout.readline()
