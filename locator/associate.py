@@ -59,9 +59,8 @@ class AssocConfig:
     source_height_m: float = 1.5         # above the median ground under the sensors
     min_sensors: int = 5
     margin_m: float = 500.0              # search this far outside the array's bounding box
-    coarse_cell_m: float = 40.0
-    fine_cell_m: float = 4.0
-    fine_half_width_m: float = 80.0
+    coarse_cell_m: float = 100.0         # the search grid: coarse cells over the region,
+    fine_cell_m: float = 4.0             # refined by fifths down to this
     window_tol_s: float = 0.006          # added to the geometric window (picks, wind, survey)
     gate_s: float = 0.010                # max |residual| to attach a detection to a shot
     model_sigma_s: float = 3e-4          # model error added to each detection's sigma
@@ -132,6 +131,8 @@ class Associator:
         self.pending: list[Detection] = []
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor
         self._now = 0                            # the clock at the last step
+        self._dirty = False                      # new detections since the last search
+        self._next_check_ns = NOW_INFINITE       # when a waiting candidate matures
         self._fed_at: dict[str, int] = {}        # detection key -> clock when it arrived
         self.seen: set[str] = set()
         self.open: list[_Open] = []
@@ -145,6 +146,10 @@ class Associator:
         self._cgx, self._cgy = mx.ravel().copy(), my.ravel().copy()
         diag = float(np.linalg.norm(hi - lo))
         self.max_travel_s = diag / self.c
+        # Longest time between two detections of one shot: across the sensors, plus wind.
+        span_m = float(np.max(np.linalg.norm(self.pos[:, None, :2] - self.pos[None, :, :2], axis=2)))
+        self.shot_span_ns = int((span_m / self.c * (1 + cfg.max_wind_m_per_s / self.c) + cfg.gate_s
+                                 + 2 * cfg.window_tol_s) * NS_PER_S)
         self.incidents = IncidentTracker()
 
     # ------------------------------------------------------------------ input
@@ -159,6 +164,7 @@ class Associator:
         self.seen.add(det.key)
         self.stats.fed += 1
         self.pending.append(det)
+        self._dirty = True
         self._fed_at[det.key] = self._now
         h = self.history.setdefault(det.sensor_id, [])
         h.append(det.t_ns)
@@ -200,15 +206,23 @@ class Associator:
         self.pending.sort(key=lambda d: d.t_ns)
         out += self._attach_pending(now_ns)
         excluded: set[str] = set()
-        # Search until nothing is left to find, so that a backlog (a restart, a healed
-        # partition) is fully searched before anything in it can expire.
-        for _ in range(100_000):
-            ev = self._search_once(now_ns, excluded)
-            if ev is False:
-                break
-            if ev is not None:
-                out.append(ev)
+        # Search only when something changed: new detections, or a candidate that was
+        # waiting for more sensors has now waited long enough.
+        if self._dirty or now_ns >= self._next_check_ns:
+            self._dirty = False
+            self._next_check_ns = NOW_INFINITE
+            # Search until nothing is left to find, so that a backlog (a restart, a healed
+            # partition) is fully searched before anything in it can expire.
+            for _ in range(100_000):
+                ev = self._search_once(now_ns, excluded)
+                if ev is False:
+                    break
+                if ev is not None:
+                    out.append(ev)
+        n_before = len(self.pending)
         self._expire(now_ns)
+        if len(self.pending) != n_before:
+            self._dirty = True
         return out
 
     def _sigma(self, dets: list[Detection]) -> np.ndarray:
@@ -261,9 +275,17 @@ class Associator:
         """One search. Returns an event, None (a candidate failed and was excluded for
         this step: search again), or False (nothing left to find)."""
         cfg = self.cfg
-        dets = [d for d in self.pending if d.key not in excluded][: cfg.max_search]
-        if len({d.sensor_id for d in dets}) < cfg.min_sensors:
+        avail = [d for d in self.pending if d.key not in excluded]
+        if len({d.sensor_id for d in avail}) < cfg.min_sensors:
             return False
+        # A window of two shot-spans from the earliest available detection: any shot
+        # whose first detection falls in the first span lies wholly inside it.
+        d0 = avail[0]
+        first_span_end = d0.t_ns + self.shot_span_ns
+        dets = [d for d in avail if d.t_ns <= d0.t_ns + 2 * self.shot_span_ns][: cfg.max_search]
+        if len({d.sensor_id for d in dets}) < cfg.min_sensors:
+            excluded.update(d.key for d in dets if d.t_ns <= first_span_end)
+            return None
         self.stats.searches += 1
         t_ref = dets[0].t_ns
         t = np.array([(d.t_ns - t_ref) / NS_PER_S for d in dets])
@@ -275,16 +297,22 @@ class Associator:
         cnt, tau, spr = self._grid(self._cgx, self._cgy, px, py, pz, sens, t, w_c)
         g = int(np.lexsort((spr, -cnt))[0])
         if cnt[g] < cfg.min_sensors:
-            return False
-        # Fine search around the best coarse node.
-        hw = cfg.fine_half_width_m
-        fx = np.arange(self._cgx[g] - hw, self._cgx[g] + hw + 1e-9, cfg.fine_cell_m)
-        fy = np.arange(self._cgy[g] - hw, self._cgy[g] + hw + 1e-9, cfg.fine_cell_m)
-        mx, my = np.meshgrid(fx, fy, indexing="ij")
-        fgx, fgy = mx.ravel().copy(), my.ravel().copy()
-        w_f = cfg.fine_cell_m * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
-        cnt_f, tau_f, spr_f = self._grid(fgx, fgy, px, py, pz, sens, t, w_f)
-        h = int(np.lexsort((spr_f, -cnt_f))[0])
+            # No shot starts in the first span: its detections are spent for this step.
+            excluded.update(d.key for d in dets if d.t_ns <= first_span_end)
+            return None
+        # Refine around the best node: each level searches +-1.5 cells of the level above
+        # with a cell a fifth the size and a window to match.
+        bx, by, cell = self._cgx[g], self._cgy[g], cfg.coarse_cell_m
+        while cell > cfg.fine_cell_m + 1e-9:
+            hw, cell = 1.5 * cell, max(cell / 5.0, cfg.fine_cell_m)
+            fx = np.arange(bx - hw, bx + hw + 1e-9, cell)
+            fy = np.arange(by - hw, by + hw + 1e-9, cell)
+            mx, my = np.meshgrid(fx, fy, indexing="ij")
+            fgx, fgy = mx.ravel().copy(), my.ravel().copy()
+            w_f = cell * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
+            cnt_f, tau_f, spr_f = self._grid(fgx, fgy, px, py, pz, sens, t, w_f)
+            h = int(np.lexsort((spr_f, -cnt_f))[0])
+            bx, by = fgx[h], fgy[h]
         x0, y0, tau0 = fgx[h], fgy[h], tau_f[h]
         # One detection per sensor: the one closest to the predicted arrival.
         pred = tau0 + np.sqrt((x0 - px) ** 2 + (y0 - py) ** 2 + (self.z_src - pz) ** 2) / self.c
@@ -302,6 +330,8 @@ class Associator:
                   or now_ns >= t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S))
         if not mature:
             excluded.update(d.key for d in cand)
+            self._next_check_ns = min(self._next_check_ns, t0_guess_ns + int(
+                (cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S))
             return None
         if len(cand) >= cfg.min_sensors:
             ev, sol, t0_ns = self._solve(cand, (x0, y0))

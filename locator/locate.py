@@ -160,15 +160,21 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     if chi2 < 0:
         return None
     r = t - _predict(pos, par, mod)
-    if np.any(np.abs(r / sig) > outlier_sigma):
+    # The nodes' sigmas know the pick, not the survey, the wind or the street: scale them
+    # by a robust estimate (MAD) of the standardised residuals before judging outliers.
+    z = r / sig
+    scale = max(1.0, 1.4826 * float(np.median(np.abs(z - np.median(z)))))
+    if np.any(np.abs(z) > outlier_sigma * scale):
         if n < ransac_below:
-            par, mask = _ransac(pos, t, sig, par, mod, outlier_sigma)
+            par, mask = _ransac(pos, t, sig, par, mod, outlier_sigma * scale)
         else:
-            par_c, _, chi2c = _solve(pos, t, sig, mask, par, mod, kernels.LOSS_CAUCHY, 2.0)
+            par_c, _, chi2c = _solve(pos, t, sig, mask, par, mod, kernels.LOSS_CAUCHY, 2.0 * scale)
             if chi2c >= 0:
                 par = par_c
             r = t - _predict(pos, par, mod)
-            mask = np.abs(r / sig) <= outlier_sigma
+            z = r / sig
+            scale = max(1.0, 1.4826 * float(np.median(np.abs(z - np.median(z)))))
+            mask = np.abs(z) <= outlier_sigma * scale
         if mask.sum() < max(min_used, p):
             return None
         par, cov, chi2 = _solve(pos, t, sig, mask, par, mod, kernels.LOSS_L2, 1.0)
