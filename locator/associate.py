@@ -64,13 +64,14 @@ class AssocConfig:
     window_tol_s: float = 0.006          # added to the geometric window (picks, wind, survey)
     gate_s: float = 0.010                # max |residual| to attach a detection to a shot
     model_sigma_s: float = 3e-4          # model error added to each detection's sigma
-    max_rms_s: float = 0.004             # a published solution must fit better than this
+    max_rms_s: float = 0.005             # a published solution must fit better than this
     settle_range_m: float = 700.0        # first solve waits until sound has passed this range...
     early_alert_sensors: int = 8         # ...unless this many sensors already heard it
     latency_slack_s: float = 0.5         # allowance for node processing and network delay
     aerial_min_sensors: int = 7          # try a 3-D solve (aerial fireworks) with this many
     aerial_min_height_m: float = 30.0    # above the assumed source height
     certain_snr_db: float = 25.0         # predicted SNR at which a sensor surely hears a shot
+    late_allowance_s: float = 0.03       # a detection this late still shows a sensor heard
     max_silent_fraction: float = 0.25    # of nearer sensors allowed to have missed a shot
     echo_window_s: float = 0.3           # a weak solution this soon after a strong one...
     echo_radius_m: float = 150.0         # ...and this close to it is an echo, not a shot
@@ -398,7 +399,9 @@ class Associator:
             gate = (self.cfg.gate_s + wind_sd * dist[k] / self.c**2) * NS_PER_S
             checked += 1
             h = self.history.get(sid, ())
-            if not any(abs(t - pred) <= gate for t in h[-64:]):
+            # A late first arrival (blocked direct path, echo) still shows the sensor heard it.
+            late = self.cfg.late_allowance_s * NS_PER_S
+            if not any(-gate <= t - pred <= gate + late for t in h[-64:]):
                 silent += 1
         return silent <= max(1, int(self.cfg.max_silent_fraction * checked))
 

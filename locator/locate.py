@@ -116,7 +116,7 @@ def _solve(pos, t, sig, mask, x0, mod: _Model, loss, loss_k, max_iter=50):
 def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s: float,
            z_src_m: float = 1.5, x0=None, ndim: int = 2, wind_m_per_s=(0.0, 0.0),
            estimate_wind: bool = False, outlier_sigma: float = 4.0, ransac_below: int = 9,
-           min_used: int = 4) -> Solution | None:
+           min_used: int = 4, max_wind_m_per_s: float = 25.0) -> Solution | None:
     """Locate a source from arrival times.
 
     Parameters
@@ -157,11 +157,16 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     mask = np.ones(n, dtype=bool)
 
     par, cov, chi2 = _solve(pos, t, sig, mask, x0, mod, kernels.LOSS_L2, 1.0)
+    if mod.est_wind and (chi2 < 0 or np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
+        # Too little geometry to tell wind from position: solve with the wind as given.
+        return locate(pos_m, t_s, sigma_s, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0[: ndim + 1], ndim=ndim,
+                      wind_m_per_s=wind_m_per_s, estimate_wind=False, outlier_sigma=outlier_sigma,
+                      ransac_below=ransac_below, min_used=min_used)
     if chi2 < 0:
         return None
     r = t - _predict(pos, par, mod)
-    # The nodes' sigmas know the pick, not the survey, the wind or the street: scale them
-    # by a robust estimate (MAD) of the standardised residuals before judging outliers.
+    # 1. A robust fit, with gates scaled by a robust (MAD) estimate of the residual spread:
+    #    the nodes' sigmas know the pick, not the survey, the wind model or the street.
     z = r / sig
     scale = max(1.0, 1.4826 * float(np.median(np.abs(z - np.median(z)))))
     if np.any(np.abs(z) > outlier_sigma * scale):
@@ -171,14 +176,21 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
             par_c, _, chi2c = _solve(pos, t, sig, mask, par, mod, kernels.LOSS_CAUCHY, 2.0 * scale)
             if chi2c >= 0:
                 par = par_c
-            r = t - _predict(pos, par, mod)
-            z = r / sig
-            scale = max(1.0, 1.4826 * float(np.median(np.abs(z - np.median(z)))))
-            mask = np.abs(z) <= outlier_sigma * scale
-        if mask.sum() < max(min_used, p):
-            return None
+        r = t - _predict(pos, par, mod)
+    # 2. Learn the model error from the robust fit's residuals (MAD) and add it to every
+    #    sigma, so that weights and gates match the errors actually present; late
+    #    arrivals (echoes, blocked paths) then stand out and are dropped.
+    rc = r[mask]
+    s_rob = 1.4826 * float(np.median(np.abs(rc - np.median(rc))))
+    s_model2 = max(0.0, s_rob**2 - float(np.median(sig[mask] ** 2)))
+    sig = np.sqrt(sig**2 + s_model2)
+    mask = mask & (np.abs(r / sig) <= outlier_sigma)
+    if mask.sum() < max(min_used, p):
+        return None
+    # 3. The final least-squares fit on the inliers with those sigmas.
+    if not mask.all() or s_model2 > 0:
         par, cov, chi2 = _solve(pos, t, sig, mask, par, mod, kernels.LOSS_L2, 1.0)
-        if chi2 < 0:
+        if chi2 < 0 or (mod.est_wind and np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
             return None
     r = t - _predict(pos, par, mod)
     used = mask
