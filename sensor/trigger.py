@@ -76,8 +76,9 @@ def _aic_kernel(x, out):
         r2 = tot2 - s2
         m2 = r1 / (n - k)
         v2 = r2 / (n - k) - m2 * m2
-        if v1 > 0.0 and v2 > 0.0 and k >= 2 and n - k >= 2:
-            out[k] = k * math.log(v1) + (n - k - 1) * math.log(v2)
+        if k >= 2 and n - k >= 2:
+            # A floor keeps digital silence (exact zeros before an impulse) pickable.
+            out[k] = k * math.log(max(v1, 1e-30)) + (n - k - 1) * math.log(max(v2, 1e-30))
 
 
 def aic_curve(x: np.ndarray) -> np.ndarray:

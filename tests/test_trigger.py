@@ -35,8 +35,7 @@ def aic_py(x):
     out = np.full(n, np.inf)
     for k in range(2, n - 2):
         v1, v2 = np.var(x[:k]), np.var(x[k:])
-        if v1 > 0 and v2 > 0:
-            out[k] = k * math.log(v1) + (n - k - 1) * math.log(v2)
+        out[k] = k * math.log(max(v1, 1e-30)) + (n - k - 1) * math.log(max(v2, 1e-30))
     return out
 
 
@@ -105,6 +104,15 @@ def test_pick_is_sub_millisecond_on_a_noisy_impulse(rng):
         errs.append((dets[0].t_ns - T0) / 1e9 - j / fs)
     errs = np.abs(errs)
     assert np.median(errs) < 1.5 / fs and errs.max() < 0.5e-3
+
+
+def test_digital_silence_before_an_impulse_is_pickable():
+    fs = 16000
+    x = np.zeros(fs * 3, dtype=np.float32)
+    p = friedlander(fs, 0.3, 0.8e-3, length_s=0.05)
+    x[int(1.5 * fs):int(1.5 * fs) + len(p)] += p
+    dets = detect_all(x, fs, "S1", T0)
+    assert len(dets) == 1 and abs((dets[0].t_ns - T0) / 1e9 - 1.5) < 2 / fs
 
 
 def test_sigma_grows_as_snr_falls():
