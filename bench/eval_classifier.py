@@ -39,7 +39,6 @@ def crest_db(x: np.ndarray, fs: int) -> float:
 
 
 def held_out(n, seed, spec):
-    rng0 = np.random.default_rng(seed)
     w = np.asarray(HELD_OUT.class_weights) / np.sum(HELD_OUT.class_weights)
     X, y, base, kinds = [], [], [], []
     for k in tqdm(range(n), desc="held-out set", unit="ex"):
@@ -50,7 +49,6 @@ def held_out(n, seed, spec):
         y.append(c)
         base.append(crest_db(x, spec.fs_hz))
         kinds.append(kind)
-    del rng0
     return np.stack(X), np.array(y), np.array(base), kinds
 
 

@@ -235,7 +235,6 @@ class Associator:
         for op in self.open:
             used_sensors = {d.sensor_id for d in op.dets}
             joined = []
-            wind_sd = self.cfg.wind_uncertainty_m_per_s if self.wind_known else self.cfg.max_wind_m_per_s
             for d in self.pending:
                 if d.sensor_id in used_sensors or d.key in op.tried:
                     continue
@@ -246,24 +245,14 @@ class Associator:
                 # Predicted-time uncertainty from the solution's covariance (x, y, t0).
                 jrow = np.array([v[0] / (self.c * dist), v[1] / (self.c * dist), 1.0])
                 sd_pred = math.sqrt(max(float(jrow @ op.sol.cov[:3, :3] @ jrow), 0.0))
-                # An unmodelled wind changes travel times by up to |w| d / c^2.
-                gate = self.cfg.gate_s + 3.0 * sd_pred + wind_sd * dist / self.c**2
-                if abs(d.t_ns - pred_ns) <= gate * NS_PER_S:
+                if abs(d.t_ns - pred_ns) <= self._gate_s(dist, sd_pred) * NS_PER_S:
                     joined.append(d)
                     used_sensors.add(d.sensor_id)
                     op.tried.add(d.key)
             if joined:
-                dets = op.dets + joined
-                ev, sol, t0_ns = self._solve(dets, (op.sol.x_m, op.sol.y_m), event_id=op.event.event_id,
-                                             version=op.event.version + 1, incident_id=op.event.incident_id)
-                if ev is not None and len(ev.detections) > len(op.dets):
-                    keep = {d.key for d in dets if d.key in set(ev.detections)}
-                    for d in joined:
-                        if d.key in keep:
-                            self.pending.remove(d)
-                            self.stats.attached += 1
-                    op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
-                    self.stats.updates += 1
+                ev, n_kept = self._grow(op, joined)
+                if ev is not None:
+                    self.stats.attached += n_kept
                     out.append(ev)
         still = []
         for op in self.open:
@@ -356,7 +345,8 @@ class Associator:
             # Late, weaker copy of a shot just located nearby: reflections from facades
             # line up by chance. Its detections are spent; no event.
             self.stats.echoes += 1
-            self.pending = [d for d in self.pending if d.key not in set(ev.detections)]
+            spent = set(ev.detections)
+            self.pending = [d for d in self.pending if d.key not in spent]
             return None
         if ev is None:
             # No good shot from this candidate: leave its detections out of this step's
@@ -381,7 +371,6 @@ class Associator:
         src = np.array([sol.x_m, sol.y_m, sol.z_m])
         dist = np.linalg.norm(self.pos - src, axis=1)
         r_used = max(dist[self.idx[s]] for s in used)
-        wind_sd = self.cfg.wind_uncertainty_m_per_s if self.wind_known else self.cfg.max_wind_m_per_s
         # How loud was it? Back-project the onset SNRs to 1 m; a nearer sensor only
         # "should have heard" the shot if it would have had a comfortable SNR.
         lv = [d.snr_db + 20 * math.log10(max(dist[self.idx[d.sensor_id]], 1.0))
@@ -396,7 +385,7 @@ class Associator:
             pred = t0_ns + int(dist[k] / self.c * NS_PER_S)
             if now_ns != NOW_INFINITE and pred + self.cfg.latency_slack_s * NS_PER_S > now_ns:
                 continue
-            gate = (self.cfg.gate_s + wind_sd * dist[k] / self.c**2) * NS_PER_S
+            gate = self._gate_s(float(dist[k])) * NS_PER_S
             checked += 1
             h = self.history.get(sid, ())
             # A late first arrival (blocked direct path, echo) still shows the sensor heard it.
@@ -432,16 +421,27 @@ class Associator:
             op.tried.add(d.key)
         if not extra:
             return None
+        return self._grow(op, extra)[0]
+
+    def _grow(self, op: _Open, extra: list[Detection]) -> tuple[Event | None, int]:
+        """Re-solve an open event with extra detections; keep the result only if it uses
+        more detections than before. Returns (the new version or None, extras kept)."""
         dets = op.dets + extra
         ev, sol, t0_ns = self._solve(dets, (op.sol.x_m, op.sol.y_m), event_id=op.event.event_id,
                                      version=op.event.version + 1, incident_id=op.event.incident_id)
         if ev is None or len(ev.detections) <= len(op.dets):
-            return None
+            return None, 0
         keep = set(ev.detections)
         self.pending = [d for d in self.pending if d.key not in keep]
         op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
         self.stats.updates += 1
-        return ev
+        return ev, sum(d.key in keep for d in extra)
+
+    def _gate_s(self, dist_m: float, sd_pred_s: float = 0.0) -> float:
+        """How far (s) a detection at ``dist_m`` may sit from its predicted arrival: the
+        gate, 3 sigma of the prediction, and an unmodelled wind's |w| d / c^2."""
+        wind_sd = self.cfg.wind_uncertainty_m_per_s if self.wind_known else self.cfg.max_wind_m_per_s
+        return self.cfg.gate_s + 3.0 * sd_pred_s + wind_sd * dist_m / self.c**2
 
     def _grid(self, gx, gy, px, py, pz, sens, t, window):
         n = len(gx)

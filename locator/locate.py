@@ -103,11 +103,12 @@ def _predict(pos: np.ndarray, params: np.ndarray, mod: _Model) -> np.ndarray:
     return params[mod.ndim] + tt
 
 
-def _solve(pos, t, sig, mask, x0, mod: _Model, loss, loss_k, max_iter=50):
+def _solve(cols, t, sig, mask, x0, mod: _Model, loss, loss_k, max_iter=50):
+    """``cols``: the sensors' east, north, up coordinates as three contiguous arrays."""
     m = mod.n_params
     par = np.zeros(m)
     cov = np.zeros((m, m))
-    chi2 = kernels.lm_solve(pos[:, 0].copy(), pos[:, 1].copy(), pos[:, 2].copy(), t, sig, mask.astype(np.int8),
+    chi2 = kernels.lm_solve(cols[0], cols[1], cols[2], t, sig, mask.astype(np.int8),
                             np.asarray(x0, dtype=np.float64)[:m], float(mod.c), float(mod.z_src), mod.ndim,
                             mod.est_wind, mod.wind, loss, float(loss_k), max_iter, par, cov)
     return par, cov, chi2
@@ -156,7 +157,8 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     x0 = np.asarray(x0)
     mask = np.ones(n, dtype=bool)
 
-    par, cov, chi2 = _solve(pos, t, sig, mask, x0, mod, kernels.LOSS_L2, 1.0)
+    cols = tuple(np.ascontiguousarray(pos[:, k]) for k in range(3))  # once, not per solve
+    par, cov, chi2 = _solve(cols, t, sig, mask, x0, mod, kernels.LOSS_L2, 1.0)
     if mod.est_wind and (chi2 < 0 or np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
         # Too little geometry to tell wind from position: solve with the wind as given.
         return locate(pos_m, t_s, sigma_s, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0[: ndim + 1], ndim=ndim,
@@ -171,9 +173,9 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     scale = max(1.0, 1.4826 * float(np.median(np.abs(z - np.median(z)))))
     if np.any(np.abs(z) > outlier_sigma * scale):
         if n < ransac_below:
-            par, mask = _ransac(pos, t, sig, par, mod, outlier_sigma * scale)
+            par, mask = _ransac(pos, cols, t, sig, par, mod, outlier_sigma * scale)
         else:
-            par_c, _, chi2c = _solve(pos, t, sig, mask, par, mod, kernels.LOSS_CAUCHY, 2.0 * scale)
+            par_c, _, chi2c = _solve(cols, t, sig, mask, par, mod, kernels.LOSS_CAUCHY, 2.0 * scale)
             if chi2c >= 0:
                 par = par_c
         r = t - _predict(pos, par, mod)
@@ -189,7 +191,7 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
         return None
     # 3. The final least-squares fit on the inliers with those sigmas.
     if not mask.all() or s_model2 > 0:
-        par, cov, chi2 = _solve(pos, t, sig, mask, par, mod, kernels.LOSS_L2, 1.0)
+        par, cov, chi2 = _solve(cols, t, sig, mask, par, mod, kernels.LOSS_L2, 1.0)
         if chi2 < 0 or (mod.est_wind and np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
             return None
     r = t - _predict(pos, par, mod)
@@ -205,7 +207,7 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
         scale2=scale2, ellipse_factor=k, ndim=ndim, wind_m_per_s=(wx, wy), wind_estimated=mod.est_wind)
 
 
-def _ransac(pos, t, sig, par0, mod: _Model, outlier_sigma):
+def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma):
     """Exhaustive RANSAC over minimal subsets (p + 1 detections, one redundant) for small
     n; keeps the consensus set with the most inliers, then the smallest chi^2."""
     n = len(t)
@@ -216,7 +218,7 @@ def _ransac(pos, t, sig, par0, mod: _Model, outlier_sigma):
     for subset in itertools.combinations(range(n), p + 1):
         m = np.zeros(n, dtype=bool)
         m[list(subset)] = True
-        par, _, chi2 = _solve(pos, t, sig, m, par0, mod, kernels.LOSS_L2, 1.0)
+        par, _, chi2 = _solve(cols, t, sig, m, par0, mod, kernels.LOSS_L2, 1.0)
         if chi2 < 0:
             continue
         r = (t - _predict(pos, par, mod)) / sig

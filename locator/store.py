@@ -70,12 +70,8 @@ class Store:
         return out
 
     def detections_since(self, t_ns: int) -> list[Detection]:
-        rows = self.db.execute("SELECT body, clip FROM detections WHERE t_ns >= ? ORDER BY t_ns", (t_ns,))
-        out = []
-        for body, clip in rows:
-            d = json.loads(body)
-            out.append(detection_from_dict(d))
-        return out
+        rows = self.db.execute("SELECT body FROM detections WHERE t_ns >= ? ORDER BY t_ns", (t_ns,))
+        return [detection_from_dict(json.loads(body)) for (body,) in rows]
 
     def count_detections(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM detections").fetchone()[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 
 from .classify import load_classifier
 from .clock import LinearSampleClock

@@ -11,7 +11,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -216,4 +216,4 @@ def detect_all(samples: np.ndarray, fs_hz: int, sensor_id: str, t0_ns: int, clas
     return out
 
 
-__all__ = ["NodeCore", "NodeConfig", "NodeStats", "RingBuffer", "run_node", "detect_all", "Iterable"]
+__all__ = ["NodeCore", "NodeConfig", "NodeStats", "RingBuffer", "run_node", "detect_all"]

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .acoustics import path_response, speed_of_sound_m_per_s, travel_time_s
 from .contract import NS_PER_S
-from .layout import SensorLayout, load_layout, parse_layout, save_layout
+from .layout import SensorLayout, load_layout, save_layout
 from .synth import GUN_KINDS, burst, crack, db_spl_to_pa, gunshot_params, lookalike, muzzle_blast, urban_noise
 
 SOURCE_KINDS = GUN_KINDS + ("burst",) + (
@@ -347,4 +347,4 @@ def scene_with_start(scene: Scene, t_start_ns: int) -> Scene:
 
 __all__ = ["Scene", "Source", "Emission", "render_sensor", "truth_records", "write_scene",
            "load_scene_spec", "save_scene_spec", "default_scene", "default_layout", "emissions",
-           "scene_with_start", "is_gun_kind", "SOURCE_KINDS", "field"]
+           "scene_with_start", "is_gun_kind", "SOURCE_KINDS"]

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
             now = time.time_ns()
             first_seen.setdefault(ev.event_id, now)
             events[ev.event_id] = ev
-            if ev.version == 1 or ev.label == "gunshot" and events.get(ev.event_id) is None:
+            if ev.version == 1:
                 print(_line(ev, now), flush=True)
     for p in nodes:
         p.wait(timeout=30)

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from shotnet.sensor.trigger import _aic_kernel, _sta_lta_kernel, aic_curve, pick_sigma_ns
+from shotnet.sensor.trigger import _sta_lta_kernel, aic_curve, pick_sigma_ns
 from shotnet.sensor.node import RingBuffer, detect_all, NodeConfig, NodeCore
 from shotnet.sensor.clock import LinearSampleClock
 from shotnet.sensor.synth import friedlander
