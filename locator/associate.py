@@ -10,12 +10,20 @@ One step:
 1. *Attach*: a pending detection whose time matches the predicted arrival of a recent
    event at its sensor (and whose sensor is not yet in it) joins that event; the event is
    re-solved and re-published as a new ``version`` with the same ``event_id``.
-2. *Search*: the space-time consistency search (:func:`kernels.grid_coherence`) on a
-   coarse grid over the array (+ margin), then a fine grid around the best coarse node,
-   counts distinct sensors per node and origin-time window. A candidate needs
-   ``min_sensors`` distinct sensors. For each sensor the detection closest to the
-   predicted arrival is taken, the shot is solved robustly (:func:`locate.locate`), and
-   detections that fit within the gate are kept. A detection serves at most one shot.
+2. *Search*, seeded (as in REAL, Zhang et al. 2019): each pending detection in time
+   order is tried as the first arrival of a shot. The detections that can belong to the
+   same shot are those within one shot-span after it that pass the pair gate
+   (``|t_i - t_seed| <= |p_i - p_seed| / c`` + tolerance). The anchored space-time
+   consistency search (:func:`kernels.seed_coherence`) then counts, on a grid over the
+   part of the region where the seed's sensor is among the nearest (a first arrival comes
+   from a near sensor), the distinct sensors consistent with the seed, and refines
+   around the best nodes. A candidate needs ``min_sensors`` distinct sensors. For each
+   sensor the detection closest to the predicted arrival is taken, the shot is solved
+   robustly (:func:`locate.locate`), and detections that fit within the gate are kept. A
+   detection serves at most one shot. A seed's outcome is remembered until a new
+   detection lands in its window or its candidate matures, so each detection is
+   searched a bounded number of times however long it waits: the cost grows linearly
+   with the stream, which is what keeps a fireworks night tractable.
 3. *Publish* once the solution is good (``min_sensors`` used, residual RMS under
    ``max_rms_s``): alert as soon as a good solution exists; keep the event open for
    updates until sound could have reached every sensor in hearing range.
@@ -29,6 +37,7 @@ the same stream produces the same ids.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import math
@@ -59,8 +68,11 @@ class AssocConfig:
     source_height_m: float = 1.5         # above the median ground under the sensors
     min_sensors: int = 5
     margin_m: float = 500.0              # search this far outside the array's bounding box
-    coarse_cell_m: float = 100.0         # the search grid: coarse cells over the region,
+    coarse_cell_m: float = 12.5          # the search grid: coarse cells over the region,
     fine_cell_m: float = 4.0             # refined by fifths down to this
+    seed_region_m: float = 400.0         # a seed's sensor is at most this much farther from
+                                         # the source than the nearest sensor
+    refine_best: int = 3                 # coarse nodes refined per seed
     window_tol_s: float = 0.006          # added to the geometric window (picks, wind, survey)
     gate_s: float = 0.010                # max |residual| to attach a detection to a shot
     model_sigma_s: float = 3e-4          # model error added to each detection's sigma
@@ -78,7 +90,7 @@ class AssocConfig:
     same_shot_s: float = 0.015           # two solutions this close in time and space...
     same_shot_m: float = 15.0            # ...are one shot and get merged
     max_pending: int = 2000              # oldest pending detections beyond this are expired
-    max_search: int = 400                # detections considered by one search
+    max_search: int = 2000               # detections considered by one search
     test_mode: bool = False              # events are marked as tests (calibration)
     wind_m_per_s: tuple[float, float] = (0.0, 0.0)  # initial regional wind (east, north)
     estimate_wind: bool = True           # solve for the wind when enough sensors heard a shot
@@ -132,9 +144,14 @@ class Associator:
         self.pending: list[Detection] = []
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor
         self._now = 0                            # the clock at the last step
-        self._dirty = False                      # new detections since the last search
-        self._next_check_ns = NOW_INFINITE       # when a waiting candidate matures
         self._fed_at: dict[str, int] = {}        # detection key -> clock when it arrived
+        # Seed memo: key -> [seed time ns, not before this clock, wake at this clock (or
+        # None), new detections still needed in its window to wake]. A seed is searched
+        # again once the clock passes "not before" and it is woken by time or by new
+        # detections. Also each seed's last failed candidate, never solved twice.
+        self._memo: dict[str, list] = {}
+        self._failed: dict[str, frozenset] = {}
+        self._new_times: list[int] = []
         self.seen: set[str] = set()
         self.open: list[_Open] = []
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
@@ -144,13 +161,22 @@ class Associator:
         gx = np.arange(lo[0], hi[0] + cfg.coarse_cell_m, cfg.coarse_cell_m)
         gy = np.arange(lo[1], hi[1] + cfg.coarse_cell_m, cfg.coarse_cell_m)
         mx, my = np.meshgrid(gx, gy, indexing="ij")
-        self._cgx, self._cgy = mx.ravel().copy(), my.ravel().copy()
+        cgx, cgy = mx.ravel(), my.ravel()
+        # Each sensor's seed region: the coarse nodes where it is at most seed_region_m
+        # farther than the nearest sensor.
+        dn = np.hypot(cgx[:, None] - self.pos[None, :, 0], cgy[:, None] - self.pos[None, :, 1])
+        near = dn <= dn.min(axis=1, keepdims=True) + cfg.seed_region_m
+        self._region = [(np.ascontiguousarray(cgx[near[:, k]]), np.ascontiguousarray(cgy[near[:, k]]))
+                        for k in range(len(layout))]
+        self._spx, self._spy, self._spz = (np.ascontiguousarray(self.pos[:, k]) for k in range(3))
         diag = float(np.linalg.norm(hi - lo))
         self.max_travel_s = diag / self.c
-        # Longest time between two detections of one shot: across the sensors, plus wind.
-        span_m = float(np.max(np.linalg.norm(self.pos[:, None, :2] - self.pos[None, :, :2], axis=2)))
-        self.shot_span_ns = int((span_m / self.c * (1 + cfg.max_wind_m_per_s / self.c) + cfg.gate_s
-                                 + 2 * cfg.window_tol_s) * NS_PER_S)
+        # Longest time between two detections of one shot: across the sensors, plus wind;
+        # and per sensor pair (the pair gate).
+        pair_m = np.linalg.norm(self.pos[:, None, :2] - self.pos[None, :, :2], axis=2)
+        slack_s = cfg.gate_s + 2 * cfg.window_tol_s
+        self._pair_ns = ((pair_m / self.c * (1 + cfg.max_wind_m_per_s / self.c) + slack_s) * NS_PER_S).astype(np.int64)
+        self.shot_span_ns = int(self._pair_ns.max())
         self.incidents = IncidentTracker()
 
     # ------------------------------------------------------------------ input
@@ -165,7 +191,7 @@ class Associator:
         self.seen.add(det.key)
         self.stats.fed += 1
         self.pending.append(det)
-        self._dirty = True
+        self._new_times.append(det.t_ns)
         self._fed_at[det.key] = self._now
         h = self.history.setdefault(det.sensor_id, [])
         h.append(det.t_ns)
@@ -206,24 +232,9 @@ class Associator:
             self._now = max(self._now, now_ns)
         self.pending.sort(key=lambda d: d.t_ns)
         out += self._attach_pending(now_ns)
-        excluded: set[str] = set()
-        # Search only when something changed: new detections, or a candidate that was
-        # waiting for more sensors has now waited long enough.
-        if self._dirty or now_ns >= self._next_check_ns:
-            self._dirty = False
-            self._next_check_ns = NOW_INFINITE
-            # Search until nothing is left to find, so that a backlog (a restart, a healed
-            # partition) is fully searched before anything in it can expire.
-            for _ in range(100_000):
-                ev = self._search_once(now_ns, excluded)
-                if ev is False:
-                    break
-                if ev is not None:
-                    out.append(ev)
-        n_before = len(self.pending)
+        self._forget_stale_seeds()
+        out += self._search(now_ns)
         self._expire(now_ns)
-        if len(self.pending) != n_before:
-            self._dirty = True
         return out
 
     def _sigma(self, dets: list[Detection]) -> np.ndarray:
@@ -232,28 +243,35 @@ class Associator:
 
     def _attach_pending(self, now_ns: int) -> list[Event]:
         out = []
+        if self.open and self.pending:
+            p_t = np.array([d.t_ns for d in self.pending], dtype=np.int64)
+            p_pos = self.pos[[self.idx[d.sensor_id] for d in self.pending]]
         for op in self.open:
+            if not self.pending:
+                break
             used_sensors = {d.sensor_id for d in op.dets}
+            v = np.array([op.sol.x_m, op.sol.y_m, op.sol.z_m]) - p_pos
+            dist = np.linalg.norm(v, axis=1)
+            pred_ns = op.t0_ns + (dist / self.c * NS_PER_S).astype(np.int64)
+            # Predicted-time uncertainty from the solution's covariance (x, y, t0).
+            jac = np.column_stack([v[:, 0] / (self.c * dist), v[:, 1] / (self.c * dist), np.ones(len(dist))])
+            sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, op.sol.cov[:3, :3], jac), 0.0))
+            ok = np.abs(p_t - pred_ns) <= self._gate_s(dist, sd_pred) * NS_PER_S
             joined = []
-            for d in self.pending:
+            for i in np.flatnonzero(ok):
+                d = self.pending[i]
                 if d.sensor_id in used_sensors or d.key in op.tried:
                     continue
-                p = self.pos[self.idx[d.sensor_id]]
-                v = np.array([op.sol.x_m, op.sol.y_m, op.sol.z_m]) - p
-                dist = float(np.linalg.norm(v))
-                pred_ns = op.t0_ns + int(dist / self.c * NS_PER_S)
-                # Predicted-time uncertainty from the solution's covariance (x, y, t0).
-                jrow = np.array([v[0] / (self.c * dist), v[1] / (self.c * dist), 1.0])
-                sd_pred = math.sqrt(max(float(jrow @ op.sol.cov[:3, :3] @ jrow), 0.0))
-                if abs(d.t_ns - pred_ns) <= self._gate_s(dist, sd_pred) * NS_PER_S:
-                    joined.append(d)
-                    used_sensors.add(d.sensor_id)
-                    op.tried.add(d.key)
+                joined.append(d)
+                used_sensors.add(d.sensor_id)
+                op.tried.add(d.key)
             if joined:
                 ev, n_kept = self._grow(op, joined)
                 if ev is not None:
                     self.stats.attached += n_kept
                     out.append(ev)
+                    p_t = np.array([d.t_ns for d in self.pending], dtype=np.int64)
+                    p_pos = self.pos[[self.idx[d.sensor_id] for d in self.pending]].reshape(-1, 3)
         still = []
         for op in self.open:
             (self.recent if now_ns >= op.close_at_ns else still).append(op)
@@ -261,97 +279,154 @@ class Associator:
         self.recent = [op for op in self.recent if now_ns == NOW_INFINITE or now_ns - op.t0_ns < 120 * NS_PER_S]
         return out
 
-    def _search_once(self, now_ns: int, excluded: set[str]) -> Event | None | bool:
-        """One search. Returns an event, None (a candidate failed and was excluded for
-        this step: search again), or False (nothing left to find)."""
+    def _forget_stale_seeds(self) -> None:
+        """Count new detections into each remembered seed's window."""
+        if self._new_times and self._memo:
+            new = np.sort(np.array(self._new_times, dtype=np.int64))
+            keys = list(self._memo)
+            ts = np.array([self._memo[k][0] for k in keys], dtype=np.int64)
+            n_new = np.searchsorted(new, ts + self.shot_span_ns, "right") - np.searchsorted(new, ts, "left")
+            for k in np.flatnonzero(n_new):
+                self._memo[keys[k]][3] -= int(n_new[k])
+        self._new_times.clear()
+
+    def _asleep(self, key: str, now_ns: int) -> bool:
+        m = self._memo.get(key)
+        return m is not None and (now_ns < m[1] or (m[3] > 0 and (m[2] is None or now_ns < m[2])))
+
+    def _remember(self, seed: Detection, now_ns: int, need_new: int = 1) -> None:
+        """A seed found no shot: search it again once ``need_new`` more detections have
+        landed in its window, and (while its window is still filling) not before its
+        age has grown by half, so a seed in a dense stream is searched O(log) times."""
+        age = now_ns - seed.t_ns
+        if now_ns == NOW_INFINITE or age > self.shot_span_ns + self.cfg.latency_slack_s * NS_PER_S:
+            not_before = 0
+        else:
+            not_before = seed.t_ns + max(int(1.5 * age), int(0.25 * NS_PER_S))
+        self._memo[seed.key] = [seed.t_ns, not_before, None, max(1, need_new)]
+
+    def _search(self, now_ns: int) -> list[Event]:
+        """Try each pending detection, in time order, as the first arrival of a shot."""
+        out: list[Event] = []
+        skip: set[str] = set()      # members of a candidate waiting to mature, this step
+        k = 0
+        arrays = None
+        while k < len(self.pending):
+            d = self.pending[k]
+            k += 1
+            if d.key in skip or self._asleep(d.key, now_ns):
+                continue
+            if arrays is None:
+                arrays = (np.array([p.t_ns for p in self.pending], dtype=np.int64),
+                          np.array([self.idx[p.sensor_id] for p in self.pending], dtype=np.int64))
+            n_before = len(self.pending)
+            ev = self._search_seed(k - 1, now_ns, skip, *arrays)
+            if ev is not None:
+                out.append(ev)
+            if len(self.pending) != n_before:
+                # Detections were consumed: carry on from the first one still pending
+                # at or after this seed's time.
+                arrays = None
+                k = bisect.bisect_left([p.t_ns for p in self.pending], d.t_ns)
+        return out
+
+    def _search_seed(self, k: int, now_ns: int, skip: set[str], tp: np.ndarray, sp: np.ndarray) -> Event | None:
+        """Search for a shot whose first arrival is ``pending[k]``; ``tp, sp`` are the
+        pending detections' times (ns) and sensor indices."""
         cfg = self.cfg
-        avail = [d for d in self.pending if d.key not in excluded]
-        if len({d.sensor_id for d in avail}) < cfg.min_sensors:
-            return False
-        # A window of two shot-spans from the earliest available detection: any shot
-        # whose first detection falls in the first span lies wholly inside it.
-        d0 = avail[0]
-        first_span_end = d0.t_ns + self.shot_span_ns
-        dets = [d for d in avail if d.t_ns <= d0.t_ns + 2 * self.shot_span_ns][: cfg.max_search]
-        if len({d.sensor_id for d in dets}) < cfg.min_sensors:
-            excluded.update(d.key for d in dets if d.t_ns <= first_span_end)
+        seed = self.pending[k]
+        s0 = int(sp[k])
+        # The seed's window: later detections at other sensors that pass the pair gate.
+        js = np.arange(k + 1, int(np.searchsorted(tp, seed.t_ns + self.shot_span_ns, "right")))
+        js = js[(sp[js] != s0) & (tp[js] - seed.t_ns <= self._pair_ns[sp[js], s0])][: cfg.max_search]
+        n_sens = len(np.unique(sp[js])) + 1
+        if n_sens < cfg.min_sensors:
+            self._remember(seed, now_ns, need_new=cfg.min_sensors - n_sens)
             return None
         self.stats.searches += 1
-        t_ref = dets[0].t_ns
-        t = np.array([(d.t_ns - t_ref) / NS_PER_S for d in dets])
-        sens = np.array([self.idx[d.sensor_id] for d in dets], dtype=np.int64)
-        p = self.pos[sens]
-        px, py, pz = (np.ascontiguousarray(p[:, k]) for k in range(3))
-        # Coarse search: the window covers a cell's worth of travel-time error.
-        w_c = cfg.coarse_cell_m * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
-        cnt, tau, spr = self._grid(self._cgx, self._cgy, px, py, pz, sens, t, w_c)
-        g = int(np.lexsort((spr, -cnt))[0])
-        if cnt[g] < cfg.min_sensors:
-            # No shot starts in the first span: its detections are spent for this step.
-            excluded.update(d.key for d in dets if d.t_ns <= first_span_end)
+        t = (tp[js] - seed.t_ns) / NS_PER_S
+        sens = np.ascontiguousarray(sp[js])
+        gx, gy = self._region[s0]
+        hw_c = cfg.coarse_cell_m * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
+        cnt, cost = self._grid(gx, gy, s0, t, sens, hw_c)
+        n_max = int(cnt.max())
+        if n_max < cfg.min_sensors:
+            # Each new detection adds at most one sensor to any node's count.
+            self._remember(seed, now_ns, need_new=cfg.min_sensors - n_max)
             return None
-        # Refine around the best node: each level searches +-1.5 cells of the level above
-        # with a cell a fifth the size and a window to match.
-        bx, by, cell = self._cgx[g], self._cgy[g], cfg.coarse_cell_m
+        top = np.flatnonzero(cnt == n_max)
+        if len(top) > cfg.refine_best:
+            top = top[np.argpartition(cost[top], cfg.refine_best - 1)[: cfg.refine_best]]
+        # Refine: each level searches +-1.5 cells around the best nodes of the level
+        # above (the first level: the top refine_best coarse nodes) with a cell a fifth
+        # the size and a window to match; all in one kernel call per level.
+        bx, by = gx[top], gy[top]
+        cell, hw = cfg.coarse_cell_m, hw_c
+        x_b, y_b = float(bx[0]), float(by[0])
         while cell > cfg.fine_cell_m + 1e-9:
-            hw, cell = 1.5 * cell, max(cell / 5.0, cfg.fine_cell_m)
-            fx = np.arange(bx - hw, bx + hw + 1e-9, cell)
-            fy = np.arange(by - hw, by + hw + 1e-9, cell)
-            mx, my = np.meshgrid(fx, fy, indexing="ij")
-            fgx, fgy = mx.ravel().copy(), my.ravel().copy()
-            w_f = cell * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
-            cnt_f, tau_f, spr_f = self._grid(fgx, fgy, px, py, pz, sens, t, w_f)
-            h = int(np.lexsort((spr_f, -cnt_f))[0])
-            bx, by = fgx[h], fgy[h]
-        x0, y0, tau0 = fgx[h], fgy[h], tau_f[h]
+            half, cell = 1.5 * cell, max(cell / 5.0, cfg.fine_cell_m)
+            off = np.arange(-half, half + 1e-9, cell)
+            ox, oy = np.meshgrid(off, off, indexing="ij")
+            fgx = np.ascontiguousarray((bx[:, None] + ox.ravel()[None, :]).ravel())
+            fgy = np.ascontiguousarray((by[:, None] + oy.ravel()[None, :]).ravel())
+            hw = cell * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
+            cnt_f, cost_f = self._grid(fgx, fgy, s0, t, sens, hw)
+            h = int(np.lexsort((cost_f, -cnt_f))[0])
+            x_b, y_b = float(fgx[h]), float(fgy[h])
+            bx, by = fgx[h:h + 1], fgy[h:h + 1]
+        best = (x_b, y_b, None, None, hw)
+        x0, y0, _, _, w_f = best
         # One detection per sensor: the one closest to the predicted arrival.
-        pred = tau0 + np.sqrt((x0 - px) ** 2 + (y0 - py) ** 2 + (self.z_src - pz) ** 2) / self.c
+        tt = self._travel_s(x0, y0)
+        tau0 = -tt[s0]
+        r = np.abs(t - tt[sens] - tau0)
         chosen: dict[int, int] = {}
-        for i in range(len(dets)):
-            r = abs(t[i] - pred[i])
-            if r <= w_f + cfg.gate_s and (sens[i] not in chosen or r < abs(t[chosen[sens[i]]] - pred[chosen[sens[i]]])):
-                chosen[sens[i]] = i
-        cand = [dets[i] for i in sorted(chosen.values())]
-        ev = None
+        for i in np.flatnonzero(r <= w_f + cfg.gate_s):
+            si = int(sens[i])
+            if si not in chosen or r[i] < r[chosen[si]]:
+                chosen[si] = int(i)
+        cand = sorted([seed] + [self.pending[int(js[i])] for i in chosen.values()], key=lambda d: d.t_ns)
+        if len(cand) < cfg.min_sensors:
+            self._remember(seed, now_ns, need_new=cfg.min_sensors - len(cand))
+            return None
         # Alert as soon as the solution can be good: when enough sensors have reported,
         # or when sound has had time to reach every sensor within settle_range_m.
-        t0_guess_ns = t_ref + int(tau0 * NS_PER_S)
-        mature = (len(cand) >= cfg.early_alert_sensors
-                  or now_ns >= t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S))
-        if not mature:
-            excluded.update(d.key for d in cand)
-            self._next_check_ns = min(self._next_check_ns, t0_guess_ns + int(
-                (cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S))
+        t0_guess_ns = seed.t_ns + int(tau0 * NS_PER_S)
+        mature_at = t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S)
+        if len(cand) < cfg.early_alert_sensors and now_ns < mature_at:
+            for d in cand:
+                self._memo[d.key] = [d.t_ns, 0, mature_at, cfg.early_alert_sensors - len(cand)]
+                skip.add(d.key)
             return None
-        if len(cand) >= cfg.min_sensors:
-            ev, sol, t0_ns = self._solve(cand, (x0, y0))
-        if ev is not None:
-            twin = self._same_shot(sol, t0_ns)
-            if twin is not None:
-                # The same shot found twice (its detections arrived in two groups):
-                # merge into the open event rather than publish a duplicate.
-                merged = self._merge(twin, cand)
-                if merged is not None:
-                    return merged
-                excluded.update(d.key for d in cand)
-                return None
-        if ev is not None and not self._heard_by_nearer(sol, t0_ns, ev, now_ns):
+        keys = frozenset(d.key for d in cand)
+        if keys <= self._failed.get(seed.key, frozenset()):
+            self._remember(seed, now_ns)       # the same candidate failed before: nothing new
+            return None
+        self._failed[seed.key] = keys
+        ev, sol, t0_ns = self._solve(cand, (x0, y0))
+        if ev is None:
+            self._remember(seed, now_ns)
+            return None
+        twin = self._same_shot(sol, t0_ns)
+        if twin is not None:
+            # The same shot found twice (its detections arrived in two groups): merge
+            # into the open event rather than publish a duplicate.
+            merged = self._merge(twin, cand)
+            if merged is None:
+                self._remember(seed, now_ns)
+            return merged
+        if not self._heard_by_nearer(sol, t0_ns, ev, now_ns):
             # Sensors nearer than those used should have heard a real shot and did not:
             # the candidate mixes detections of different sounds (or echoes).
             self.stats.silent_neighbours += 1
-            excluded.update(d.key for d in cand)
+            self._remember(seed, now_ns)
             return None
-        if ev is not None and self._is_echo(sol, t0_ns, len(ev.sensor_ids)):
+        if self._is_echo(sol, t0_ns, len(ev.sensor_ids)):
             # Late, weaker copy of a shot just located nearby: reflections from facades
             # line up by chance. Its detections are spent; no event.
             self.stats.echoes += 1
             spent = set(ev.detections)
             self.pending = [d for d in self.pending if d.key not in spent]
-            return None
-        if ev is None:
-            # No good shot from this candidate: leave its detections out of this step's
-            # further searches (they may still fit a shot when more detections arrive).
-            excluded.update(d.key for d in (cand or dets[:1]))
             return None
         used = set(ev.detections)
         self.pending = [d for d in self.pending if d.key not in used]
@@ -359,6 +434,11 @@ class Associator:
         self.open.append(_Open(ev, sol, [d for d in cand if d.key in used], close_at, t0_ns))
         self.stats.events += 1
         return ev
+
+    def _travel_s(self, x: float, y: float) -> np.ndarray:
+        """Travel time (s) from ``(x, y, z_src)`` to every sensor, wind to first order."""
+        d = self.pos - np.array([x, y, self.z_src])
+        return np.linalg.norm(d, axis=1) / self.c - (d[:, 0] * self.wind[0] + d[:, 1] * self.wind[1]) / self.c**2
 
     def _heard_by_nearer(self, sol: Solution, t0_ns: int, ev: Event, now_ns: int) -> bool:
         """Check that sensors nearer than the farthest one used heard the shot.
@@ -437,21 +517,20 @@ class Associator:
         self.stats.updates += 1
         return ev, sum(d.key in keep for d in extra)
 
-    def _gate_s(self, dist_m: float, sd_pred_s: float = 0.0) -> float:
+    def _gate_s(self, dist_m, sd_pred_s=0.0):
         """How far (s) a detection at ``dist_m`` may sit from its predicted arrival: the
         gate, 3 sigma of the prediction, and an unmodelled wind's |w| d / c^2."""
         wind_sd = self.cfg.wind_uncertainty_m_per_s if self.wind_known else self.cfg.max_wind_m_per_s
         return self.cfg.gate_s + 3.0 * sd_pred_s + wind_sd * dist_m / self.c**2
 
-    def _grid(self, gx, gy, px, py, pz, sens, t, window):
+    def _grid(self, gx, gy, s0, t, sens, half_window_s):
         n = len(gx)
         cnt = np.zeros(n, dtype=np.int64)
-        tau = np.zeros(n)
-        spr = np.zeros(n)
-        kernels.grid_coherence(gx, gy, float(self.z_src), px, py, pz, sens, t, float(self.c),
-                               float(self.wind[0]), float(self.wind[1]), float(window),
-                               len(self.layout), cnt, tau, spr)
-        return cnt, tau, spr
+        cost = np.zeros(n)
+        kernels.seed_coherence(gx, gy, float(self.z_src), self._spx, self._spy, self._spz, int(s0), t, sens,
+                               float(self.c), float(self.wind[0]), float(self.wind[1]), float(half_window_s),
+                               cnt, cost)
+        return cnt, cost
 
     def _solve(self, dets: list[Detection], xy0, event_id: str | None = None, version: int = 1,
                incident_id: str | None = None):
@@ -546,6 +625,8 @@ class Associator:
             else:
                 keep.append(d)
         self._fed_at = {d.key: self._fed_at.get(d.key, 0) for d in keep}
+        self._memo = {d.key: self._memo[d.key] for d in keep if d.key in self._memo}
+        self._failed = {d.key: self._failed[d.key] for d in keep if d.key in self._failed}
         if len(keep) > self.cfg.max_pending:
             self.stats.unassociated += len(keep) - self.cfg.max_pending
             keep = keep[-self.cfg.max_pending:]

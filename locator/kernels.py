@@ -183,54 +183,42 @@ def lm_solve_many(px, py, pz, t, sigma, x0, c, z_src, max_iter, out_params, out_
 
 
 @numba.njit(parallel=True, cache=True)
-def grid_coherence(gx, gy, z_src, px, py, pz, sens, t, c, wx, wy, window_s, n_sensors, best_count, best_tau,
-                   best_spread):
-    """Space-time consistency search.
+def seed_coherence(gx, gy, z_src, sx, sy, sz, s0, t, sens, c, wx, wy, half_window_s, best_count, best_cost):
+    """Anchored space-time consistency search (one seed detection).
 
-    For every grid node ``(gx[g], gy[g])`` back-project each detection to an origin time
-    ``tau_i = t_i - |node - p_i| / c`` and find the window of width ``window_s`` holding
-    the most *distinct* sensors. Writes, per node, that count, the window's mean origin
-    time and its spread (max - min tau), so ties go to the tightest window.
+    The seed is a detection at sensor ``s0`` at time 0. For every grid node
+    ``(gx[g], gy[g], z_src)`` the seed implies an origin time ``-T(node, s0)``; each other
+    detection ``i`` (time ``t[i]`` s after the seed, at sensor ``sens[i]``) then has a
+    residual ``r_i = t[i] - T(node, sens[i]) + T(node, s0)``. Per node, writes the number
+    of distinct sensors (the seed's included) with a detection within ``half_window_s``
+    of zero residual, and the sum of each such sensor's smallest ``|r|`` (s), so ties go
+    to the tightest fit.
 
-    ``px, py, pz`` are per-detection sensor positions, ``sens`` per-detection sensor indices
-    in ``[0, n_sensors)``; ``(wx, wy)`` the wind (m/s) to first order.
+    ``sx, sy, sz`` are all sensors' positions (m); ``(wx, wy)`` the wind (m/s), to first
+    order: ``T = |d|/c - (d.w)/c^2``. Cost O(nodes x (sensors + detections)).
     """
     n_cells = gx.shape[0]
+    n_sens = sx.shape[0]
     n = t.shape[0]
     for g in prange(n_cells):
-        tau = np.empty(n)
+        tt = np.empty(n_sens)
+        for s in range(n_sens):
+            dx = sx[s] - gx[g]
+            dy = sy[s] - gy[g]
+            dz = sz[s] - z_src
+            tt[s] = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c)
+        best = np.full(n_sens, np.inf)
+        off = tt[s0]
         for i in range(n):
-            dx = px[i] - gx[g]
-            dy = py[i] - gy[g]
-            dz = pz[i] - z_src
-            # first order in the wind (|w| << c): T = |d|/c - (d.w)/c^2
-            tau[i] = t[i] - math.sqrt(dx * dx + dy * dy + dz * dz) / c + (dx * wx + dy * wy) / (c * c)
-        order = np.argsort(tau)
-        counts = np.zeros(n_sensors, dtype=np.int32)
-        distinct = 0
-        j = 0
-        bc = 0
-        bt = 0.0
-        bs = 1e9
-        for ii in range(n):
-            i = order[ii]
-            if counts[sens[i]] == 0:
-                distinct += 1
-            counts[sens[i]] += 1
-            while tau[i] - tau[order[j]] > window_s:
-                k = order[j]
-                counts[sens[k]] -= 1
-                if counts[sens[k]] == 0:
-                    distinct -= 1
-                j += 1
-            spread = tau[i] - tau[order[j]]
-            if distinct > bc or (distinct == bc and spread < bs):
-                bc = distinct
-                bs = spread
-                s = 0.0
-                for q in range(j, ii + 1):
-                    s += tau[order[q]]
-                bt = s / (ii + 1 - j)
-        best_count[g] = bc
-        best_tau[g] = bt
-        best_spread[g] = bs
+            k = sens[i]
+            r = abs(t[i] - tt[k] + off)
+            if r <= half_window_s and r < best[k]:
+                best[k] = r
+        cnt = 1
+        cost = 0.0
+        for s in range(n_sens):
+            if s != s0 and best[s] < np.inf:
+                cnt += 1
+                cost += best[s]
+        best_count[g] = cnt
+        best_cost[g] = cost

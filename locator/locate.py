@@ -16,6 +16,7 @@ chi-square factor 5.991 under-covers when sigma is estimated).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ def ellipse_from_cov(cov2: np.ndarray, k: float) -> tuple[float, float, float]:
     return major, minor, az
 
 
+@functools.lru_cache(maxsize=1024)
 def ellipse_factor(dof: int, estimated: bool) -> float:
     if estimated and dof >= 1:
         return 2.0 * float(f_dist.ppf(0.95, 2, dof))
@@ -173,10 +175,10 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     scale = max(1.0, 1.4826 * float(np.median(np.abs(z - np.median(z)))))
     if np.any(np.abs(z) > outlier_sigma * scale):
         if n < ransac_below:
-            par, mask = _ransac(pos, cols, t, sig, par, mod, outlier_sigma * scale)
+            par, mask = _ransac(pos, cols, t, sig, par, mod, outlier_sigma * scale, max_wind_m_per_s)
         else:
             par_c, _, chi2c = _solve(cols, t, sig, mask, par, mod, kernels.LOSS_CAUCHY, 2.0 * scale)
-            if chi2c >= 0:
+            if chi2c >= 0 and not (mod.est_wind and np.hypot(*mod.wind_of(par_c)) > max_wind_m_per_s):
                 par = par_c
         r = t - _predict(pos, par, mod)
     # 2. Learn the model error from the robust fit's residuals (MAD) and add it to every
@@ -198,8 +200,12 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     used = mask
     dof = int(used.sum()) - p
     chi2 = float(np.sum((r[used] / sig[used]) ** 2))
-    scale2 = chi2 / dof if dof >= 1 else 1.0
-    k = ellipse_factor(dof, estimated=dof >= 1)
+    # Scale the covariance by the residuals (sigma estimated: F-distribution factor), but
+    # never below the stated sigmas: a few detections that fit by chance must not shrink
+    # the ellipse below what the timing errors allow (then chi-square, sigma known).
+    scale2, k = 1.0, ellipse_factor(dof, estimated=False)
+    if dof >= 1 and chi2 / dof * ellipse_factor(dof, estimated=True) > k:
+        scale2, k = chi2 / dof, ellipse_factor(dof, estimated=True)
     wx, wy = mod.wind_of(par)
     return Solution(
         x_m=float(par[0]), y_m=float(par[1]), z_m=float(par[2]) if ndim == 3 else float(z_src_m),
@@ -207,7 +213,7 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
         scale2=scale2, ellipse_factor=k, ndim=ndim, wind_m_per_s=(wx, wy), wind_estimated=mod.est_wind)
 
 
-def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma):
+def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma, max_wind_m_per_s=25.0):
     """Exhaustive RANSAC over minimal subsets (p + 1 detections, one redundant) for small
     n; keeps the consensus set with the most inliers, then the smallest chi^2."""
     n = len(t)
@@ -219,7 +225,7 @@ def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma):
         m = np.zeros(n, dtype=bool)
         m[list(subset)] = True
         par, _, chi2 = _solve(cols, t, sig, m, par0, mod, kernels.LOSS_L2, 1.0)
-        if chi2 < 0:
+        if chi2 < 0 or (mod.est_wind and np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
             continue
         r = (t - _predict(pos, par, mod)) / sig
         inl = np.abs(r) <= outlier_sigma

@@ -19,6 +19,8 @@ so a misspelt ``t_sec`` is caught at the edge instead of silently dropping a fie
 
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import re
@@ -101,7 +103,7 @@ class Detection:
     clip_fs_hz: int | None = None
     clip: bytes | None = field(default=None, repr=False)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Stable id of this detection: ``sensor_id:seq``."""
         return f"{self.sensor_id}:{self.seq}"
