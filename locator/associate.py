@@ -92,6 +92,7 @@ class AssocConfig:
     max_pending: int = 2000              # oldest pending detections beyond this are expired
     max_search: int = 2000               # detections considered by one search
     test_mode: bool = False              # events are marked as tests (calibration)
+    max_clock_sigma_ms: float = 5.0      # detections with worse time are stored, not located
     wind_m_per_s: tuple[float, float] = (0.0, 0.0)  # initial regional wind (east, north)
     estimate_wind: bool = True           # solve for the wind when enough sensors heard a shot
     wind_min_sensors: int = 7
@@ -117,6 +118,7 @@ class AssocStats:
     duplicates: int = 0
     unknown_sensor: int = 0
     unassociated: int = 0
+    unsynchronised: int = 0
     events: int = 0
     updates: int = 0
     attached: int = 0
@@ -187,6 +189,9 @@ class Associator:
             return False
         if det.key in self.seen:
             self.stats.duplicates += 1
+            return False
+        if det.clock_sigma_ns > self.cfg.max_clock_sigma_ms * 1e6:
+            self.stats.unsynchronised += 1
             return False
         self.seen.add(det.key)
         self.stats.fed += 1

@@ -10,7 +10,20 @@ event (or improved version) is written to the store *before* it is published:
 - PUB topic ``b"inc"``: the incident summary (rounds, automatic fire, shooters);
 - PUB topic ``b"cap"``: CAP 1.2 XML, for gunshot events only, never in test-fire mode;
 - PUB topic ``b"geo"``: a GeoJSON Feature (point and 95% ellipse);
+- PUB topic ``b"hlt"``: a node's health, whenever its status changes (ok, degraded with
+  reasons, silent);
 - an optional webhook (gunshot alerts, with retries), and ``events.jsonl`` if asked.
+
+Nodes send heartbeats (noise floor, clipping, clock state, spool depth, CPU, model); the
+service stores them and flags a node *silent* when no heartbeat came for
+``silent_after_s`` and *degraded* when its clock is unlocked or worse than the
+association's ``max_clock_sigma_ms``, it clips, its input is broken (NaN blocks,
+overflows), its spool is backing up or dropping, or its noise floor is too high to hear.
+
+With CURVE (``curve_secret_key_file`` and ``authorized_keys_dir``) only registered node
+keys get through: the handshake of an unknown key fails (counted from the socket
+monitor: ``auth_failures``), and a registered key may only speak for its own sensor id
+(``impostors``).
 
 On start it replays the last ``replay_s`` of stored detections through the associator,
 so a locator killed mid-stream resumes where it was: events it already stored are
@@ -33,8 +46,10 @@ from typing import Callable
 
 import zmq
 
-from shotnet.sensor.contract import (KIND_ACK, KIND_DETECTION, KIND_EVENT, NS_PER_S, ContractError, Event,
-                                     decode, detection_from_dict, encode)
+from shotnet.sensor.contract import (KIND_ACK, KIND_DETECTION, KIND_EVENT, KIND_HEARTBEAT, NS_PER_S,
+                                     ContractError, Event, Heartbeat, decode, detection_from_dict, encode,
+                                     heartbeat_from_dict)
+from shotnet.sensor.config import check_table
 from shotnet.sensor.layout import SensorLayout, load_layout
 
 from .alerts import Webhook, cap_alert, geojson_feature
@@ -46,6 +61,7 @@ log = logging.getLogger(__name__)
 TOPIC_INCIDENT = b"inc"
 TOPIC_CAP = b"cap"
 TOPIC_GEOJSON = b"geo"
+TOPIC_HEALTH = b"hlt"
 
 
 @dataclass
@@ -55,6 +71,10 @@ class ServiceStats:
     rejected: int = 0
     duplicates: int = 0
     acked: int = 0
+    heartbeats: int = 0
+    unsynchronised: int = 0
+    auth_failures: int = 0
+    impostors: int = 0
     published: int = 0
     alerts: int = 0
     errors: dict = field(default_factory=dict)
@@ -78,6 +98,40 @@ class ServiceConfig:
     step_s: float = 0.1
     replay_s: float = 120.0
     sender: str = "shotnet@localhost"
+    curve_secret_key_file: str = ""   # the locator's key pair (shotnet keys create locator)
+    authorized_keys_dir: str = ""     # registered node public keys, <sensor_id>.key
+    silent_after_s: float = 35.0      # no heartbeat for this long: the node is silent
+    max_noise_floor_dbfs: float = -25.0  # a floor above this hides distant shots
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    silent_after_s: float = 35.0
+    max_clock_sigma_ns: int = 5_000_000
+    max_noise_floor_dbfs: float = -25.0
+    max_spool_depth: int = 100
+
+
+def assess(hb: Heartbeat | None, prev: Heartbeat | None, age_s: float, policy: HealthPolicy) -> tuple[str, list[str]]:
+    """A node's status from its latest heartbeat: ("ok" | "degraded" | "silent", reasons)."""
+    if hb is None or age_s > policy.silent_after_s:
+        return "silent", [f"no heartbeat for {age_s:.0f} s" if hb is not None else "never heard"]
+    why = []
+    if not hb.clock_locked:
+        why.append(f"clock {hb.clock_source} not locked")
+    if hb.clock_sigma_ns > policy.max_clock_sigma_ns:
+        why.append(f"clock sigma {hb.clock_sigma_ns / 1e6:.1f} ms")
+    if hb.noise_floor_dbfs is not None and hb.noise_floor_dbfs < -120.0:
+        why.append(f"input is digital silence ({hb.noise_floor_dbfs:.0f} dBFS): microphone or cable")
+    if hb.noise_floor_dbfs is not None and hb.noise_floor_dbfs > policy.max_noise_floor_dbfs:
+        why.append(f"noise floor {hb.noise_floor_dbfs:.0f} dBFS")
+    if hb.spool_depth > policy.max_spool_depth:
+        why.append(f"spool depth {hb.spool_depth}")
+    if prev is not None:
+        for k in ("clipped_samples", "nonfinite_blocks", "overflows", "spool_dropped"):
+            if getattr(hb, k) > getattr(prev, k):
+                why.append(f"{k.replace('_', ' ')} +{getattr(hb, k) - getattr(prev, k)}")
+    return ("degraded" if why else "ok"), why
 
 
 def alert_line(ev: Event) -> str:
@@ -110,6 +164,14 @@ class Metrics:
                                  buckets=(0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 20), registry=r)
         self.step = Histogram("shotnet_locator_step_seconds", "Association step duration",
                               buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1), registry=r)
+        self.node_status = Gauge("shotnet_node_status", "Node status (1 for the current one)",
+                                 ["sensor_id", "status"], registry=r)
+        self.node_clock_sigma = Gauge("shotnet_node_clock_sigma_seconds", "Node clock 1-sigma", ["sensor_id"],
+                                      registry=r)
+        self.node_spool = Gauge("shotnet_node_spool_depth", "Node detections not yet acknowledged",
+                                ["sensor_id"], registry=r)
+        self.auth_failures = Counter("shotnet_locator_auth_failures_total",
+                                     "Connections refused at the CURVE handshake", registry=r)
         self.port = port
         if port:
             self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=r)
@@ -120,10 +182,19 @@ class LocatorService:
                  events_path: str | Path | None = None, ctx: zmq.Context | None = None,
                  on_event: Callable[[Event], None] | None = None, clock_ns: Callable[[], int] = time.time_ns,
                  step_s: float = 0.1, store: Store | str | Path | None = None, replay_s: float = 120.0,
-                 webhook_url: str = "", metrics_port: int = 0, sender: str = "shotnet@localhost"):
+                 webhook_url: str = "", metrics_port: int = 0, sender: str = "shotnet@localhost",
+                 curve_secret_key_file: str = "", authorized_keys_dir: str = "",
+                 health: HealthPolicy | None = None):
         self.ctx = ctx or zmq.Context.instance()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        self.auth = None
+        self.key_owner: dict[bytes, str] | None = None
+        if curve_secret_key_file or authorized_keys_dir:
+            self._setup_curve(curve_secret_key_file, authorized_keys_dir)
+        self.monitor = self.router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.router.bind(bind)
         self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.pub = None
@@ -143,10 +214,47 @@ class LocatorService:
         self.webhook = Webhook(webhook_url) if webhook_url else None
         self.metrics = Metrics(metrics_port)
         self.stats = ServiceStats()
+        self.health_policy = health or HealthPolicy(max_clock_sigma_ns=int(cfg.max_clock_sigma_ms * 1e6))
+        self.node_hb: dict[str, tuple[float, Heartbeat, Heartbeat | None]] = {}  # sid -> (mono, hb, prev)
+        self.node_state: dict[str, tuple[str, list[str]]] = {}
+        self._next_health = 0.0
         self._stop = False
         self.incidents: dict[str, dict] = {}
         if self.store is not None and replay_s > 0:
             self._replay(replay_s)
+
+    def _setup_curve(self, secret_file: str, keys_dir: str) -> None:
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        from shotnet.sensor.keys import authorized
+
+        if not (secret_file and keys_dir):
+            raise ValueError("CURVE needs both curve_secret_key_file and authorized_keys_dir")
+        pub, sec = zmq.auth.load_certificate(secret_file)
+        if sec is None:
+            raise ValueError(f"{secret_file} holds no secret key")
+        self.key_owner = authorized(keys_dir)
+        self.auth = ThreadAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve(domain="*", location=str(keys_dir))
+        self.router.curve_secretkey = sec
+        self.router.curve_publickey = pub
+        self.router.curve_server = True
+
+    def _read_monitor(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                msg = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg["event"] & (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self.stats.auth_failures += 1
+                self.metrics.auth_failures.inc()
+                log.warning("refused a connection at the handshake (%s)", msg.get("endpoint"))
 
     # ------------------------------------------------------------------ recovery
     def _replay(self, replay_s: float) -> None:
@@ -162,21 +270,29 @@ class LocatorService:
         self._stop = True
 
     # ------------------------------------------------------------------ input
-    def handle_batch(self, batch: list[list[bytes]]) -> None:
-        """Validate, store, acknowledge and feed a batch of ROUTER messages."""
+    def handle_batch(self, batch: list[list[bytes]], key_ids: list[bytes | None] | None = None) -> None:
+        """Validate, store, acknowledge and feed a batch of ROUTER messages.
+        ``key_ids``: per message, the sender's CURVE public key (z85), when CURVE is on."""
         ok = []
-        for frames in batch:
+        for n, frames in enumerate(batch):
             self.stats.received += 1
             ident, body = frames[0], frames[1:]
             try:
                 kind, payload = decode(body)
+                if kind == KIND_HEARTBEAT:
+                    hb = heartbeat_from_dict(payload)
+                    self._check_claim(hb.sensor_id, key_ids[n] if key_ids else None)
+                    self._heartbeat(hb)
+                    continue
                 if kind != KIND_DETECTION:
                     raise ContractError(f"unexpected message kind {kind!r}")
                 det = detection_from_dict(payload)
                 if det.sensor_id not in self.assoc.idx:
                     raise ContractError(f"unknown sensor {det.sensor_id!r}")
+                self._check_claim(det.sensor_id, key_ids[n] if key_ids else None)
             except ContractError as exc:
-                bucket = "rejected" if str(exc).startswith("unknown sensor") else "malformed"
+                bucket = ("rejected" if str(exc).startswith("unknown sensor") else
+                          "impostors" if str(exc).startswith("key of") else "malformed")
                 setattr(self.stats, bucket, getattr(self.stats, bucket) + 1)
                 self.stats.count_error(str(exc))
                 self.metrics.messages.labels(bucket).inc()
@@ -191,11 +307,59 @@ class LocatorService:
             # have missed the first ack).
             self.router.send_multipart([ident] + encode(KIND_ACK, {"seqs": [det.seq]}))
             self.stats.acked += 1
-            if is_new and self.assoc.feed(det):
+            if not is_new:
+                self.stats.duplicates += 1
+                self.metrics.messages.labels("duplicate").inc()
+            elif self.assoc.feed(det):
                 self.metrics.messages.labels("accepted").inc()
+            elif det.clock_sigma_ns > self.assoc.cfg.max_clock_sigma_ms * 1e6:
+                # Stored, acknowledged, but its time is too poor to locate with.
+                self.stats.unsynchronised += 1
+                self.metrics.messages.labels("unsynchronised").inc()
             else:
                 self.stats.duplicates += 1
                 self.metrics.messages.labels("duplicate").inc()
+
+    def _check_claim(self, sensor_id: str, key: bytes | None) -> None:
+        if self.key_owner is None:
+            return
+        owner = self.key_owner.get(key) if key else None
+        if owner != sensor_id:
+            raise ContractError(f"key of {owner or 'an unknown node'} cannot speak for {sensor_id}")
+
+    # ------------------------------------------------------------------ node health
+    def _heartbeat(self, hb: Heartbeat) -> None:
+        self.stats.heartbeats += 1
+        prev = self.node_hb.get(hb.sensor_id)
+        self.node_hb[hb.sensor_id] = (time.monotonic(), hb, prev[1] if prev else None)
+        if self.store:
+            self.store.put_health(hb.sensor_id, hb.t_ns, hb.to_dict())
+        self.metrics.node_clock_sigma.labels(hb.sensor_id).set(hb.clock_sigma_ns / 1e9)
+        self.metrics.node_spool.labels(hb.sensor_id).set(hb.spool_depth)
+        self._assess(hb.sensor_id)
+
+    def _assess(self, sid: str) -> tuple[str, list[str]]:
+        got = self.node_hb.get(sid)
+        if got is None:
+            state = assess(None, None, float("inf"), self.health_policy)
+        else:
+            state = assess(got[1], got[2], time.monotonic() - got[0], self.health_policy)
+        if self.node_state.get(sid) != state:
+            first = sid not in self.node_state
+            self.node_state[sid] = state
+            for st in ("ok", "degraded", "silent"):
+                self.metrics.node_status.labels(sid, st).set(1 if st == state[0] else 0)
+            if state[0] != "ok" and not (first and got is None):
+                log.warning("node %s %s: %s", sid, state[0], "; ".join(state[1]))
+            if self.pub is not None:
+                self.pub.send_multipart([TOPIC_HEALTH, json.dumps(
+                    {"sensor_id": sid, "status": state[0], "reasons": state[1],
+                     "heartbeat": got[1].to_dict() if got else None}).encode()])
+        return state
+
+    def node_health(self) -> dict[str, tuple[str, list[str]]]:
+        """Every sensor in the layout: (status, reasons)."""
+        return {sid: self._assess(sid) for sid in self.assoc.layout.ids}
 
     def handle(self, frames: list[bytes]) -> None:
         self.handle_batch([frames])
@@ -241,16 +405,25 @@ class LocatorService:
         next_step = time.monotonic()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         while not self._stop and (end is None or time.monotonic() < end):
             timeout = max(0.0, next_step - time.monotonic())
-            if dict(poller.poll(int(timeout * 1000) + 1)).get(self.router):
-                batch = []
+            ready = dict(poller.poll(int(timeout * 1000) + 1))
+            if ready.get(self.monitor):
+                self._read_monitor()
+            if ready.get(self.router):
+                batch, keys = [], []
                 while len(batch) < 1000:
                     try:
-                        batch.append(self.router.recv_multipart(zmq.NOBLOCK))
+                        frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                self.handle_batch(batch)
+                    batch.append([f.bytes for f in frames])
+                    keys.append(frames[-1].get("User-Id").encode() if self.key_owner is not None else None)
+                self.handle_batch(batch, keys if self.key_owner is not None else None)
+            if time.monotonic() >= self._next_health:
+                self.node_health()
+                self._next_health = time.monotonic() + 1.0
             if time.monotonic() >= next_step:
                 t0 = time.perf_counter()
                 for ev in self.assoc.step(self.clock_ns()):
@@ -269,7 +442,11 @@ class LocatorService:
             self.events_fh.close()
         if self.metrics.port:
             self.metrics.server.shutdown()
+        self.router.disable_monitor()
+        self.monitor.close(0)
         self.router.close(0)
+        if self.auth is not None:
+            self.auth.stop()
         if self.pub is not None:
             self.pub.close(0)
         if self.store:
@@ -277,35 +454,6 @@ class LocatorService:
 
 
 # ---------------------------------------------------------------------- configuration
-def _check_table(table: dict, cls, where: str) -> dict:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    out = {}
-    for k, v in table.items():
-        default = getattr(cls, k) if hasattr(cls, k) else None
-        if isinstance(default, bool):
-            if not isinstance(v, bool):
-                raise ValueError(f"{where}.{k} must be true or false, got {v!r}")
-        elif isinstance(default, float):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{where}.{k} must be a number, got {v!r}")
-            v = float(v)
-        elif isinstance(default, int):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"{where}.{k} must be an integer, got {v!r}")
-        elif isinstance(default, str):
-            if not isinstance(v, str):
-                raise ValueError(f"{where}.{k} must be a string, got {v!r}")
-        elif isinstance(default, tuple):
-            if not isinstance(v, list):
-                raise ValueError(f"{where}.{k} must be a list, got {v!r}")
-            v = tuple(v)
-        out[k] = v
-    return out
-
-
 def load_config(path: str | Path) -> tuple[ServiceConfig, AssocConfig]:
     """Read and validate locator.toml: ``[locator]`` -> ServiceConfig, ``[association]`` ->
     AssocConfig. Relative paths are relative to the file."""
@@ -317,10 +465,11 @@ def load_config(path: str | Path) -> tuple[ServiceConfig, AssocConfig]:
     extra = sorted(set(doc) - {"locator", "association"})
     if extra:
         raise ValueError(f"{path}: unknown table(s) {', '.join(extra)}; expected [locator] and [association]")
-    svc = ServiceConfig(**_check_table(doc.get("locator", {}), ServiceConfig, "locator"))
-    assoc = AssocConfig(**_check_table(doc.get("association", {}), AssocConfig, "association"))
+    svc = ServiceConfig(**check_table(doc.get("locator", {}), ServiceConfig, "locator"))
+    assoc = AssocConfig(**check_table(doc.get("association", {}), AssocConfig, "association"))
     base = path.parent
-    fix = {k: str((base / getattr(svc, k)).resolve()) for k in ("sensors", "store", "events_jsonl")
+    fix = {k: str((base / getattr(svc, k)).resolve())
+           for k in ("sensors", "store", "events_jsonl", "curve_secret_key_file", "authorized_keys_dir")
            if getattr(svc, k) and not Path(getattr(svc, k)).is_absolute()}
     return dataclasses.replace(svc, **fix), assoc
 
@@ -382,7 +531,12 @@ def main(argv=None) -> int:
     svc = LocatorService(layout, assoc_cfg, svc_cfg.bind, svc_cfg.pub, svc_cfg.events_jsonl or None,
                          on_event=None if args.quiet else (lambda ev: print(alert_line(ev), flush=True)),
                          step_s=svc_cfg.step_s, store=svc_cfg.store or None, replay_s=svc_cfg.replay_s,
-                         webhook_url=svc_cfg.webhook_url, metrics_port=svc_cfg.metrics_port, sender=svc_cfg.sender)
+                         webhook_url=svc_cfg.webhook_url, metrics_port=svc_cfg.metrics_port, sender=svc_cfg.sender,
+                         curve_secret_key_file=svc_cfg.curve_secret_key_file,
+                         authorized_keys_dir=svc_cfg.authorized_keys_dir,
+                         health=HealthPolicy(silent_after_s=svc_cfg.silent_after_s,
+                                             max_clock_sigma_ns=int(assoc_cfg.max_clock_sigma_ms * 1e6),
+                                             max_noise_floor_dbfs=svc_cfg.max_noise_floor_dbfs))
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
     print(json.dumps({"ready": True, "bind": svc.endpoint, "pub": svc.pub_endpoint, "store": svc_cfg.store,

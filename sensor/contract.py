@@ -319,3 +319,78 @@ def event_from_dict(d: Any) -> Event:
         return Event(**kw)
     except (KeyError, TypeError) as exc:
         raise ContractError(f"bad event: {exc}") from None
+
+
+# ---------------------------------------------------------------------- heartbeats
+@dataclass(frozen=True)
+class Heartbeat:
+    """A node's health, sent every ``heartbeat_s`` (kind ``b"hb"``, not acknowledged).
+
+    ``noise_floor_dbfs``: 10th percentile of block RMS levels over the last minute (dBFS);
+    ``clipped_samples``, ``nonfinite_blocks``, ``overflows``, ``detections``: totals since
+    start; ``clock_*``: the time quality now (``clock_ppm``: fitted audio clock rate
+    error); ``spool_depth``: detections not yet acknowledged, ``spool_dropped``: dropped
+    because the spool was full; ``cpu_percent`` of one core since the last heartbeat.
+    """
+
+    sensor_id: str
+    t_ns: int
+    uptime_s: float
+    noise_floor_dbfs: float | None
+    clipped_samples: int
+    nonfinite_blocks: int
+    overflows: int
+    detections: int
+    clock_source: str
+    clock_locked: bool
+    clock_sigma_ns: int
+    clock_ppm: float | None
+    spool_depth: int
+    spool_dropped: int
+    cpu_percent: float
+    model: str
+    model_sha256: str
+    lat: float | None = None
+    lon: float | None = None
+    alt_m: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_HB_FIELDS = {f.name for f in fields(Heartbeat)}
+_HB_OPTIONAL = {"lat", "lon", "alt_m"}
+
+
+def heartbeat_from_dict(d: Any) -> Heartbeat:
+    if not isinstance(d, dict):
+        raise ContractError(f"heartbeat must be an object, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in _HB_FIELDS)
+    if unknown:
+        raise ContractError(f"unknown key(s): {', '.join(unknown)}")
+    missing = sorted(k for k in _HB_FIELDS - _HB_OPTIONAL if k not in d)
+    if missing:
+        raise ContractError(f"missing key(s): {', '.join(missing)}")
+    sid = d["sensor_id"]
+    if not isinstance(sid, str) or not _SENSOR_ID.match(sid):
+        raise ContractError(f"sensor_id must match {_SENSOR_ID.pattern}, got {sid!r}")
+    if d["clock_source"] not in CLOCK_SOURCES:
+        raise ContractError(f"clock_source must be one of {CLOCK_SOURCES}, got {d['clock_source']!r}")
+    if not isinstance(d["clock_locked"], bool):
+        raise ContractError("clock_locked must be true or false")
+    for k in ("model", "model_sha256"):
+        if not isinstance(d[k], str) or len(d[k]) > 128:
+            raise ContractError(f"{k} must be a string of at most 128 characters")
+    big = 2**63 - 1
+    return Heartbeat(
+        sensor_id=sid, t_ns=_int(d, "t_ns", T_NS_MIN, T_NS_MAX), uptime_s=_float(d, "uptime_s", 0, 1e10),
+        noise_floor_dbfs=_float(d, "noise_floor_dbfs", -400.0, 10.0, optional=True),
+        clipped_samples=_int(d, "clipped_samples", 0, big), nonfinite_blocks=_int(d, "nonfinite_blocks", 0, big),
+        overflows=_int(d, "overflows", 0, big), detections=_int(d, "detections", 0, big),
+        clock_source=d["clock_source"], clock_locked=d["clock_locked"],
+        clock_sigma_ns=_int(d, "clock_sigma_ns", 0, 3600 * NS_PER_S),
+        clock_ppm=_float(d, "clock_ppm", -1e4, 1e4, optional=True),
+        spool_depth=_int(d, "spool_depth", 0, big), spool_dropped=_int(d, "spool_dropped", 0, big),
+        cpu_percent=_float(d, "cpu_percent", 0.0, 1e5), model=d["model"], model_sha256=d["model_sha256"],
+        lat=_float(d, "lat", -90.0, 90.0, optional=True), lon=_float(d, "lon", -180.0, 180.0, optional=True),
+        alt_m=_float(d, "alt_m", -1000.0, 10000.0, optional=True))

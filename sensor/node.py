@@ -113,7 +113,12 @@ class NodeCore:
             log.warning("%s: non-finite samples in block %d; replaced by silence",
                         self.cfg.sensor_id, self.stats.blocks)
             x = np.where(np.isfinite(x), x, 0.0).astype(np.float32)
-        self.stats.clipped_samples += int(np.count_nonzero(np.abs(x) >= 0.999))
+        n_clip = int(np.count_nonzero(np.abs(x) >= 0.999))
+        if n_clip:
+            # Full scale is 1.0; a float source beyond it is clipping (counted), and is
+            # clipped here so levels stay within the contract.
+            self.stats.clipped_samples += n_clip
+            x = np.clip(x, -1.0, 1.0)
         hits, y = self.trigger.process(x)
         self.raw.write(x)
         self.filt.write(y.astype(np.float32))

@@ -26,6 +26,8 @@ class Block:
     samples: np.ndarray  # float32, mono
     index: int           # absolute index of samples[0]
     adc_time_s: float | None = None  # PortAudio ADC time of samples[0], when valid
+    wall_ns: int | None = None       # system wall time of samples[0] (live capture)
+    wall_exact: bool = False         # True: from the ADC time; False: callback time (late by jitter)
 
 
 class AudioSource(Protocol):
@@ -71,10 +73,11 @@ class SceneSource(ArraySource):
 class WavSource:
     """A sound file (any format libsndfile reads), mixed down to mono, read in blocks."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, realtime_t0_ns: int | None = None):
         import soundfile as sf
 
         self.path = Path(path)
+        self.realtime_t0_ns = realtime_t0_ns      # pace: sample j no earlier than t0 + j/fs
         info = sf.info(str(self.path))
         self.fs_hz = int(info.samplerate)
         self.channels = int(info.channels)
@@ -85,6 +88,10 @@ class WavSource:
 
         idx = 0
         for blk in sf.blocks(str(self.path), blocksize=block_frames, dtype="float32", always_2d=True):
+            if self.realtime_t0_ns is not None:
+                wait = (self.realtime_t0_ns + int((idx + len(blk)) * NS_PER_S / self.fs_hz) - time.time_ns()) / NS_PER_S
+                if wait > 0:
+                    time.sleep(wait)
             yield Block(blk.mean(axis=1).astype(np.float32), idx)
             idx += len(blk)
 
@@ -92,12 +99,16 @@ class WavSource:
 class MicSource:
     """Live capture through sounddevice (PortAudio).
 
-    The callback only copies samples (and PortAudio's ADC timestamp) into a queue; all
-    work happens in the node thread. Overflows are counted, never hidden."""
+    The callback only copies samples and timing into a queue; all work happens in the
+    node thread. Each block carries the system wall time of its first sample: PortAudio's
+    ADC time mapped to the wall clock (wall now - (stream now - ADC time)) where the
+    host API provides it, otherwise the callback's wall time minus the block length
+    (``wall_exact=False``: late by the scheduling jitter; the sample clock then fits the
+    lower envelope). Overflows are counted, never hidden."""
 
     def __init__(self, fs_hz: int = 48000, device=None, channels: int = 1, latency="high"):
         self.fs_hz = int(fs_hz)
-        self.device = device
+        self.device = device if device not in ("", None) else None
         self.channels = channels
         self.latency = latency
         self.overflows = 0
@@ -110,11 +121,19 @@ class MicSource:
     def blocks(self, block_frames: int) -> Iterator[Block]:
         import sounddevice as sd
 
+        fs = self.fs_hz
+
         def callback(indata, frames, time_info, status):
+            wall = time.time_ns()
             if status.input_overflow:
                 self.overflows += 1
+            adc, cur = time_info.inputBufferAdcTime, time_info.currentTime
+            if adc and cur and 0 <= cur - adc < 1.0:
+                first_ns, exact = wall - int((cur - adc) * NS_PER_S), True
+            else:
+                first_ns, exact = wall - int(frames * NS_PER_S / fs), False
             try:
-                self._q.put_nowait((indata.copy(), time_info.inputBufferAdcTime))
+                self._q.put_nowait((indata.copy(), adc if exact else None, first_ns, exact))
             except queue.Full:
                 self.overflows += 1
 
@@ -124,9 +143,9 @@ class MicSource:
                             callback=callback):
             while not self._stop:
                 try:
-                    data, adc = self._q.get(timeout=0.5)
+                    data, adc, first_ns, exact = self._q.get(timeout=0.5)
                 except queue.Empty:
                     continue
                 mono = data.mean(axis=1).astype(np.float32)
-                yield Block(mono, idx, adc if adc and adc > 0 else None)
+                yield Block(mono, idx, adc, first_ns, exact)
                 idx += len(mono)

@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("shotnet.models.train", "build the corpus, train the classifier, export ONNX + card"),
     "sensor": ("shotnet.sensor.run", "sensor node: 'shotnet sensor run ...'"),
     "locator": ("shotnet.locator.service", "locator service: 'shotnet locator run ...'"),
+    "keys": ("shotnet.sensor.keys", "CURVE key pairs: 'shotnet keys create NAME... | list'"),
 }
 
 
