@@ -53,6 +53,7 @@ test-slow: $(STAMP_PIP)
 bench: $(STAMP_PIP)
 	$(BIN)/python bench/bench_solver.py
 	$(BIN)/python bench/bench_locator.py
+	$(BIN)/python bench/bench_node.py
 	$(BIN)/python bench/eval_classifier.py
 
 train: $(STAMP_PIP)

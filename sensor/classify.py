@@ -51,9 +51,9 @@ class HeuristicClassifier:
         x = resample(window, fs_hz, self.spec.fs_hz).astype(np.float64)
         fs = self.spec.fs_hz
         on = int(self.spec.pre_s * fs)
-        from scipy.signal import butter, sosfilt
+        from .dsp import butter_sos, sosfilt
 
-        x = sosfilt(butter(2, 100, "high", fs=fs, output="sos"), x)
+        x = sosfilt(butter_sos(2, 100, "highpass", fs), x)
         post = x[on:]
         if len(post) < int(0.05 * fs):
             return {"rise_ms": 99.0, "early_frac": 0.0, "hf_frac": 0.0}
@@ -95,6 +95,8 @@ class OnnxClassifier:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        # One small window at a time: no arena (it grows to the largest request and keeps it).
+        so.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.gun_index = self.classes.index("gunshot")

@@ -78,12 +78,12 @@ def mel_filterbank(fs_hz: int, n_fft: int, n_mels: int, fmin_hz: float, fmax_hz:
 
 
 def resample(x: np.ndarray, fs_in: int, fs_out: int) -> np.ndarray:
-    """Polyphase resampling (scipy), exact for integer rate ratios."""
+    """Polyphase resampling (scipy's algorithm and filter, :func:`dsp.resample_poly`)."""
     if int(fs_in) == int(fs_out):
         return np.asarray(x, dtype=np.float32)
     from math import gcd
 
-    from scipy.signal import resample_poly
+    from .dsp import resample_poly
 
     g = gcd(int(fs_in), int(fs_out))
     return resample_poly(np.asarray(x, dtype=np.float64), int(fs_out) // g, int(fs_in) // g).astype(np.float32)

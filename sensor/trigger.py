@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from scipy.signal import butter, sosfilt, sosfilt_zi
+
+from .dsp import butter_sos, sosfilt
 
 
 @numba.njit(cache=True)
@@ -92,7 +93,7 @@ def aic_curve(x: np.ndarray) -> np.ndarray:
 def design_bandpass(fs_hz: float, lo_hz: float = 150.0, hi_hz: float | None = None, order: int = 4):
     """Causal Butterworth band-pass (second-order sections)."""
     hi_hz = hi_hz or min(0.45 * fs_hz, 6000.0)
-    return butter(order, [lo_hz, hi_hz], btype="bandpass", fs=fs_hz, output="sos")
+    return butter_sos(order, (lo_hz, hi_hz), "bandpass", fs_hz)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class Trigger:
         x = np.asarray(block, dtype=np.float64)
         first = self._zi is None
         if first:
-            self._zi = sosfilt_zi(self.sos) * 0.0
+            self._zi = np.zeros((self.sos.shape[0], 2))
         y, self._zi = sosfilt(self.sos, x, zi=self._zi)
         if first:
             # Start the averages at the first block's median energy (robust to an impulse

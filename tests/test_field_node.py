@@ -559,3 +559,18 @@ def test_live_capture_through_portaudio(tmp_path, city_scene):
     assert svc.stats.heartbeats >= 1
     svc.close()
     ctx.destroy(linger=0)
+
+
+def test_unsynchronised_detections_are_stored_but_not_located(city_scene):
+    """A detection whose clock is worse than max_clock_sigma_ms (a node on its bare system
+    clock) is acknowledged and stored, but never used to place a shot."""
+    from shotnet.locator.associate import Associator
+
+    a = Associator(city_scene.layout, AssocConfig(max_clock_sigma_ms=5.0))
+    sid = city_scene.layout.ids[0]
+    ok = Detection(sid, 0, T0, 100_000, "gunshot", 0.9, 0.9, clock_source="gps", clock_locked=True,
+                   clock_sigma_ns=1_000)
+    bad = Detection(sid, 1, T0 + 1, 10_000_000, "gunshot", 0.9, 0.9, clock_source="system", clock_locked=False,
+                    clock_sigma_ns=10_000_000)
+    assert a.feed(ok) and not a.feed(bad)
+    assert a.stats.unsynchronised == 1 and [d.seq for d in a.pending] == [0]
