@@ -54,6 +54,7 @@ bench: $(STAMP_PIP)
 	$(BIN)/python bench/bench_solver.py
 	$(BIN)/python bench/bench_locator.py
 	$(BIN)/python bench/bench_node.py
+	$(BIN)/python bench/bench_cameras.py
 	$(BIN)/python bench/eval_classifier.py
 
 train: $(STAMP_PIP)

@@ -15,6 +15,8 @@ COMMANDS = {
     "sensor": ("shotnet.sensor.run", "sensor node: 'shotnet sensor run ...'"),
     "locator": ("shotnet.locator.service", "locator service: 'shotnet locator run ...'"),
     "keys": ("shotnet.sensor.keys", "CURVE key pairs: 'shotnet keys create NAME... | list'"),
+    "cameras": ("shotnet.locator.cameras", "camera hub: 'shotnet cameras run|select|check ...'"),
+    "audit": ("shotnet.locator.audit", "audit log: 'shotnet audit verify|head|export ...'"),
 }
 
 
