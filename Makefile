@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libportaudio2 libsndfile1 iproute2 gpsd gpsd-clients chrony linuxptp
+APT_PACKAGES := libportaudio2 libsndfile1 iproute2 gpsd gpsd-clients chrony linuxptp chromium
 STAMP_APT := $(VENV)/.stamp-apt
 STAMP_PIP := $(VENV)/.stamp-pip
 

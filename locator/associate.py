@@ -38,6 +38,7 @@ the same stream produces the same ids.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import logging
 import math
@@ -193,6 +194,7 @@ class Associator:
         if det.clock_sigma_ns > self.cfg.max_clock_sigma_ms * 1e6:
             self.stats.unsynchronised += 1
             return False
+        det = self._corrected(det)
         self.seen.add(det.key)
         self.stats.fed += 1
         self.pending.append(det)
@@ -204,10 +206,18 @@ class Associator:
             del h[:2048]
         return True
 
+    def _corrected(self, det: Detection) -> Detection:
+        """Apply the sensor's clock offset measured by the survey (shotnet calibrate survey)."""
+        if self.layout.clock_offset_ns is not None:
+            off = int(self.layout.clock_offset_ns[self.idx[det.sensor_id]])
+            if off:
+                return dataclasses.replace(det, t_ns=det.t_ns - off)
+        return det
+
     def restore(self, events: list[Event], dets: list[Detection]) -> None:
         """Resume after a restart: re-open stored events (so late detections attach to
         them under the same ids) and feed every stored detection they did not use."""
-        by_key = {d.key: d for d in dets}
+        by_key = {d.key: self._corrected(d) for d in dets if d.sensor_id in self.idx}
         used: set[str] = set()
         for ev in sorted(events, key=lambda e: e.t_ns):
             mine = [by_key[k] for k in ev.detections if k in by_key]

@@ -18,10 +18,10 @@ pan and tilt (PTZ), and, when building footprints are given (GeoJSON polygons wi
 are ranked by the fraction of points seen, then distance.
 
 **Cues** (:class:`CueEngine`): for each incident, the selected cameras as far as consent
-allows. ``none`` and opted-out cameras never appear. ``live`` and ``live_on_alarm``
-cameras get a cue (PTZ: pan, tilt and zoom in degrees and in ONVIF's generic normalised
-space) and an access grant for a window around the incident time only;
-``live_on_alarm`` cameras are not cued for test fire. ``recorded_on_request`` cameras
+allows; test fire is never cued. ``none`` and opted-out cameras never appear. ``live``
+and ``live_on_alarm`` cameras get a cue (PTZ: pan, tilt and zoom in degrees and in ONVIF's
+generic normalised space) and an access grant for a window around the incident time
+only. ``recorded_on_request`` cameras
 yield a footage request to their owner for the window, never a feed. An opt-out takes
 effect at once: the camera leaves every selection and its open grants are revoked.
 Every cue, grant, footage request, access (granted or denied), opt-out and revocation
@@ -338,7 +338,8 @@ class CueEngine:
     def on_event(self, ev: dict, now_ns: int | None = None) -> list[dict]:
         """A located event (the locator's event JSON as a dict): cue messages to publish.
         Only gunshots are cued; an update re-cues a camera only if its aim moved."""
-        if ev.get("label") != "gunshot":
+        if ev.get("label") != "gunshot" or ev.get("test"):
+            # Only real gunshots: test fire (calibration) is never cued to any camera.
             return []
         e, n, _ = self.registry.frame.to_enu(ev["lat"], ev["lon"], 0.0)
         ell = ev.get("ellipse95_m") or {}

@@ -29,6 +29,7 @@ class SensorLayout:
     ground_alt_m: np.ndarray
     frame: LocalFrame
     enu_m: np.ndarray  # shape (n, 3)
+    clock_offset_ns: np.ndarray | None = None  # per sensor, from calibration: subtract from t_ns
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -43,7 +44,7 @@ class SensorLayout:
         return float(np.median(u))
 
     @classmethod
-    def from_arrays(cls, ids, lat_deg, lon_deg, alt_m, ground_alt_m=None, frame=None):
+    def from_arrays(cls, ids, lat_deg, lon_deg, alt_m, ground_alt_m=None, frame=None, clock_offset_ns=None):
         lat = np.asarray(lat_deg, dtype=np.float64)
         lon = np.asarray(lon_deg, dtype=np.float64)
         alt = np.asarray(alt_m, dtype=np.float64)
@@ -52,7 +53,8 @@ class SensorLayout:
             frame = LocalFrame(float(lat.mean()), float(lon.mean()), float(np.median(gnd)))
         e, n, u = frame.to_enu(lat, lon, alt)
         enu = np.stack([np.atleast_1d(e), np.atleast_1d(n), np.atleast_1d(u)], axis=1)
-        return cls(tuple(ids), lat, lon, alt, gnd, frame, enu)
+        off = None if clock_offset_ns is None else np.asarray(clock_offset_ns, dtype=np.int64)
+        return cls(tuple(ids), lat, lon, alt, gnd, frame, enu, off)
 
     def to_geojson(self) -> dict:
         feats = []
@@ -63,7 +65,9 @@ class SensorLayout:
                              "coordinates": [round(float(self.lon_deg[i]), 9),
                                              round(float(self.lat_deg[i]), 9),
                                              round(float(self.alt_m[i]), 3)]},
-                "properties": {"id": sid, "ground_alt_m": round(float(self.ground_alt_m[i]), 3)},
+                "properties": {"id": sid, "ground_alt_m": round(float(self.ground_alt_m[i]), 3),
+                               **({"clock_offset_ns": int(self.clock_offset_ns[i])}
+                                  if self.clock_offset_ns is not None else {})},
             })
         return {"type": "FeatureCollection", "features": feats}
 
@@ -75,7 +79,7 @@ def parse_layout(doc: dict) -> SensorLayout:
     feats = doc.get("features")
     if not isinstance(feats, list) or not feats:
         raise ContractError("sensor layout has no features")
-    ids, lat, lon, alt, gnd = [], [], [], [], []
+    ids, lat, lon, alt, gnd, offs = [], [], [], [], [], []
     for k, f in enumerate(feats):
         where = f"feature {k}"
         try:
@@ -105,7 +109,12 @@ def parse_layout(doc: dict) -> SensorLayout:
         if not isinstance(g, (int, float)) or not math.isfinite(g):
             raise ContractError(f"{where}: ground_alt_m must be a number")
         gnd.append(float(g))
-    return SensorLayout.from_arrays(ids, lat, lon, alt, gnd)
+        o = props.get("clock_offset_ns", 0)
+        if isinstance(o, bool) or not isinstance(o, int) or abs(o) > 10**10:
+            raise ContractError(f"{where}: clock_offset_ns must be an integer number of ns (|x| <= 10 s)")
+        offs.append(o)
+    return SensorLayout.from_arrays(ids, lat, lon, alt, gnd,
+                                    clock_offset_ns=offs if any(offs) else None)
 
 
 def load_layout(path: str | Path) -> SensorLayout:

@@ -16,6 +16,7 @@ COMMANDS = {
     "locator": ("shotnet.locator.service", "locator service: 'shotnet locator run ...'"),
     "keys": ("shotnet.sensor.keys", "CURVE key pairs: 'shotnet keys create NAME... | list'"),
     "cameras": ("shotnet.locator.cameras", "camera hub: 'shotnet cameras run|select|check ...'"),
+    "calibrate": ("shotnet.calibration.cli", "field tools: 'shotnet calibrate plan|survey|report ...'"),
     "audit": ("shotnet.locator.audit", "audit log: 'shotnet audit verify|head|export ...'"),
 }
 
