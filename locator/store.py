@@ -58,7 +58,10 @@ class Store:
         self.db.execute("BEGIN")
         try:
             for d in dets:
-                body = json.dumps(detection_to_dict(d, with_clip=False), separators=(",", ":"))
+                doc = detection_to_dict(d, with_clip=False)
+                if d.clip is not None and d.clip_fs_hz:
+                    doc["clip_fs_hz"] = d.clip_fs_hz   # the clip itself is in its own column
+                body = json.dumps(doc, separators=(",", ":"))
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO detections (key, sensor_id, seq, t_ns, label, body, clip, received_ns) "
                     "VALUES (?,?,?,?,?,?,?,?)", (d.key, d.sensor_id, d.seq, d.t_ns, d.label, body, d.clip, now))

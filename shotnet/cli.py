@@ -17,6 +17,7 @@ COMMANDS = {
     "keys": ("shotnet.sensor.keys", "CURVE key pairs: 'shotnet keys create NAME... | list'"),
     "cameras": ("shotnet.locator.cameras", "camera hub: 'shotnet cameras run|select|check ...'"),
     "calibrate": ("shotnet.calibration.cli", "field tools: 'shotnet calibrate plan|survey|report ...'"),
+    "console": ("shotnet.locator.console", "dispatcher console: 'shotnet console run|adduser ...'"),
     "audit": ("shotnet.locator.audit", "audit log: 'shotnet audit verify|head|export ...'"),
 }
 
