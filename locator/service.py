@@ -46,7 +46,7 @@ from typing import Callable
 
 import zmq
 
-from shotnet.sensor.contract import (KIND_ACK, KIND_DETECTION, KIND_EVENT, KIND_HEARTBEAT, NS_PER_S,
+from shotnet.sensor.contract import (KIND_ACK, KIND_DETECTION, KIND_EVENT, KIND_HEARTBEAT, MAX_PAYLOAD_BYTES, NS_PER_S,
                                      ContractError, Event, Heartbeat, decode, detection_from_dict, encode,
                                      heartbeat_from_dict)
 from shotnet.sensor.config import check_table
@@ -188,7 +188,11 @@ class LocatorService:
         self.ctx = ctx or zmq.Context.instance()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        # An oversized message drops its connection at the transport, before any memory
+        # is spent on it (payloads are capped at 1 MiB by the contract).
+        self.router.setsockopt(zmq.MAXMSGSIZE, 2 * MAX_PAYLOAD_BYTES)
         self.auth = None
+        self._keys_dir = authorized_keys_dir
         self.key_owner: dict[bytes, str] | None = None
         if curve_secret_key_file or authorized_keys_dir:
             self._setup_curve(curve_secret_key_file, authorized_keys_dir)
@@ -241,6 +245,19 @@ class LocatorService:
         self.router.curve_secretkey = sec
         self.router.curve_publickey = pub
         self.router.curve_server = True
+
+    def reload_keys(self) -> int:
+        """Re-read the authorised node keys (SIGHUP): a removed key is revoked at once —
+        new connections with it fail the handshake, and messages on a connection it
+        already had are refused. Returns the number of keys now authorised."""
+        if self.auth is None:
+            return 0
+        from shotnet.sensor.keys import authorized
+
+        self.key_owner = authorized(self._keys_dir)
+        self.auth.configure_curve(domain="*", location=str(self._keys_dir))
+        log.warning("authorised node keys reloaded: %d", len(self.key_owner))
+        return len(self.key_owner)
 
     def _read_monitor(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -539,6 +556,7 @@ def main(argv=None) -> int:
                                              max_noise_floor_dbfs=svc_cfg.max_noise_floor_dbfs))
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
+    signal.signal(signal.SIGHUP, lambda *_: svc.reload_keys())
     print(json.dumps({"ready": True, "bind": svc.endpoint, "pub": svc.pub_endpoint, "store": svc_cfg.store,
                       "metrics_port": svc_cfg.metrics_port}), flush=True)
     try:

@@ -114,6 +114,8 @@ _DET_REQUIRED = ("sensor_id", "seq", "t_ns", "t_sigma_ns", "label", "score")
 
 
 def _int(d: dict, k: str, lo: int, hi: int) -> int:
+    if k not in d:
+        raise ContractError(f"missing key: {k}")
     v = d[k]
     if isinstance(v, bool) or not isinstance(v, int):
         raise ContractError(f"{k} must be an integer, got {type(v).__name__}")
