@@ -18,6 +18,7 @@ COMMANDS = {
     "cameras": ("shotnet.locator.cameras", "camera hub: 'shotnet cameras run|select|check ...'"),
     "calibrate": ("shotnet.calibration.cli", "field tools: 'shotnet calibrate plan|survey|report ...'"),
     "console": ("shotnet.locator.console", "dispatcher console: 'shotnet console run|adduser ...'"),
+    "fanout": ("shotnet.locator.fanout", "alert fan-out proxy (XSUB/XPUB) for many consoles and hubs"),
     "audit": ("shotnet.locator.audit", "audit log: 'shotnet audit verify|head|export ...'"),
 }
 
