@@ -51,11 +51,7 @@ test-slow: $(STAMP_PIP)
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP_PIP)
-	$(BIN)/python bench/bench_solver.py
-	$(BIN)/python bench/bench_locator.py
-	$(BIN)/python bench/bench_node.py
-	$(BIN)/python bench/bench_cameras.py
-	$(BIN)/python bench/eval_classifier.py
+	$(BIN)/python bench/run_all.py
 
 train: $(STAMP_PIP)
 	$(BIN)/shotnet train

@@ -138,6 +138,13 @@ def main(argv=None) -> int:
           f"{clf_calls['n']} candidates classified ({clf.name}), {dets} detections")
     print(f"  energy-threshold detector, same audio: {audio_s / wall_e:,.0f}x real time, {hits} frames over "
           f"threshold (no pick, no classification); node/energy speed ratio {wall_e / wall:.2f}")
+    from _record import record
+
+    record(f"node pipeline at {args.fs_hz // 1000} kHz, one thread, classifier on every picked candidate",
+           f"{audio_s / wall:,.0f}x real time", f"energy-threshold detector: {audio_s / wall_e:,.0f}x",
+           f"{wall_e / wall:.2f}")
+    record("node process memory (Python, numpy, Numba runtime, onnxruntime, model, buffers)",
+           f"{peak_mb:.0f} MB peak", "target < 200 MB")
     print(f"  memory of the node process (Python, numpy, Numba runtime, onnxruntime, model, buffers): "
           f"peak RSS {peak_mb:.0f} MB, {end_mb:.0f} MB resident at the end")
     return 0

@@ -1,0 +1,183 @@
+"""Fireworks night under load: hundreds of simulated nodes against a running locator.
+
+    .venv/bin/python bench/bench_load.py [--nodes 196] [--rate 4] [--duration-s 60] [--gunshots 12]
+
+A grid of ``--nodes`` sensors over a city (300 m apart) hears a fireworks-night stream:
+``--rate`` impulses per second anywhere in the city (90% fireworks), false single-sensor
+detections, and ``--gunshots`` real gunshots hidden in it. Every node is a real DEALER
+socket with its own spool; the locator is ``shotnet locator run`` in its own process
+(real ROUTER, real SQLite store). The stream is played in real time. Reported: the
+detection rate, the acknowledgement backlog over time (does it grow?), the locator's
+resident memory over time (does it stay bounded?), and how many hidden gunshots were
+located, and where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def grid_layout(n: int, spacing_m: float = 300.0):
+    from shotnet.sensor.geodesy import LocalFrame
+    from shotnet.sensor.layout import SensorLayout
+
+    k = int(np.ceil(np.sqrt(n)))
+    xs = (np.arange(k) - (k - 1) / 2) * spacing_m
+    gx, gy = np.meshgrid(xs, xs)
+    e, nn = gx.ravel()[:n], gy.ravel()[:n]
+    frame = LocalFrame(41.85, -87.68, 180.0)
+    lat, lon, alt = frame.to_geodetic(e, nn, np.full(n, 8.0))
+    return SensorLayout.from_arrays([f"N{i:03d}" for i in range(n)], lat, lon, alt, np.full(n, 180.0))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: int = 7, workdir: str | None = None,
+             verbose: bool = True) -> dict:
+    import zmq
+
+    from shotnet.locator.store import Store
+    from shotnet.locator.synthetic import StreamConfig, make_stream
+    from shotnet.sensor.contract import NS_PER_S
+    from shotnet.sensor.layout import save_layout
+    from shotnet.sensor.transport import DetectionSender
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="shotnet-load-"))
+    lay = grid_layout(nodes)
+    save_layout(lay, work / "sensors.geojson")
+    ext = float(np.abs(lay.enu_m[:, :2]).max())
+    rng = np.random.default_rng(seed)
+    n_imp = int(rate * duration_s)
+    cfg = StreamConfig(lookalike_fraction=1.0, false_per_sensor_per_s=0.05, hearing_m=1200.0)
+    dets, truth, _ = make_stream(lay, n_imp, duration_s, cfg, seed=seed, extent_m=ext)
+    # The hidden gunshots: a second stream of real rounds, merged (seq renumbered per node).
+    gcfg = dataclasses.replace(cfg, lookalike_fraction=0.0, false_per_sensor_per_s=0.0)
+    gdets, gtruth, _ = make_stream(lay, gunshots, duration_s - 5.0, gcfg, seed=seed + 1, extent_m=ext * 0.8)
+    allr = sorted(dets + gdets, key=lambda d: d.t_ns)
+    seq: dict[str, int] = {}
+    stream = []
+    for d in allr:
+        stream.append(dataclasses.replace(d, seq=seq.setdefault(d.sensor_id, 0)))
+        seq[d.sensor_id] += 1
+    bind, pub = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
+    t_start = time.time_ns() + 3 * NS_PER_S
+    shift = t_start - stream[0].t_ns
+    stream = [dataclasses.replace(d, t_ns=d.t_ns + shift) for d in stream]
+    gtruth = [dataclasses.replace(g, t_ns=g.t_ns + shift) for g in gtruth]
+    loc = subprocess.Popen([sys.executable, "-m", "shotnet", "locator", "run", "--sensors",
+                            str(work / "sensors.geojson"), "--bind", bind, "--pub", pub, "--store",
+                            str(work / "loc.sqlite"), "--temperature-c", "18", "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert loc.stdout.readline().startswith("{")
+    ctx = zmq.Context()
+    senders = {sid: DetectionSender(bind, sid, ctx=ctx, resend_s=2.0) for sid in lay.ids}
+    samples = []
+    next_sample = time.monotonic()
+    k = 0
+    latency_ns = int(0.2 * NS_PER_S)
+    while k < len(stream):
+        now = time.time_ns()
+        while k < len(stream) and stream[k].t_ns + latency_ns <= now:
+            senders[stream[k].sensor_id].send(stream[k])
+            k += 1
+        for s in senders.values():
+            s.poll(0)
+        if time.monotonic() >= next_sample:
+            backlog = sum(s.depth for s in senders.values())
+            samples.append(((now - t_start) / NS_PER_S, backlog, _rss_mb(loc.pid)))
+            next_sample += 1.0
+            if verbose:
+                print(f"  t={samples[-1][0]:5.1f} s  sent {k:6d}  unacknowledged {backlog:5d}  "
+                      f"locator RSS {samples[-1][2]:.0f} MB", flush=True)
+        time.sleep(0.002)
+    end = time.monotonic() + 15.0
+    while time.monotonic() < end and sum(s.depth for s in senders.values()):
+        for s in senders.values():
+            s.poll(5)
+    left = sum(s.depth for s in senders.values())
+    time.sleep(8.0)                          # sound crosses the city; the last shots settle
+    loc.send_signal(signal.SIGTERM)
+    loc.wait(timeout=60)
+    for s in senders.values():
+        s.close()
+    ctx.destroy(linger=0)
+    st = Store(work / "loc.sqlite")
+    stored = st.count_detections()
+    events = st.events()
+    st.close()
+    found, errs = 0, []
+    for g in gtruth:
+        best = None
+        for ev in events:
+            if ev.label != "gunshot" or abs(ev.t_ns - g.t_ns) > 0.05 * NS_PER_S:
+                continue
+            e, n, _ = lay.frame.to_enu(ev.lat, ev.lon, ev.alt_m)
+            d = float(np.hypot(e - g.e_m, n - g.n_m))
+            best = d if best is None or d < best else best
+        if best is not None and best < 50:
+            found += 1
+            errs.append(best)
+    half = len(samples) // 2
+    return {"nodes": nodes, "detections": len(stream), "duration_s": duration_s,
+            "rate_det_per_s": len(stream) / duration_s, "stored": stored, "unacked_after_drain": left,
+            "backlog_max": max(b for _, b, _ in samples), "backlog_last": samples[-1][1],
+            "backlog_first_half_max": max((b for _, b, _ in samples[:half]), default=0),
+            "backlog_second_half_max": max((b for _, b, _ in samples[half:]), default=0),
+            "rss_first_mb": samples[min(3, len(samples) - 1)][2], "rss_max_mb": max(r for _, _, r in samples),
+            "gunshots": len(gtruth), "gunshots_located": found,
+            "gunshot_error_median_m": float(np.median(errs)) if errs else None,
+            "events": len(events), "workdir": str(work)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=196)
+    ap.add_argument("--rate", type=float, default=4.0, help="impulses per second over the city")
+    ap.add_argument("--duration-s", type=float, default=60.0)
+    ap.add_argument("--gunshots", type=int, default=12)
+    args = ap.parse_args(argv)
+    r = run_load(args.nodes, args.rate, args.duration_s, args.gunshots)
+    print(json.dumps(r, indent=1))
+    print(f"{r['nodes']} nodes, {r['rate_det_per_s']:.0f} detections/s for {r['duration_s']:.0f} s: "
+          f"{r['stored']}/{r['detections']} stored, {r['unacked_after_drain']} unacknowledged after the drain; "
+          f"backlog max {r['backlog_first_half_max']} (first half) vs {r['backlog_second_half_max']} (second half); "
+          f"locator RSS {r['rss_first_mb']:.0f} -> {r['rss_max_mb']:.0f} MB; hidden gunshots located "
+          f"{r['gunshots_located']}/{r['gunshots']} (median error {r['gunshot_error_median_m']} m)")
+    try:
+        sys.path.insert(0, os.path.dirname(__file__))
+        from _record import record
+
+        record(f"fireworks night under load: {r['nodes']} nodes over real sockets, {r['rate_det_per_s']:.0f} "
+               f"detections/s for {r['duration_s']:.0f} s", f"{r['stored']}/{r['detections']} stored, backlog max "
+               f"{r['backlog_max']}, locator RSS {r['rss_first_mb']:.0f}->{r['rss_max_mb']:.0f} MB, hidden gunshots "
+               f"{r['gunshots_located']}/{r['gunshots']}")
+    except ImportError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
