@@ -92,14 +92,19 @@ def _rms_from_fim(fim: np.ndarray) -> np.ndarray:
     return out
 
 
+def _grid(bounds, cell_m: float):
+    """Grid axes and the flattened points over ``bounds`` = (xmin, ymin, xmax, ymax), m."""
+    xs = np.arange(bounds[0], bounds[2] + 1e-9, cell_m)
+    ys = np.arange(bounds[1], bounds[3] + 1e-9, cell_m)
+    gx, gy = np.meshgrid(xs, ys)
+    return xs, ys, gx.shape, gx.ravel(), gy.ravel()
+
+
 def accuracy_map(sensors_enu: np.ndarray, bounds: tuple[float, float, float, float], cell_m: float = 25.0,
                  model: NoiseModel = NoiseModel(), z_src_m: float = 0.0) -> AccuracyMap:
     """CRB and GDOP over ``bounds`` = (xmin, ymin, xmax, ymax) metres in the layout's frame."""
     c = speed_of_sound_m_per_s(model.temperature_c)
-    xs = np.arange(bounds[0], bounds[2] + 1e-9, cell_m)
-    ys = np.arange(bounds[1], bounds[3] + 1e-9, cell_m)
-    gx, gy = np.meshgrid(xs, ys)
-    px, py = gx.ravel(), gy.ravel()
+    xs, ys, shape, px, py = _grid(bounds, cell_m)
     s = np.asarray(sensors_enu, dtype=np.float64)
     rms = np.empty(len(px))
     gdop = np.empty(len(px))
@@ -113,7 +118,6 @@ def accuracy_map(sensors_enu: np.ndarray, bounds: tuple[float, float, float, flo
         n[sl] = nh
     rms[n < model.min_sensors] = np.inf
     gdop[n < model.min_sensors] = np.inf
-    shape = gx.shape
     return AccuracyMap(xs, ys, rms.reshape(shape), gdop.reshape(shape), n.reshape(shape))
 
 
@@ -136,10 +140,7 @@ def suggest_sites(sensors_enu: np.ndarray, candidates_enu: np.ndarray, bounds, k
     from tqdm import tqdm
 
     c = speed_of_sound_m_per_s(model.temperature_c)
-    xs = np.arange(bounds[0], bounds[2] + 1e-9, cell_m)
-    ys = np.arange(bounds[1], bounds[3] + 1e-9, cell_m)
-    gx, gy = np.meshgrid(xs, ys)
-    px, py = gx.ravel(), gy.ravel()
+    _, _, _, px, py = _grid(bounds, cell_m)
     s = np.asarray(sensors_enu, dtype=np.float64)
     fim, n = _fisher(px, py, z_src_m, s[:, 0], s[:, 1], s[:, 2], model, c)
     cand = np.asarray(candidates_enu, dtype=np.float64)

@@ -49,7 +49,7 @@ import zmq
 from shotnet.sensor.contract import (KIND_ACK, KIND_DETECTION, KIND_EVENT, KIND_HEARTBEAT, MAX_PAYLOAD_BYTES, NS_PER_S,
                                      ContractError, Event, Heartbeat, decode, detection_from_dict, encode,
                                      heartbeat_from_dict)
-from shotnet.sensor.config import check_table
+from shotnet.sensor.config import check_table, toml_value
 from shotnet.sensor.layout import SensorLayout, load_layout
 
 from .alerts import Webhook, cap_alert, geojson_feature
@@ -492,14 +492,7 @@ def load_config(path: str | Path) -> tuple[ServiceConfig, AssocConfig]:
 
 
 def config_toml(svc: ServiceConfig, assoc: AssocConfig) -> str:
-    def fmt(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, tuple):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return repr(v)
+    fmt = toml_value
 
     lines = ["[locator]"] + [f"{f.name} = {fmt(getattr(svc, f.name))}" for f in dataclasses.fields(svc)]
     lines += ["", "[association]"] + [f"{f.name} = {fmt(getattr(assoc, f.name))}" for f in dataclasses.fields(assoc)]

@@ -187,16 +187,19 @@ def load(path: str | Path) -> NodeFileConfig:
     return parse(doc, path.parent, str(path))
 
 
-def to_toml(cfg: NodeFileConfig) -> str:
-    def fmt(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, tuple):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return repr(v)
+def toml_value(v) -> str:
+    """A config value as TOML (for ``--print-config`` of the node and the locator)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(v)
 
+
+def to_toml(cfg: NodeFileConfig) -> str:
+    fmt = toml_value
     lines = []
     for f in dataclasses.fields(cfg):
         sec = getattr(cfg, f.name)

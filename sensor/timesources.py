@@ -56,6 +56,14 @@ class TimeSource:
     def poll(self) -> None:
         pass
 
+    def _due(self) -> bool:
+        """Rate limit for polled sources: True at most once per ``poll_s``."""
+        now = time.monotonic()
+        if now < getattr(self, "_next", 0.0):
+            return False
+        self._next = now + self.poll_s
+        return True
+
     def close(self) -> None:
         pass
 
@@ -231,10 +239,8 @@ class PtpTime(TimeSource):
         return parse_pmc(out)
 
     def poll(self) -> None:
-        now = time.monotonic()
-        if now < self._next:
+        if not self._due():
             return
-        self._next = now + self.poll_s
         try:
             d = self.query()
         except (OSError, subprocess.SubprocessError) as exc:
@@ -248,7 +254,7 @@ class PtpTime(TimeSource):
         self.path_delay_ns = float(d.get("meanPathDelay", 0.0))
         self.port_state = d.get("portState", "UNKNOWN")
         self.gm_present = d.get("gmPresent") == "true"
-        self._last_ok = now
+        self._last_ok = time.monotonic()
 
     def correction_ns(self) -> int:
         if not self.apply_offset or not self._offsets:
@@ -322,13 +328,11 @@ class ChronyTime(TimeSource):
         return parse_tracking(res.stdout)
 
     def poll(self) -> None:
-        now = time.monotonic()
-        if now < self._next:
+        if not self._due():
             return
-        self._next = now + self.poll_s
         try:
             self.tracking = self.query()
-            self._last_ok = now
+            self._last_ok = time.monotonic()
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.errors += 1
             log.warning("chronyc: %s", exc)
