@@ -90,7 +90,7 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
     loc = subprocess.Popen([sys.executable, "-m", "shotnet", "locator", "run", "--sensors",
                             str(work / "sensors.geojson"), "--bind", bind, "--pub", pub, "--store",
                             str(work / "loc.sqlite"), "--temperature-c", "18", "--quiet"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=open(work / "locator.log", "w"), text=True)
     assert loc.stdout.readline().startswith("{")
     ctx = zmq.Context()
     senders = {sid: DetectionSender(bind, sid, ctx=ctx, resend_s=2.0) for sid in lay.ids}
@@ -120,7 +120,7 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
     left = sum(s.depth for s in senders.values())
     time.sleep(8.0)                          # sound crosses the city; the last shots settle
     loc.send_signal(signal.SIGTERM)
-    loc.wait(timeout=60)
+    loc.wait(timeout=120)
     for s in senders.values():
         s.close()
     ctx.destroy(linger=0)
@@ -171,9 +171,9 @@ def main(argv=None) -> int:
         from _record import record
 
         record(f"fireworks night under load: {r['nodes']} nodes over real sockets, {r['rate_det_per_s']:.0f} "
-               f"detections/s for {r['duration_s']:.0f} s", f"{r['stored']}/{r['detections']} stored, backlog max "
-               f"{r['backlog_max']}, locator RSS {r['rss_first_mb']:.0f}->{r['rss_max_mb']:.0f} MB, hidden gunshots "
-               f"{r['gunshots_located']}/{r['gunshots']}")
+               f"detections/s for {r['duration_s']:.0f} s", f"{r['stored']}/{r['detections']} stored, "
+               f"unacknowledged backlog max {r['backlog_max']}, locator RSS {r['rss_first_mb']:.0f}->"
+               f"{r['rss_max_mb']:.0f} MB, hidden gunshots located {r['gunshots_located']}/{r['gunshots']}")
     except ImportError:
         pass
     return 0

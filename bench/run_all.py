@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["bench_solver.py", "bench_locator.py", "bench_node.py", "bench_cameras.py", "eval_classifier.py",
-           "bench_load.py"]
+           "bench_load.py", "bench_load.py --rate 25 --duration-s 30 --gunshots 6"]
 
 
 def table(rows: list[dict]) -> str:
@@ -34,13 +34,14 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     rows, reports = [], []
     t_all = time.time()
-    for script in SCRIPTS:
-        cmd = f".venv/bin/python bench/{script}"
+    for entry in SCRIPTS:
+        script, *args = entry.split()
+        cmd = f".venv/bin/python bench/{entry}"
         with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as tmp:
             env = dict(os.environ, SHOTNET_BENCH_JSON=tmp.name, SHOTNET_BENCH_CMD=cmd)
             print(f"== {cmd}", flush=True)
             t0 = time.time()
-            res = subprocess.run([sys.executable, str(ROOT / "bench" / script)], cwd=ROOT, env=env,
+            res = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
                                  capture_output=True, text=True)
             sys.stdout.write(res.stdout)
             if res.returncode != 0:

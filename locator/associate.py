@@ -42,6 +42,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,6 +121,7 @@ class AssocStats:
     unknown_sensor: int = 0
     unassociated: int = 0
     unsynchronised: int = 0
+    budget_exhausted: int = 0       # steps that ran out of time before searching every seed
     events: int = 0
     updates: int = 0
     attached: int = 0
@@ -240,15 +242,19 @@ class Associator:
                 self.feed(d)
 
     # ------------------------------------------------------------------ processing
-    def step(self, now_ns: int = NOW_INFINITE) -> list[Event]:
-        """Process what has arrived; returns new events and updated versions."""
+    def step(self, now_ns: int = NOW_INFINITE, budget_s: float | None = None) -> list[Event]:
+        """Process what has arrived; returns new events and updated versions.
+
+        ``budget_s`` bounds the search's compute time (the live service passes one, so an
+        overloaded night cannot stall the loop or a shutdown); seeds not reached are
+        searched at the next step. Batch replays pass none."""
         out: list[Event] = []
         if now_ns != NOW_INFINITE:
             self._now = max(self._now, now_ns)
         self.pending.sort(key=lambda d: d.t_ns)
         out += self._attach_pending(now_ns)
         self._forget_stale_seeds()
-        out += self._search(now_ns)
+        out += self._search(now_ns, None if budget_s is None else time.perf_counter() + budget_s)
         self._expire(now_ns)
         return out
 
@@ -320,13 +326,16 @@ class Associator:
             not_before = seed.t_ns + max(int(1.5 * age), int(0.25 * NS_PER_S))
         self._memo[seed.key] = [seed.t_ns, not_before, None, max(1, need_new)]
 
-    def _search(self, now_ns: int) -> list[Event]:
+    def _search(self, now_ns: int, deadline: float | None = None) -> list[Event]:
         """Try each pending detection, in time order, as the first arrival of a shot."""
         out: list[Event] = []
         skip: set[str] = set()      # members of a candidate waiting to mature, this step
         k = 0
         arrays = None
         while k < len(self.pending):
+            if deadline is not None and time.perf_counter() > deadline:
+                self.stats.budget_exhausted += 1
+                break
             d = self.pending[k]
             k += 1
             if d.key in skip or self._asleep(d.key, now_ns):

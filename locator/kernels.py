@@ -102,7 +102,7 @@ def _normal(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss,
                 A[a, b] += row[a] * w * row[b]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def lm_solve(px, py, pz, t, sigma, mask, x0, c, z_src, ndim, est_wind, wind, loss, loss_k, max_iter,
              out_params, out_cov):
     """Levenberg-Marquardt for the arrival-time model with unknown emission time.
@@ -182,7 +182,7 @@ def lm_solve_many(px, py, pz, t, sigma, x0, c, z_src, max_iter, out_params, out_
             out_params[k, j] = par[j]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def seed_coherence(gx, gy, z_src, sx, sy, sz, s0, t, sens, c, wx, wy, half_window_s, best_count, best_cost):
     """Anchored space-time consistency search (one seed detection).
 

@@ -1,10 +1,13 @@
 """The locator service: ZeroMQ in, stored events and alerts out.
 
-Per loop: read every waiting message from the ROUTER; validate each (malformed ones are
-counted and answered with nothing); write the valid ones to the SQLite store in one
-transaction; *then* acknowledge them to their nodes; feed new ones to the
-:class:`~shotnet.locator.associate.Associator`. Every ``step_s`` the associator runs; each
-event (or improved version) is written to the store *before* it is published:
+Two threads. *Ingest* (the caller of :meth:`LocatorService.run`): read every waiting
+message from the ROUTER; validate each (malformed ones are counted and answered with
+nothing); write the valid ones to the SQLite store in one transaction; *then* acknowledge
+them to their nodes, and hand new ones to the association thread. *Association*: feed
+the :class:`~shotnet.locator.associate.Associator`, run it every ``step_s``, and publish;
+each event (or improved version) is written to the store *before* it is published. So a
+busy association (a fireworks night) delays alerts but never acknowledgements: nodes do
+not back up. All PUB traffic goes out from the association thread.
 
 - PUB topic ``b"evt"``: the event JSON (every located impulse, alerts and notices);
 - PUB topic ``b"inc"``: the incident summary (rounds, automatic fire, shooters);
@@ -33,11 +36,13 @@ recognised by their deterministic ids and not published again.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
 import signal
 import sys
+import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -223,6 +228,11 @@ class LocatorService:
         self.node_state: dict[str, tuple[str, list[str]]] = {}
         self._next_health = 0.0
         self._stop = False
+        self._inbox: collections.deque | None = None    # ingest -> association, when threaded
+        self._outbox: collections.deque = collections.deque()  # PUB frames from the ingest thread
+        self._assoc_thread: threading.Thread | None = None
+        self._stop_assoc = False
+        self.step_budget_s = 1.0        # an association step gives up searching after this long
         self.incidents: dict[str, dict] = {}
         if self.store is not None and replay_s > 0:
             self._replay(replay_s)
@@ -327,12 +337,15 @@ class LocatorService:
             if not is_new:
                 self.stats.duplicates += 1
                 self.metrics.messages.labels("duplicate").inc()
-            elif self.assoc.feed(det):
-                self.metrics.messages.labels("accepted").inc()
             elif det.clock_sigma_ns > self.assoc.cfg.max_clock_sigma_ms * 1e6:
                 # Stored, acknowledged, but its time is too poor to locate with.
                 self.stats.unsynchronised += 1
                 self.metrics.messages.labels("unsynchronised").inc()
+            elif self._inbox is not None:
+                self._inbox.append(det)           # the association thread feeds it
+                self.metrics.messages.labels("accepted").inc()
+            elif self.assoc.feed(det):
+                self.metrics.messages.labels("accepted").inc()
             else:
                 self.stats.duplicates += 1
                 self.metrics.messages.labels("duplicate").inc()
@@ -369,10 +382,18 @@ class LocatorService:
             if state[0] != "ok" and not (first and got is None):
                 log.warning("node %s %s: %s", sid, state[0], "; ".join(state[1]))
             if self.pub is not None:
-                self.pub.send_multipart([TOPIC_HEALTH, json.dumps(
+                self._pub_send([TOPIC_HEALTH, json.dumps(
                     {"sensor_id": sid, "status": state[0], "reasons": state[1],
                      "heartbeat": got[1].to_dict() if got else None}).encode()])
         return state
+
+    def _pub_send(self, frames: list[bytes]) -> None:
+        """PUB sockets are not thread-safe: while the association thread runs, frames from
+        the ingest thread go through it."""
+        if self._assoc_thread is not None and threading.current_thread() is not self._assoc_thread:
+            self._outbox.append(frames)
+        else:
+            self.pub.send_multipart(frames)
 
     def node_health(self) -> dict[str, tuple[str, list[str]]]:
         """Every sensor in the layout: (status, reasons)."""
@@ -418,41 +439,76 @@ class LocatorService:
 
     # ------------------------------------------------------------------ loop
     def run(self, duration_s: float | None = None) -> ServiceStats:
+        """Ingest on this thread, associate on another, until stopped or ``duration_s``."""
         end = time.monotonic() + duration_s if duration_s else None
-        next_step = time.monotonic()
+        self._inbox = collections.deque()
+        self._assoc_thread = threading.Thread(target=self._associate, args=(end,), name="association", daemon=True)
+        self._assoc_thread.start()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
-        while not self._stop and (end is None or time.monotonic() < end):
-            timeout = max(0.0, next_step - time.monotonic())
-            ready = dict(poller.poll(int(timeout * 1000) + 1))
-            if ready.get(self.monitor):
-                self._read_monitor()
-            if ready.get(self.router):
-                batch, keys = [], []
-                while len(batch) < 1000:
-                    try:
-                        frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    batch.append([f.bytes for f in frames])
-                    keys.append(frames[-1].get("User-Id").encode() if self.key_owner is not None else None)
-                self.handle_batch(batch, keys if self.key_owner is not None else None)
-            if time.monotonic() >= self._next_health:
-                self.node_health()
-                self._next_health = time.monotonic() + 1.0
-            if time.monotonic() >= next_step:
+        try:
+            while not self._stop and (end is None or time.monotonic() < end):
+                ready = dict(poller.poll(50))
+                if ready.get(self.monitor):
+                    self._read_monitor()
+                if ready.get(self.router):
+                    batch, keys = [], []
+                    while len(batch) < 1000:
+                        try:
+                            frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        batch.append([f.bytes for f in frames])
+                        keys.append(frames[-1].get("User-Id").encode() if self.key_owner is not None else None)
+                    self.handle_batch(batch, keys if self.key_owner is not None else None)
+                if time.monotonic() >= self._next_health:
+                    self.node_health()
+                    self._next_health = time.monotonic() + 1.0
+        finally:
+            self._stop_assoc = True
+            self._assoc_thread.join()
+            self._assoc_thread = None
+            # Whatever arrived after the association thread's last look is fed now.
+            while self._inbox:
+                self.assoc.feed(self._inbox.popleft())
+            self._inbox = None
+            while self._outbox and self.pub is not None:
+                self.pub.send_multipart(self._outbox.popleft())
+        return self.stats
+
+    def _associate(self, end: float | None) -> None:
+        self._stop_assoc = False
+        next_step = time.monotonic()
+        while not (self._stop or self._stop_assoc) and (end is None or time.monotonic() < end):
+            while self._inbox:
+                self.assoc.feed(self._inbox.popleft())
+            while self._outbox and self.pub is not None:
+                self.pub.send_multipart(self._outbox.popleft())
+            now = time.monotonic()
+            if now >= next_step:
                 t0 = time.perf_counter()
-                for ev in self.assoc.step(self.clock_ns()):
-                    self.publish(ev)
+                try:
+                    for ev in self.assoc.step(self.clock_ns(), budget_s=self.step_budget_s):
+                        self.publish(ev)
+                except Exception:                       # never let one bad step stop alerts
+                    log.exception("association step failed")
                 self.metrics.step.observe(time.perf_counter() - t0)
                 self.metrics.pending.set(len(self.assoc.pending))
                 next_step = time.monotonic() + self.step_s
-        return self.stats
+            else:
+                time.sleep(min(0.005, next_step - now))
 
-    def close(self) -> None:
-        for ev in self.assoc.flush():
-            self.publish(ev)
+    def close(self, max_flush: int = 500) -> None:
+        """Stop: search what is pending and publish, unless more than ``max_flush``
+        detections are waiting (an overloaded night): they are all in the store, and the
+        next start replays them, so shutting down stays quick."""
+        if len(self.assoc.pending) <= max_flush:
+            for ev in self.assoc.flush():
+                self.publish(ev)
+        else:
+            log.warning("stopping with %d detections not yet associated: stored, replayed at the next start",
+                        len(self.assoc.pending))
         if self.webhook:
             self.webhook.close()
         if self.events_fh:

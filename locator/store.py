@@ -11,8 +11,10 @@ Tables: ``detections``, ``events`` (latest version of each event), ``event_versi
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -38,8 +40,19 @@ CREATE TABLE IF NOT EXISTS health (
 """
 
 
+def _locked(fn):
+    """One statement or transaction at a time: the service ingests on one thread and
+    associates on another, over one connection."""
+    @functools.wraps(fn)
+    def wrapper(self, *a, **kw):
+        with self.lock:
+            return fn(self, *a, **kw)
+    return wrapper
+
+
 class Store:
     def __init__(self, path: str | Path):
+        self.lock = threading.RLock()
         self.path = str(path)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -51,6 +64,7 @@ class Store:
         self.db.close()
 
     # ------------------------------------------------------------ detections
+    @_locked
     def add_detections(self, dets: list[Detection]) -> list[bool]:
         """Insert in one transaction; returns, per detection, whether it was new."""
         now = time.time_ns()
@@ -72,13 +86,16 @@ class Store:
             raise
         return out
 
+    @_locked
     def detections_since(self, t_ns: int) -> list[Detection]:
         rows = self.db.execute("SELECT body FROM detections WHERE t_ns >= ? ORDER BY t_ns", (t_ns,))
         return [detection_from_dict(json.loads(body)) for (body,) in rows]
 
+    @_locked
     def count_detections(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM detections").fetchone()[0]
 
+    @_locked
     def clip(self, key: str) -> tuple[bytes, int] | None:
         row = self.db.execute("SELECT clip, body FROM detections WHERE key = ?", (key,)).fetchone()
         if row is None or row[0] is None:
@@ -86,6 +103,7 @@ class Store:
         return row[0], json.loads(row[1]).get("clip_fs_hz", 0)
 
     # ------------------------------------------------------------ events
+    @_locked
     def put_event(self, ev: Event) -> str:
         """Store an event. Returns ``"new"``, ``"updated"`` (more detections than the
         stored version) or ``"same"`` (nothing to publish)."""
@@ -114,28 +132,34 @@ class Store:
             raise
         return status
 
+    @_locked
     def events(self, since_ns: int = 0) -> list[Event]:
         rows = self.db.execute("SELECT body FROM events WHERE t_ns >= ? ORDER BY t_ns", (since_ns,))
         return [event_from_dict(json.loads(b)) for (b,) in rows]
 
+    @_locked
     def event(self, event_id: str) -> Event | None:
         row = self.db.execute("SELECT body FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return event_from_dict(json.loads(row[0])) if row else None
 
     # ------------------------------------------------------------ incidents, health
+    @_locked
     def put_incident(self, incident: dict) -> None:
         self.db.execute("INSERT OR REPLACE INTO incidents VALUES (?,?,?,?)",
                         (incident["incident_id"], incident["first_t_ns"], incident["last_t_ns"],
                          json.dumps(incident, separators=(",", ":"))))
 
+    @_locked
     def incidents(self, since_ns: int = 0) -> list[dict]:
         rows = self.db.execute("SELECT body FROM incidents WHERE last_t_ns >= ? ORDER BY first_t_ns", (since_ns,))
         return [json.loads(b) for (b,) in rows]
 
+    @_locked
     def put_health(self, sensor_id: str, t_ns: int, body: dict) -> None:
         self.db.execute("INSERT OR REPLACE INTO health VALUES (?,?,?)",
                         (sensor_id, t_ns, json.dumps(body, separators=(",", ":"))))
 
+    @_locked
     def health(self, since_ns: int = 0) -> list[tuple[str, int, dict]]:
         rows = self.db.execute("SELECT sensor_id, t_ns, body FROM health WHERE t_ns >= ? ORDER BY t_ns", (since_ns,))
         return [(s, t, json.loads(b)) for s, t, b in rows]
