@@ -208,15 +208,18 @@ class FieldNode:
 
 def _config_from_flags(args) -> nodeconf.NodeFileConfig:
     c = nodeconf.NodeFileConfig()
-    audio = {"scene": "scene", "wav": "wav", "mic": "mic"}
     kind = "scene" if args.scene else "wav" if args.wav else "mic"
-    a = dataclasses.replace(c.audio, source=audio[kind], scene_dir=args.scene or "", wav_path=args.wav or "",
+    a = dataclasses.replace(c.audio, source=kind, scene_dir=args.scene or "", wav_path=args.wav or "",
                             wav_t0_ns=args.t0_ns or 0, fs_hz=args.fs_hz, realtime=bool(args.realtime),
                             block_frames=args.block_frames)
     n = dataclasses.replace(c.node, sensor_id=args.sensor_id or "", locator=args.connect,
                             spool_path=args.spool or ":memory:", model=args.model or "",
                             heartbeat_s=args.heartbeat_s)
-    clk = dataclasses.replace(c.clock, source=args.clock)
+    # A recording with its start time given (--t0-ns) is as good as that time: say 0.1 ms
+    # unless told; an undisciplined system clock keeps the default 10 ms.
+    sigma = args.clock_sigma_ns if args.clock_sigma_ns is not None else (
+        100_000 if (args.wav and args.t0_ns) else c.clock.system_sigma_ns)
+    clk = dataclasses.replace(c.clock, source=args.clock, system_sigma_ns=sigma)
     return dataclasses.replace(c, node=n, audio=a, clock=clk)
 
 
@@ -235,6 +238,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fs-hz", type=int, default=48000, help="capture rate (--mic)")
     ap.add_argument("--block-frames", type=int, default=2400)
     ap.add_argument("--clock", default="system", choices=("system", "gps", "ptp", "chrony"))
+    ap.add_argument("--clock-sigma-ns", type=int, default=None,
+                    help="claimed 1-sigma of the system clock (default 10 ms; 0.1 ms for --wav with --t0-ns)")
     ap.add_argument("--spool", default=None, help="SQLite spool file (default: in memory)")
     ap.add_argument("--heartbeat-s", type=float, default=10.0)
     ap.add_argument("--model", default=None, help="ONNX model path, or 'heuristic'")
