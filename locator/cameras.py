@@ -467,8 +467,6 @@ class CameraHub:
         return msgs
 
     def run(self, duration_s: float | None = None) -> None:
-        import zmq
-
         end = time.monotonic() + duration_s if duration_s else None
         while not self._stop and (end is None or time.monotonic() < end):
             if self.sub is not None and self.sub.poll(100):
@@ -484,7 +482,6 @@ class CameraHub:
                 self.handle_event(ev)
             elif self.sub is None:
                 time.sleep(0.1)
-        _ = zmq
 
     def stop(self, *_):
         self._stop = True
