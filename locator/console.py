@@ -106,19 +106,19 @@ class ConsoleState:
         self.reviews_db.execute("CREATE TABLE IF NOT EXISTS reviews (incident_id TEXT PRIMARY KEY, body TEXT)")
         for iid, body in self.reviews_db.execute("SELECT incident_id, body FROM reviews"):
             self.reviews[iid] = json.loads(body)
+        self.store = None               # the locator's store, read for history and clips
         if store_path:
+            from .store import Store
+
+            self.store = Store(store_path)
             self._load_store()
 
     def _load_store(self, since_s: float = 24 * 3600) -> None:
-        from .store import Store
-
-        st = Store(self.store_path)
         since = time.time_ns() - int(since_s * 1e9)
-        for ev in st.events(since):
+        for ev in self.store.events(since):
             self.events[ev.event_id] = ev.to_dict()
-        for inc in st.incidents(since):
+        for inc in self.store.incidents(since):
             self.incidents[inc["incident_id"]] = inc
-        st.close()
 
     def publish(self, kind: str, body: dict) -> None:
         msg = json.dumps({"kind": kind, "body": body})
@@ -178,25 +178,11 @@ class ConsoleState:
                 "clips": clips, "clips_with_audio": self.keys_with_clip(clips), "history": history}
 
     def keys_with_clip(self, keys: list[str]) -> list[str]:
-        if not self.store_path or not keys:
-            return []
-        db = sqlite3.connect(self.store_path)
-        try:
-            q = ",".join("?" * len(keys))
-            rows = db.execute(f"SELECT key FROM detections WHERE clip IS NOT NULL AND key IN ({q})", keys).fetchall()
-        finally:
-            db.close()
-        have = {r[0] for r in rows}
+        have = self.store.keys_with_clip(keys) if self.store is not None else set()
         return [k for k in keys if k in have]
 
     def clip(self, key: str) -> tuple[np.ndarray, int] | None:
-        if not self.store_path:
-            return None
-        from .store import Store
-
-        st = Store(self.store_path)
-        got = st.clip(key)
-        st.close()
+        got = self.store.clip(key) if self.store is not None else None
         if got is None:
             return None
         blob, fs = got

@@ -96,6 +96,15 @@ class Store:
         return self.db.execute("SELECT COUNT(*) FROM detections").fetchone()[0]
 
     @_locked
+    def keys_with_clip(self, keys: list[str]) -> set[str]:
+        """Which of these detection keys carry a clip."""
+        if not keys:
+            return set()
+        q = ",".join("?" * len(keys))
+        return {k for (k,) in self.db.execute(f"SELECT key FROM detections WHERE clip IS NOT NULL AND key IN ({q})",
+                                               list(keys))}
+
+    @_locked
     def clip(self, key: str) -> tuple[bytes, int] | None:
         row = self.db.execute("SELECT clip, body FROM detections WHERE key = ?", (key,)).fetchone()
         if row is None or row[0] is None:

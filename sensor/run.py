@@ -168,7 +168,6 @@ class FieldNode:
         now = time.monotonic()
         if now >= self._next_hb:
             self._next_hb = now + self.cfg.node.heartbeat_s
-            self.time_source.poll()
             self.sender.send_heartbeat(self.heartbeat().to_dict())
 
     def run(self, max_blocks: int | None = None) -> dict:
