@@ -31,7 +31,8 @@ def realistic(n_shots, seed):
     lay = default_layout()
     dets, truth, loc_layout = make_stream(lay, n_shots, n_shots * 5.0, StreamConfig(), seed=seed)
     t0 = time.perf_counter()
-    evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0))
+    # The locator is told the survey's accuracy (as a deployment's locator.toml would).
+    evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0, survey_sigma_m=StreamConfig().survey_sigma_m))
     dt = time.perf_counter() - t0
     rows, false = score(evs, truth, lay)
     errs = [d for tr, ev, d, i in rows if ev is not None and tr.n_heard >= 6]
@@ -83,7 +84,7 @@ def fireworks_night(rate_per_s, duration_s, seed):
     cfg = StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2)
     dets, truth, loc_layout = make_stream(lay, int(rate_per_s * duration_s), duration_s, cfg, seed=seed)
     t0 = time.perf_counter()
-    evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0))
+    evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0, survey_sigma_m=cfg.survey_sigma_m))
     dt = time.perf_counter() - t0
     rows, false = score(evs, truth, lay)
     heard = [r for r in rows if r[0].n_heard >= 6]
@@ -111,7 +112,7 @@ def latency(n_shots, seed):
     the step's compute time. Also the step compute time alone."""
     lay = default_layout()
     dets, truth, loc_layout = make_stream(lay, n_shots, n_shots * 5.0, StreamConfig(), seed=seed)
-    a = Associator(loc_layout, AssocConfig(temperature_c=18.0))
+    a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=StreamConfig().survey_sigma_m))
     net_ns = 50_000_000
     arrivals = sorted(dets, key=lambda d: d.t_ns + net_ns)
     by_key = {d.key: d for d in dets}

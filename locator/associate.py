@@ -55,7 +55,7 @@ from . import kernels
 from .incidents import IncidentTracker
 from scipy.stats import f as f_dist
 
-from .locate import Solution, locate
+from .locate import Solution, locate, locate_wind_robust
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,16 @@ class AssocConfig:
     min_sensors: int = 5
     margin_m: float = 500.0              # search this far outside the array's bounding box
     coarse_cell_m: float = 12.5          # the search grid: coarse cells over the region,
-    fine_cell_m: float = 4.0             # refined by fifths down to this
+    fine_cell_m: float = 1.0             # refined by quarters down to this
     seed_region_m: float = 400.0         # a seed's sensor is at most this much farther from
                                          # the source than the nearest sensor
-    refine_best: int = 3                 # coarse nodes refined per seed
+    refine_best: int = 8                 # separate coarse peaks refined per seed...
+    refine_depth: int = 2                # ...among nodes at most this many sensors below the best
     window_tol_s: float = 0.006          # added to the geometric window (picks, wind, survey)
     gate_s: float = 0.010                # max |residual| to attach a detection to a shot
     model_sigma_s: float = 3e-4          # model error added to each detection's sigma
+    survey_sigma_m: float = 0.1          # 1-sigma error of each sensor's surveyed position
+                                         # (also added, as distance over c)
     max_rms_s: float = 0.005             # a published solution must fit better than this
     settle_range_m: float = 700.0        # first solve waits until sound has passed this range...
     early_alert_sensors: int = 8         # ...unless this many sensors already heard it
@@ -97,7 +100,7 @@ class AssocConfig:
     max_clock_sigma_ms: float = 5.0      # detections with worse time are stored, not located
     wind_m_per_s: tuple[float, float] = (0.0, 0.0)  # initial regional wind (east, north)
     estimate_wind: bool = True           # solve for the wind when enough sensors heard a shot
-    wind_min_sensors: int = 7
+    wind_min_sensors: int = 9
     wind_known: bool = False             # True if wind_m_per_s is a measurement
     max_wind_m_per_s: float = 6.0        # bound on the unknown wind, for gating
     wind_uncertainty_m_per_s: float = 1.5  # once estimated
@@ -147,7 +150,7 @@ class Associator:
         self.wind_known = cfg.wind_known
         self.pos = layout.enu_m
         self.pending: list[Detection] = []
-        self.history: dict[str, list[int]] = {}  # recent detection times per sensor
+        self.history: dict[str, list[int]] = {}  # recent detection times per sensor, sorted
         self._now = 0                            # the clock at the last step
         self._fed_at: dict[str, int] = {}        # detection key -> clock when it arrived
         # Seed memo: key -> [seed time ns, not before this clock, wake at this clock (or
@@ -182,6 +185,13 @@ class Associator:
         slack_s = cfg.gate_s + 2 * cfg.window_tol_s
         self._pair_ns = ((pair_m / self.c * (1 + cfg.max_wind_m_per_s / self.c) + slack_s) * NS_PER_S).astype(np.int64)
         self.shot_span_ns = int(self._pair_ns.max())
+        # A seed is first searched once sound from anywhere in its region has had time to
+        # reach min_sensors - 1 other sensors (those nearest the seed's sensor, whose pair
+        # windows close first) and their detections to arrive: earlier, a real shot
+        # cannot yet have enough sensors, and on a crowded night each premature search
+        # only finds chance alignments.
+        self._first_search_ns = (np.sort(self._pair_ns, axis=1)[:, min(cfg.min_sensors - 1, len(layout) - 1)]
+                                 + int(cfg.latency_slack_s * NS_PER_S))
         self.incidents = IncidentTracker()
 
     # ------------------------------------------------------------------ input
@@ -202,10 +212,7 @@ class Associator:
         self.pending.append(det)
         self._new_times.append(det.t_ns)
         self._fed_at[det.key] = self._now
-        h = self.history.setdefault(det.sensor_id, [])
-        h.append(det.t_ns)
-        if len(h) > 4096:
-            del h[:2048]
+        bisect.insort(self.history.setdefault(det.sensor_id, []), det.t_ns)
         return True
 
     def _corrected(self, det: Detection) -> Detection:
@@ -236,7 +243,7 @@ class Associator:
             used.update(ev.detections)
             for d in mine:
                 self.seen.add(d.key)
-                self.history.setdefault(d.sensor_id, []).append(d.t_ns)
+                bisect.insort(self.history.setdefault(d.sensor_id, []), d.t_ns)
         for d in sorted(dets, key=lambda d: d.t_ns):
             if d.key not in used:
                 self.feed(d)
@@ -260,7 +267,7 @@ class Associator:
 
     def _sigma(self, dets: list[Detection]) -> np.ndarray:
         s = np.array([d.t_sigma_ns for d in dets], dtype=np.float64) / NS_PER_S
-        return np.sqrt(s * s + self.cfg.model_sigma_s**2)
+        return np.sqrt(s * s + self.cfg.model_sigma_s**2 + (self.cfg.survey_sigma_m / self.c) ** 2)
 
     def _attach_pending(self, now_ns: int) -> list[Event]:
         out = []
@@ -338,7 +345,8 @@ class Associator:
                 break
             d = self.pending[k]
             k += 1
-            if d.key in skip or self._asleep(d.key, now_ns):
+            if d.key in skip or self._asleep(d.key, now_ns) or \
+                    now_ns - d.t_ns < self._first_search_ns[self.idx[d.sensor_id]]:
                 continue
             if arrays is None:
                 arrays = (np.array([p.t_ns for p in self.pending], dtype=np.int64),
@@ -368,38 +376,44 @@ class Associator:
             self._remember(seed, now_ns, need_new=cfg.min_sensors - n_sens)
             return None
         self.stats.searches += 1
+        # The window grouped by sensor, ascending times within each (for the kernel).
+        order = np.lexsort((tp[js], sp[js]))
+        js = js[order]
+        sens = sp[js]
         t = (tp[js] - seed.t_ns) / NS_PER_S
-        sens = np.ascontiguousarray(sp[js])
+        offsets = np.searchsorted(sens, np.arange(len(self.layout) + 1)).astype(np.int64)
         gx, gy = self._region[s0]
         hw_c = cfg.coarse_cell_m * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
-        cnt, cost = self._grid(gx, gy, s0, t, sens, hw_c)
+        cnt, cost = self._grid(gx, gy, s0, t, offsets, hw_c)
         n_max = int(cnt.max())
         if n_max < cfg.min_sensors:
             # Each new detection adds at most one sensor to any node's count.
             self._remember(seed, now_ns, need_new=cfg.min_sensors - n_max)
             return None
-        top = np.flatnonzero(cnt == n_max)
-        if len(top) > cfg.refine_best:
-            top = top[np.argpartition(cost[top], cfg.refine_best - 1)[: cfg.refine_best]]
-        # Refine: each level searches +-1.5 cells around the best nodes of the level
-        # above (the first level: the top refine_best coarse nodes) with a cell a fifth
-        # the size and a window to match; all in one kernel call per level.
-        bx, by = gx[top], gy[top]
-        cell, hw = cfg.coarse_cell_m, hw_c
-        x_b, y_b = float(bx[0]), float(by[0])
-        while cell > cfg.fine_cell_m + 1e-9:
-            half, cell = 1.5 * cell, max(cell / 5.0, cfg.fine_cell_m)
+        # In a crowded window chance alignments fill the coarse grid's wide windows as well
+        # as the true source does, so several separate coarse peaks are refined, each
+        # level a quarter the cell and a window to match, and compared at the finest.
+        peaks = kernels.grid_peaks(gx, gy, cnt, cost, max(cfg.min_sensors, n_max - cfg.refine_depth),
+                                   2.0 * cfg.coarse_cell_m, cfg.refine_best)
+        bx, by = gx[peaks], gy[peaks]
+        cell = cfg.coarse_cell_m
+        while True:
+            half, cell = 1.5 * cell, max(cell / 4.0, cfg.fine_cell_m)
             off = np.arange(-half, half + 1e-9, cell)
             ox, oy = np.meshgrid(off, off, indexing="ij")
+            m = ox.size
             fgx = np.ascontiguousarray((bx[:, None] + ox.ravel()[None, :]).ravel())
             fgy = np.ascontiguousarray((by[:, None] + oy.ravel()[None, :]).ravel())
             hw = cell * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
-            cnt_f, cost_f = self._grid(fgx, fgy, s0, t, sens, hw)
-            h = int(np.lexsort((cost_f, -cnt_f))[0])
-            x_b, y_b = float(fgx[h]), float(fgy[h])
-            bx, by = fgx[h:h + 1], fgy[h:h + 1]
-        best = (x_b, y_b, None, None, hw)
-        x0, y0, _, _, w_f = best
+            cnt_f, cost_f = self._grid(fgx, fgy, s0, t, offsets, hw)
+            # The best node around each peak (count, then tightness).
+            key = cnt_f.reshape(-1, m) - cost_f.reshape(-1, m) / (len(self.layout) * hw + 1.0)
+            h = np.argmax(key, axis=1) + m * np.arange(len(bx))
+            bx, by = fgx[h], fgy[h]
+            if cell <= cfg.fine_cell_m + 1e-9:
+                break
+        b = int(np.lexsort((cost_f[h], -cnt_f[h]))[0])
+        x0, y0, w_f = float(bx[b]), float(by[b]), hw
         # One detection per sensor: the one closest to the predicted arrival.
         tt = self._travel_s(x0, y0)
         tau0 = -tt[s0]
@@ -494,7 +508,8 @@ class Associator:
             h = self.history.get(sid, ())
             # A late first arrival (blocked direct path, echo) still shows the sensor heard it.
             late = self.cfg.late_allowance_s * NS_PER_S
-            if not any(-gate <= t - pred <= gate + late for t in h[-64:]):
+            i = bisect.bisect_left(h, pred - gate)
+            if i == len(h) or h[i] > pred + gate + late:
                 silent += 1
         return silent <= max(1, int(self.cfg.max_silent_fraction * checked))
 
@@ -541,17 +556,20 @@ class Associator:
         self.stats.updates += 1
         return ev, sum(d.key in keep for d in extra)
 
+    def _wind_sd(self) -> float:
+        """Uncertainty (m/s) of the regional wind the locator currently assumes."""
+        return self.cfg.wind_uncertainty_m_per_s if self.wind_known else self.cfg.max_wind_m_per_s
+
     def _gate_s(self, dist_m, sd_pred_s=0.0):
         """How far (s) a detection at ``dist_m`` may sit from its predicted arrival: the
         gate, 3 sigma of the prediction, and an unmodelled wind's |w| d / c^2."""
-        wind_sd = self.cfg.wind_uncertainty_m_per_s if self.wind_known else self.cfg.max_wind_m_per_s
-        return self.cfg.gate_s + 3.0 * sd_pred_s + wind_sd * dist_m / self.c**2
+        return self.cfg.gate_s + 3.0 * sd_pred_s + self._wind_sd() * dist_m / self.c**2
 
-    def _grid(self, gx, gy, s0, t, sens, half_window_s):
+    def _grid(self, gx, gy, s0, t, offsets, half_window_s):
         n = len(gx)
         cnt = np.zeros(n, dtype=np.int64)
         cost = np.zeros(n)
-        kernels.seed_coherence(gx, gy, float(self.z_src), self._spx, self._spy, self._spz, int(s0), t, sens,
+        kernels.seed_coherence(gx, gy, float(self.z_src), self._spx, self._spy, self._spz, int(s0), t, offsets,
                                float(self.c), float(self.wind[0]), float(self.wind[1]), float(half_window_s),
                                cnt, cost)
         return cnt, cost
@@ -564,8 +582,9 @@ class Associator:
         sig = self._sigma(dets)
         x0 = [xy0[0], xy0[1], float(t.min() - np.linalg.norm(pos[np.argmin(t)] - [xy0[0], xy0[1], self.z_src]) / self.c)]
         est = self.cfg.estimate_wind and len(dets) >= self.cfg.wind_min_sensors
-        sol = locate(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=x0, wind_m_per_s=self.wind,
-                     estimate_wind=est)
+        solver = locate_wind_robust if est else locate
+        sol = solver(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=x0, wind_m_per_s=self.wind,
+                     wind_sigma_m_per_s=self._wind_sd(), **({"min_wind_used": self.cfg.wind_min_sensors} if est else {}))
         aerial = False
         if len(dets) >= self.cfg.aerial_min_sensors:
             sol3 = self._aerial(pos, t, sig, sol, x0)
@@ -615,7 +634,7 @@ class Associator:
         if sol2 is not None:
             start = [sol2.x_m, sol2.y_m, self.z_src + 100.0, sol2.t0_s]
         sol3 = locate(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=start, ndim=3,
-                      wind_m_per_s=self.wind)
+                      wind_m_per_s=self.wind, wind_sigma_m_per_s=self._wind_sd())
         if sol3 is None or sol3.dof < 1:
             return None
         h = sol3.z_m - self.z_src
@@ -649,6 +668,12 @@ class Associator:
             else:
                 keep.append(d)
         self._fed_at = {d.key: self._fed_at.get(d.key, 0) for d in keep}
+        if horizon is not None:
+            # Sensor histories serve the silent-neighbour check of shots whose detections
+            # are still pending: older times can go.
+            old = horizon - self.shot_span_ns
+            for h in self.history.values():
+                del h[:bisect.bisect_left(h, old)]
         self._memo = {d.key: self._memo[d.key] for d in keep if d.key in self._memo}
         self._failed = {d.key: self._failed[d.key] for d in keep if d.key in self._failed}
         if len(keep) > self.cfg.max_pending:

@@ -183,42 +183,86 @@ def lm_solve_many(px, py, pz, t, sigma, x0, c, z_src, max_iter, out_params, out_
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def seed_coherence(gx, gy, z_src, sx, sy, sz, s0, t, sens, c, wx, wy, half_window_s, best_count, best_cost):
+def seed_coherence(gx, gy, z_src, sx, sy, sz, s0, t_sorted, offsets, c, wx, wy, half_window_s,
+                   best_count, best_cost):
     """Anchored space-time consistency search (one seed detection).
 
     The seed is a detection at sensor ``s0`` at time 0. For every grid node
-    ``(gx[g], gy[g], z_src)`` the seed implies an origin time ``-T(node, s0)``; each other
-    detection ``i`` (time ``t[i]`` s after the seed, at sensor ``sens[i]``) then has a
-    residual ``r_i = t[i] - T(node, sens[i]) + T(node, s0)``. Per node, writes the number
-    of distinct sensors (the seed's included) with a detection within ``half_window_s``
-    of zero residual, and the sum of each such sensor's smallest ``|r|`` (s), so ties go
-    to the tightest fit.
+    ``(gx[g], gy[g], z_src)`` the seed implies an origin time ``-T(node, s0)``; a
+    detection at sensor ``s`` at time ``t`` (s after the seed) then has the residual
+    ``r = t - T(node, s) + T(node, s0)``. Per node, writes the number of distinct sensors
+    (the seed's included) with a detection within ``half_window_s`` of zero residual, and
+    the sum of each such sensor's smallest ``|r|`` (s), so ties go to the tightest fit.
 
-    ``sx, sy, sz`` are all sensors' positions (m); ``(wx, wy)`` the wind (m/s), to first
-    order: ``T = |d|/c - (d.w)/c^2``. Cost O(nodes x (sensors + detections)).
+    The other detections come grouped by sensor: sensor ``s``'s times (s after the seed,
+    ascending) are ``t_sorted[offsets[s]:offsets[s + 1]]``, so each node costs one binary
+    search per sensor: O(nodes x sensors x log(detections per sensor)), independent of
+    how crowded the window is. ``sx, sy, sz`` are all sensors' positions (m); ``(wx, wy)``
+    the wind (m/s), to first order: ``T = |d|/c - (d.w)/c^2``.
     """
     n_cells = gx.shape[0]
     n_sens = sx.shape[0]
-    n = t.shape[0]
     for g in prange(n_cells):
-        tt = np.empty(n_sens)
-        for s in range(n_sens):
-            dx = sx[s] - gx[g]
-            dy = sy[s] - gy[g]
-            dz = sz[s] - z_src
-            tt[s] = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c)
-        best = np.full(n_sens, np.inf)
-        off = tt[s0]
-        for i in range(n):
-            k = sens[i]
-            r = abs(t[i] - tt[k] + off)
-            if r <= half_window_s and r < best[k]:
-                best[k] = r
+        dx = sx[s0] - gx[g]
+        dy = sy[s0] - gy[g]
+        dz = sz[s0] - z_src
+        off = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c)
         cnt = 1
         cost = 0.0
         for s in range(n_sens):
-            if s != s0 and best[s] < np.inf:
+            lo = offsets[s]
+            hi = offsets[s + 1]
+            if s == s0 or lo == hi:
+                continue
+            dx = sx[s] - gx[g]
+            dy = sy[s] - gy[g]
+            dz = sz[s] - z_src
+            p = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) - off
+            # First index with t >= p; the nearest detection is it or the one before.
+            a = lo
+            b = hi
+            while a < b:
+                m = (a + b) >> 1
+                if t_sorted[m] < p:
+                    a = m + 1
+                else:
+                    b = m
+            r = np.inf
+            if a < hi:
+                r = t_sorted[a] - p
+            if a > lo and p - t_sorted[a - 1] < r:
+                r = p - t_sorted[a - 1]
+            if r <= half_window_s:
                 cnt += 1
-                cost += best[s]
+                cost += r
         best_count[g] = cnt
         best_cost[g] = cost
+
+
+@numba.njit(cache=True, nogil=True)
+def grid_peaks(gx, gy, count, cost, min_count, min_sep_m, k):
+    """Up to ``k`` grid nodes with ``count >= min_count``, best first (higher count, then
+    lower cost), each at least ``min_sep_m`` from those already taken: the separate peaks
+    of a coherence grid rather than the neighbours of its single best node."""
+    cand = np.flatnonzero(count >= min_count)
+    key = np.empty(cand.shape[0])
+    for i in range(cand.shape[0]):
+        key[i] = -count[cand[i]] * 1e6 + cost[cand[i]]
+    order = cand[np.argsort(key)]
+    out = np.empty(k, dtype=np.int64)
+    n = 0
+    sep2 = min_sep_m * min_sep_m
+    for g in order:
+        ok = True
+        for j in range(n):
+            dx = gx[g] - gx[out[j]]
+            dy = gy[g] - gy[out[j]]
+            if dx * dx + dy * dy < sep2:
+                ok = False
+                break
+        if ok:
+            out[n] = g
+            n += 1
+            if n == k:
+                break
+    return out[:n]

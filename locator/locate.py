@@ -16,6 +16,7 @@ chi-square factor 5.991 under-covers when sigma is estimated).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -119,7 +120,8 @@ def _solve(cols, t, sig, mask, x0, mod: _Model, loss, loss_k, max_iter=50):
 def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s: float,
            z_src_m: float = 1.5, x0=None, ndim: int = 2, wind_m_per_s=(0.0, 0.0),
            estimate_wind: bool = False, outlier_sigma: float = 4.0, ransac_below: int = 9,
-           min_used: int = 4, max_wind_m_per_s: float = 25.0) -> Solution | None:
+           min_used: int = 4, max_wind_m_per_s: float = 25.0, late_sigma: float = 3.0,
+           wind_sigma_m_per_s: float = 0.0) -> Solution | None:
     """Locate a source from arrival times.
 
     Parameters
@@ -133,6 +135,9 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     ndim : 2 (x, y, t0) or 3 (x, y, z, t0)
     wind_m_per_s : known horizontal wind (east, north); the start value when estimated
     estimate_wind : add the wind as two unknowns (needs a few more sensors)
+    wind_sigma_m_per_s : 1-sigma error of a wind that is given, not estimated (m/s, per
+        component); its effect on the solution is added to the covariance
+    late_sigma : a detection this many sigmas late is dropped (early ones at ``outlier_sigma``)
 
     Returns None when fewer than ``min_used`` detections remain or the problem is singular.
     """
@@ -165,7 +170,8 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
         # Too little geometry to tell wind from position: solve with the wind as given.
         return locate(pos_m, t_s, sigma_s, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0[: ndim + 1], ndim=ndim,
                       wind_m_per_s=wind_m_per_s, estimate_wind=False, outlier_sigma=outlier_sigma,
-                      ransac_below=ransac_below, min_used=min_used)
+                      ransac_below=ransac_below, min_used=min_used, late_sigma=late_sigma,
+                      wind_sigma_m_per_s=wind_sigma_m_per_s)
     if chi2 < 0:
         return None
     r = t - _predict(pos, par, mod)
@@ -188,7 +194,10 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     s_rob = 1.4826 * float(np.median(np.abs(rc - np.median(rc))))
     s_model2 = max(0.0, s_rob**2 - float(np.median(sig[mask] ** 2)))
     sig = np.sqrt(sig**2 + s_model2)
-    mask = mask & (np.abs(r / sig) <= outlier_sigma)
+    # Sound is never early: a residual far on the late side is an echo or a blocked
+    # path, so the late gate is tighter than the early one.
+    z = r / sig
+    mask = mask & (z >= -outlier_sigma) & (z <= late_sigma)
     if mask.sum() < max(min_used, p):
         return None
     # 3. The final least-squares fit on the inliers with those sigmas.
@@ -206,11 +215,72 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     scale2, k = 1.0, ellipse_factor(dof, estimated=False)
     if dof >= 1 and chi2 / dof * ellipse_factor(dof, estimated=True) > k:
         scale2, k = chi2 / dof, ellipse_factor(dof, estimated=True)
+    cov = cov * scale2
+    if not mod.est_wind and wind_sigma_m_per_s > 0:
+        cov = cov + _wind_cov(pos[used], par, sig[used], mod, wind_sigma_m_per_s)
     wx, wy = mod.wind_of(par)
     return Solution(
         x_m=float(par[0]), y_m=float(par[1]), z_m=float(par[2]) if ndim == 3 else float(z_src_m),
-        t0_s=float(par[ndim]), cov=cov * scale2, used=used, residuals_s=r, chi2=chi2, dof=dof,
+        t0_s=float(par[ndim]), cov=cov, used=used, residuals_s=r, chi2=chi2, dof=dof,
         scale2=scale2, ellipse_factor=k, ndim=ndim, wind_m_per_s=(wx, wy), wind_estimated=mod.est_wind)
+
+
+def locate_wind_robust(pos_m, t_s, sigma_s, *, c_m_per_s: float, z_src_m: float = 1.5, x0=None,
+                       wind_m_per_s=(0.0, 0.0), wind_sigma_m_per_s: float = 1.5, min_wind_used: int = 7,
+                       **kw) -> Solution | None:
+    """Locate with the wind as two unknowns, after finding the outliers with it fixed.
+
+    With the wind free, a late arrival (echo, blocked path) can be absorbed by a wrong
+    wind instead of standing out as an outlier, which biases the position and shrinks
+    its ellipse. So the outliers are found first under the given wind (``wind_m_per_s``
+    +- ``wind_sigma_m_per_s``); the wind is then estimated on the inliers only. Falls
+    back to the fixed-wind solution when fewer than ``min_wind_used`` inliers remain or
+    the free solve fails."""
+    pos = np.asarray(pos_m, dtype=np.float64)
+    t = np.asarray(t_s, dtype=np.float64)
+    sig = np.asarray(sigma_s, dtype=np.float64)
+    fixed = locate(pos, t, sig, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0, wind_m_per_s=wind_m_per_s,
+                   wind_sigma_m_per_s=wind_sigma_m_per_s, **kw)
+    if fixed is None or fixed.n_used < min_wind_used:
+        return fixed
+    u = fixed.used
+    start = [fixed.x_m, fixed.y_m] + ([fixed.z_m] if fixed.ndim == 3 else []) + [fixed.t0_s]
+    free = locate(pos[u], t[u], sig[u], c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=start,
+                  wind_m_per_s=wind_m_per_s, estimate_wind=True, wind_sigma_m_per_s=wind_sigma_m_per_s, **kw)
+    if free is None or not free.wind_estimated:
+        return fixed
+    used = np.zeros(len(t), dtype=bool)
+    used[np.flatnonzero(u)[free.used]] = True
+    mod = _Model(float(c_m_per_s), float(z_src_m), free.ndim, False, np.asarray(free.wind_m_per_s, dtype=np.float64))
+    par = np.array([free.x_m, free.y_m] + ([free.z_m] if free.ndim == 3 else []) + [free.t0_s])
+    return dataclasses.replace(free, used=used, residuals_s=t - _predict(pos, par, mod))
+
+
+def _wind_cov(pos, par, sig, mod: _Model, wind_sigma: float) -> np.ndarray:
+    """Covariance (of x, y, (z,) t0) caused by an error of ``wind_sigma`` m/s in each
+    component of a wind that was given rather than estimated.
+
+    To first order a wind error ``dw`` moves the arrivals by ``G dw`` (``G = -d/c^2``,
+    ``d`` sensor minus source); weighted least squares maps that to ``S dw`` with
+    ``S = (J^T W J)^-1 J^T W G``, so the added covariance is ``wind_sigma^2 S S^T``."""
+    src = np.array([par[0], par[1], par[2] if mod.ndim == 3 else mod.z_src])
+    d = pos - src
+    r = np.linalg.norm(d, axis=1)
+    cols = [-d[:, 0] / (mod.c * r), -d[:, 1] / (mod.c * r)]
+    if mod.ndim == 3:
+        cols.append(-d[:, 2] / (mod.c * r))
+    jac = np.column_stack(cols + [np.ones(len(r))])
+    g = -d[:, :2] / mod.c**2
+    w = 1.0 / sig**2
+    jtw = jac.T * w
+    try:
+        s_mat = np.linalg.solve(jtw @ jac, jtw @ g)
+    except np.linalg.LinAlgError:
+        return np.zeros((mod.n_params, mod.n_params))
+    out = np.zeros((mod.n_params, mod.n_params))
+    k = mod.ndim + 1
+    out[:k, :k] = wind_sigma**2 * (s_mat @ s_mat.T)
+    return out
 
 
 def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma, max_wind_m_per_s=25.0):
