@@ -76,12 +76,17 @@ class AssocConfig:
                                          # the source than the nearest sensor
     refine_best: int = 8                 # separate coarse peaks refined per seed...
     refine_depth: int = 2                # ...among nodes at most this many sensors below the best
+    hyp_neighbours: int = 6              # fast path: triples from the seed and two of its
+    hyp_per_sensor: int = 12             # nearest sensors with detections (at most this many each)
+    hyp_wind_range_m: float = 300.0      # wind uncertainty allowed for over this range
     window_tol_s: float = 0.006          # added to the geometric window (picks, wind, survey)
     gate_s: float = 0.010                # max |residual| to attach a detection to a shot
     model_sigma_s: float = 3e-4          # model error added to each detection's sigma
     survey_sigma_m: float = 0.1          # 1-sigma error of each sensor's surveyed position
                                          # (also added, as distance over c)
     max_rms_s: float = 0.005             # a published solution must fit better than this
+    max_chance_probability: float = 1e-8  # ...and be this unlikely to be a chance alignment
+                                         # at one place (each search tries ~1e4 places)
     settle_range_m: float = 700.0        # first solve waits until sound has passed this range...
     early_alert_sensors: int = 8         # ...unless this many sensors already heard it
     latency_slack_s: float = 0.5         # allowance for node processing and network delay
@@ -90,9 +95,14 @@ class AssocConfig:
     certain_snr_db: float = 25.0         # predicted SNR at which a sensor surely hears a shot
     late_allowance_s: float = 0.03       # a detection this late still shows a sensor heard
     max_silent_fraction: float = 0.25    # of nearer sensors allowed to have missed a shot
+    max_silent: int = 1                  # ...or this many, whichever is more
+    masked_window_s: float = 0.3         # a sensor that triggered this soon before (the nodes'
+    masked_db: float = 3.0               # echo window) at most this much quieter than the shot
+                                         # would be there may have been masked
     echo_window_s: float = 0.3           # a weak solution this soon after a strong one...
     echo_radius_m: float = 150.0         # ...and this close to it is an echo, not a shot
-    same_shot_s: float = 0.015           # two solutions this close in time and space...
+    same_shot_s: float = 0.045           # two solutions this close in time and space (the
+                                         # fastest automatic fire is ~50 ms a round)...
     same_shot_m: float = 15.0            # ...are one shot and get merged
     max_pending: int = 2000              # oldest pending detections beyond this are expired
     max_search: int = 2000               # detections considered by one search
@@ -130,6 +140,7 @@ class AssocStats:
     attached: int = 0
     searches: int = 0
     echoes: int = 0
+    chance: int = 0                 # candidates that chance alignments explain as well
     silent_neighbours: int = 0
 
 
@@ -151,6 +162,7 @@ class Associator:
         self.pos = layout.enu_m
         self.pending: list[Detection] = []
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor, sorted
+        self._snr: dict[tuple[str, int], float] = {}  # their onset SNRs (dB), where known
         self._now = 0                            # the clock at the last step
         self._fed_at: dict[str, int] = {}        # detection key -> clock when it arrived
         # Seed memo: key -> [seed time ns, not before this clock, wake at this clock (or
@@ -185,6 +197,8 @@ class Associator:
         slack_s = cfg.gate_s + 2 * cfg.window_tol_s
         self._pair_ns = ((pair_m / self.c * (1 + cfg.max_wind_m_per_s / self.c) + slack_s) * NS_PER_S).astype(np.int64)
         self.shot_span_ns = int(self._pair_ns.max())
+        self._nbr_order = [np.argsort(pair_m[k], kind="stable")[1:] for k in range(len(layout))]
+        self._box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
         # A seed is first searched once sound from anywhere in its region has had time to
         # reach min_sensors - 1 other sensors (those nearest the seed's sensor, whose pair
         # windows close first) and their detections to arrive: earlier, a real shot
@@ -213,6 +227,8 @@ class Associator:
         self._new_times.append(det.t_ns)
         self._fed_at[det.key] = self._now
         bisect.insort(self.history.setdefault(det.sensor_id, []), det.t_ns)
+        if det.snr_db is not None:
+            self._snr[(det.sensor_id, det.t_ns)] = det.snr_db
         return True
 
     def _corrected(self, det: Detection) -> Detection:
@@ -244,6 +260,8 @@ class Associator:
             for d in mine:
                 self.seen.add(d.key)
                 bisect.insort(self.history.setdefault(d.sensor_id, []), d.t_ns)
+                if d.snr_db is not None:
+                    self._snr[(d.sensor_id, d.t_ns)] = d.snr_db
         for d in sorted(dets, key=lambda d: d.t_ns):
             if d.key not in used:
                 self.feed(d)
@@ -382,38 +400,14 @@ class Associator:
         sens = sp[js]
         t = (tp[js] - seed.t_ns) / NS_PER_S
         offsets = np.searchsorted(sens, np.arange(len(self.layout) + 1)).astype(np.int64)
-        gx, gy = self._region[s0]
-        hw_c = cfg.coarse_cell_m * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
-        cnt, cost = self._grid(gx, gy, s0, t, offsets, hw_c)
-        n_max = int(cnt.max())
-        if n_max < cfg.min_sensors:
-            # Each new detection adds at most one sensor to any node's count.
-            self._remember(seed, now_ns, need_new=cfg.min_sensors - n_max)
-            return None
-        # In a crowded window chance alignments fill the coarse grid's wide windows as well
-        # as the true source does, so several separate coarse peaks are refined, each
-        # level a quarter the cell and a window to match, and compared at the finest.
-        peaks = kernels.grid_peaks(gx, gy, cnt, cost, max(cfg.min_sensors, n_max - cfg.refine_depth),
-                                   2.0 * cfg.coarse_cell_m, cfg.refine_best)
-        bx, by = gx[peaks], gy[peaks]
-        cell = cfg.coarse_cell_m
-        while True:
-            half, cell = 1.5 * cell, max(cell / 4.0, cfg.fine_cell_m)
-            off = np.arange(-half, half + 1e-9, cell)
-            ox, oy = np.meshgrid(off, off, indexing="ij")
-            m = ox.size
-            fgx = np.ascontiguousarray((bx[:, None] + ox.ravel()[None, :]).ravel())
-            fgy = np.ascontiguousarray((by[:, None] + oy.ravel()[None, :]).ravel())
-            hw = cell * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
-            cnt_f, cost_f = self._grid(fgx, fgy, s0, t, offsets, hw)
-            # The best node around each peak (count, then tightness).
-            key = cnt_f.reshape(-1, m) - cost_f.reshape(-1, m) / (len(self.layout) * hw + 1.0)
-            h = np.argmax(key, axis=1) + m * np.arange(len(bx))
-            bx, by = fgx[h], fgy[h]
-            if cell <= cfg.fine_cell_m + 1e-9:
-                break
-        b = int(np.lexsort((cost_f[h], -cnt_f[h]))[0])
-        x0, y0, w_f = float(bx[b]), float(by[b]), hw
+        found = self._hypotheses(s0, t, offsets)
+        if found is None:
+            found = self._grid_search(s0, t, offsets)
+            if isinstance(found, int):
+                # Each new detection adds at most one sensor to any node's count.
+                self._remember(seed, now_ns, need_new=cfg.min_sensors - found)
+                return None
+        x0, y0, w_f = found
         # One detection per sensor: the one closest to the predicted arrival.
         tt = self._travel_s(x0, y0)
         tau0 = -tt[s0]
@@ -453,6 +447,12 @@ class Associator:
             if merged is None:
                 self._remember(seed, now_ns)
             return merged
+        if self._chance_probability(sol, t0_ns, ev) > cfg.max_chance_probability:
+            # As many sensors would line up this well by chance at the detection rates
+            # they report now (a fireworks night): not a located shot.
+            self.stats.chance += 1
+            self._remember(seed, now_ns)
+            return None
         if not self._heard_by_nearer(sol, t0_ns, ev, now_ns):
             # Sensors nearer than those used should have heard a real shot and did not:
             # the candidate mixes detections of different sounds (or echoes).
@@ -464,14 +464,72 @@ class Associator:
             # line up by chance. Its detections are spent; no event.
             self.stats.echoes += 1
             spent = set(ev.detections)
-            self.pending = [d for d in self.pending if d.key not in spent]
+            self._consume(spent)
             return None
         used = set(ev.detections)
-        self.pending = [d for d in self.pending if d.key not in used]
+        self._consume(used)
         close_at = t0_ns + int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
         self.open.append(_Open(ev, sol, [d for d in cand if d.key in used], close_at, t0_ns))
         self.stats.events += 1
         return ev
+
+    def _hypotheses(self, s0: int, t: np.ndarray, offsets: np.ndarray):
+        """The fast path: sources from triples (the seed and detections at two of its
+        nearest sensors), verified on every sensor (:func:`kernels.seed_hypotheses`).
+        Returns ``(x, y, half window s)`` of the best, or None when no triple explains
+        ``min_sensors`` sensors (then the grid search runs)."""
+        cfg = self.cfg
+        nb = self._nbr_order[s0]
+        nb = nb[offsets[nb + 1] > offsets[nb]][: cfg.hyp_neighbours]
+        if cfg.hyp_neighbours < 2 or len(nb) < 2:
+            return None
+        hw = 2 * cfg.window_tol_s + self._wind_sd() * cfg.hyp_wind_range_m / self.c**2
+        k = 1
+        ox, oy, ocost = np.zeros(k), np.zeros(k), np.zeros(k)
+        ocnt = np.zeros(k, dtype=np.int64)
+        n = kernels.seed_hypotheses(self._spx, self._spy, self._spz, float(self.z_src), int(s0),
+                                    np.ascontiguousarray(nb, dtype=np.int64), t, offsets, float(self.c),
+                                    float(self.wind[0]), float(self.wind[1]), float(hw), float(cfg.seed_region_m),
+                                    *self._box, int(cfg.hyp_per_sensor), ox, oy, ocnt, ocost)
+        if n == 0 or ocnt[0] < cfg.min_sensors:
+            return None
+        return float(ox[0]), float(oy[0]), hw
+
+    def _grid_search(self, s0: int, t: np.ndarray, offsets: np.ndarray):
+        """The anchored grid search (:func:`kernels.seed_coherence`) over the seed's
+        region, refined around several separate peaks. Returns ``(x, y, half window s)``,
+        or the best count when it is below ``min_sensors``."""
+        cfg = self.cfg
+        gx, gy = self._region[s0]
+        hw_c = cfg.coarse_cell_m * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
+        cnt, cost = self._grid(gx, gy, s0, t, offsets, hw_c)
+        n_max = int(cnt.max())
+        if n_max < cfg.min_sensors:
+            return n_max
+        # In a crowded window chance alignments fill the coarse grid's wide windows as well
+        # as the true source does, so several separate coarse peaks are refined, each
+        # level a quarter the cell and a window to match, and compared at the finest.
+        peaks = kernels.grid_peaks(gx, gy, cnt, cost, max(cfg.min_sensors, n_max - cfg.refine_depth),
+                                   2.0 * cfg.coarse_cell_m, cfg.refine_best)
+        bx, by = gx[peaks], gy[peaks]
+        cell = cfg.coarse_cell_m
+        while True:
+            half, cell = 1.5 * cell, max(cell / 4.0, cfg.fine_cell_m)
+            off = np.arange(-half, half + 1e-9, cell)
+            ox, oy = np.meshgrid(off, off, indexing="ij")
+            m = ox.size
+            fgx = np.ascontiguousarray((bx[:, None] + ox.ravel()[None, :]).ravel())
+            fgy = np.ascontiguousarray((by[:, None] + oy.ravel()[None, :]).ravel())
+            hw = cell * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
+            cnt_f, cost_f = self._grid(fgx, fgy, s0, t, offsets, hw)
+            # The best node around each peak (count, then tightness).
+            key = cnt_f.reshape(-1, m) - cost_f.reshape(-1, m) / (len(self.layout) * hw + 1.0)
+            h = np.argmax(key, axis=1) + m * np.arange(len(bx))
+            bx, by = fgx[h], fgy[h]
+            if cell <= cfg.fine_cell_m + 1e-9:
+                break
+        b = int(np.lexsort((cost_f[h], -cnt_f[h]))[0])
+        return float(bx[b]), float(by[b]), hw
 
     def _travel_s(self, x: float, y: float) -> np.ndarray:
         """Travel time (s) from ``(x, y, z_src)`` to every sensor, wind to first order."""
@@ -504,14 +562,59 @@ class Associator:
             if now_ns != NOW_INFINITE and pred + self.cfg.latency_slack_s * NS_PER_S > now_ns:
                 continue
             gate = self._gate_s(float(dist[k])) * NS_PER_S
-            checked += 1
             h = self.history.get(sid, ())
             # A late first arrival (blocked direct path, echo) still shows the sensor heard it.
             late = self.cfg.late_allowance_s * NS_PER_S
             i = bisect.bisect_left(h, pred - gate)
-            if i == len(h) or h[i] > pred + gate + late:
-                silent += 1
-        return silent <= max(1, int(self.cfg.max_silent_fraction * checked))
+            if i < len(h) and h[i] <= pred + gate + late:
+                checked += 1
+                continue
+            # A node does not report an impulse soon after a louder one (it takes it for
+            # that one's echo, or its trigger is still saturated): a sensor that had just
+            # triggered on something at least about as loud as this shot would have been
+            # there may have been masked. Only known levels count.
+            if i > 0 and h[i - 1] >= pred - self.cfg.masked_window_s * NS_PER_S and src_db is not None:
+                prev = self._snr.get((sid, h[i - 1]))
+                if prev is not None and prev >= src_db - 20 * math.log10(max(dist[k], 1.0)) - self.cfg.masked_db:
+                    continue
+            checked += 1
+            silent += 1
+        return silent <= max(self.cfg.max_silent, int(self.cfg.max_silent_fraction * checked))
+
+    def _chance_probability(self, sol: Solution, t0_ns: int, ev: Event) -> float:
+        """Probability that at least as many sensors as ``ev`` uses would have a detection
+        this close to the predicted arrivals by chance.
+
+        Each sensor within the farthest used one's range has a detection within
+        +-w of its predicted arrival by chance with probability ``1 - exp(-rate * 2w)``,
+        its rate measured over the 20 s before the shot and ``w`` three times the larger
+        of the fit's residual RMS and the detections' median stated sigma (a fit to a few
+        detections can be tighter than the errors allow); the count is Poisson-binomial. On a
+        quiet night this is negligible for five sensors; on a fireworks night it asks
+        for more."""
+        src = np.array([sol.x_m, sol.y_m, sol.z_m])
+        dist = np.linalg.norm(self.pos - src, axis=1)
+        r_max = max(dist[self.idx[s]] for s in ev.sensor_ids)
+        sig = float(np.median(self._sigma(self._dets_of(ev)))) if ev.detections else self.cfg.model_sigma_s
+        w_ns = 3.0 * max(sol.residual_rms_s, sig) * NS_PER_S
+        span = 20 * NS_PER_S
+        pmf = np.ones(1)
+        for sid, k in self.idx.items():
+            if dist[k] > r_max:
+                continue
+            h = self.history.get(sid, ())
+            rate = (bisect.bisect_left(h, t0_ns) - bisect.bisect_left(h, t0_ns - span)) / span
+            p = 1.0 - math.exp(-rate * 2.0 * w_ns)
+            pmf = np.convolve(pmf, (1.0 - p, p))
+        n = len(ev.sensor_ids)
+        return float(pmf[n:].sum()) if n < len(pmf) else 0.0
+
+    def _consume(self, keys: set[str]) -> None:
+        """Take detections out of the pending list: they now belong to a shot (or an
+        echo of one). They still show that their sensor heard something then: a node
+        cannot trigger twice within its dead time, so one detection may stand for two
+        shots' arrivals."""
+        self.pending = [d for d in self.pending if d.key not in keys]
 
     def _dets_of(self, ev: Event) -> list[Detection]:
         keys = set(ev.detections)
@@ -527,9 +630,14 @@ class Associator:
         return False
 
     def _same_shot(self, sol: Solution, t0_ns: int) -> _Open | None:
+        """An open or recent event that is this solution's shot: as close in time, and
+        closer than ``same_shot_m`` plus both 95% ellipses' major semi-axes (a shot's
+        detections found in two groups give two rough solutions of one place)."""
+        r_new = sol.ellipse95()[0]
         for op in self.open + self.recent[-50:]:
             if abs(op.t0_ns - t0_ns) <= self.cfg.same_shot_s * NS_PER_S and \
-                    math.hypot(op.sol.x_m - sol.x_m, op.sol.y_m - sol.y_m) <= self.cfg.same_shot_m:
+                    math.hypot(op.sol.x_m - sol.x_m, op.sol.y_m - sol.y_m) <= \
+                    self.cfg.same_shot_m + r_new + op.event.ellipse95_m.major:
                 return op
         return None
 
@@ -551,7 +659,7 @@ class Associator:
         if ev is None or len(ev.detections) <= len(op.dets):
             return None, 0
         keep = set(ev.detections)
-        self.pending = [d for d in self.pending if d.key not in keep]
+        self._consume(keep)
         op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
         self.stats.updates += 1
         return ev, sum(d.key in keep for d in extra)
@@ -672,8 +780,11 @@ class Associator:
             # Sensor histories serve the silent-neighbour check of shots whose detections
             # are still pending: older times can go.
             old = horizon - self.shot_span_ns
-            for h in self.history.values():
-                del h[:bisect.bisect_left(h, old)]
+            for sid, h in self.history.items():
+                n_old = bisect.bisect_left(h, old)
+                for t in h[:n_old]:
+                    self._snr.pop((sid, t), None)
+                del h[:n_old]
         self._memo = {d.key: self._memo[d.key] for d in keep if d.key in self._memo}
         self._failed = {d.key: self._failed[d.key] for d in keep if d.key in self._failed}
         if len(keep) > self.cfg.max_pending:

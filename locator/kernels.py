@@ -266,3 +266,172 @@ def grid_peaks(gx, gy, count, cost, min_count, min_sep_m, k):
             if n == k:
                 break
     return out[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _nearest_residual(t_sorted, lo, hi, p):
+    """|t - p| for the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``; inf if empty."""
+    a = lo
+    b = hi
+    while a < b:
+        m = (a + b) >> 1
+        if t_sorted[m] < p:
+            a = m + 1
+        else:
+            b = m
+    r = np.inf
+    if a < hi:
+        r = t_sorted[a] - p
+    if a > lo and p - t_sorted[a - 1] < r:
+        r = p - t_sorted[a - 1]
+    return r
+
+
+@numba.njit(cache=True, nogil=True)
+def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, half_window_s,
+                    seed_region_m, x_lo, x_hi, y_lo, y_hi, max_per_sensor, out_x, out_y, out_cnt, out_cost):
+    """Source hypotheses for one seed from detection triples, verified on every sensor.
+
+    The seed is a detection at sensor ``s0`` at time 0; the other detections are grouped by
+    sensor as in :func:`seed_coherence`. For every pair of sensors ``(a, b)`` in ``nbrs``
+    (the seed sensor's nearest neighbours) and every pair of their detections (at most
+    ``max_per_sensor`` each), the three arrivals fix the source in closed form: with the
+    wind's first-order term removed, ``D_i - D_0 = c dt_i``; subtracting the squared range
+    equations gives two linear equations in the position, ``q_i . x = e_i - D_0 c dt_i``
+    (``q_i`` = sensor i minus the seed's sensor), and ``|x|^2 + dz_0^2 = D_0^2`` leaves a
+    quadratic in the seed's range ``D_0`` (up to two sources). A source outside the search
+    box, or where the seed's sensor is more than ``seed_region_m`` farther than the
+    nearest sensor (a first arrival comes from near the source), is dropped. Each source
+    is scored like a grid node: distinct sensors with a detection within
+    ``half_window_s`` of the predicted arrival, then the sum of those residuals (s).
+
+    Writes the best few distinct sources (count descending, cost ascending, at least
+    10 m apart) into ``out_*`` (length k) and returns how many were written.
+    """
+    k_out = out_x.shape[0]
+    n_out = 0
+    n_sens = sx.shape[0]
+    n_nb = nbrs.shape[0]
+    dz0 = sz[s0] - z_src
+    for ia in range(n_nb):
+        a = nbrs[ia]
+        qax = sx[a] - sx[s0]
+        qay = sy[a] - sy[s0]
+        dza = sz[a] - z_src
+        wa = (qax * wx + qay * wy) / (c * c)
+        na = min(offsets[a + 1] - offsets[a], max_per_sensor)
+        for ib in range(ia + 1, n_nb):
+            b = nbrs[ib]
+            qbx = sx[b] - sx[s0]
+            qby = sy[b] - sy[s0]
+            det = qax * qby - qay * qbx
+            if abs(det) < 1e-6 * (qax * qax + qay * qay + qbx * qbx + qby * qby):
+                continue                        # collinear with the seed's sensor
+            dzb = sz[b] - z_src
+            wb = (qbx * wx + qby * wy) / (c * c)
+            nb = min(offsets[b + 1] - offsets[b], max_per_sensor)
+            for ja in range(na):
+                fa = c * (t_sorted[offsets[a] + ja] + wa)
+                ea = 0.5 * (qax * qax + qay * qay + dza * dza - dz0 * dz0 - fa * fa)
+                for jb in range(nb):
+                    fb = c * (t_sorted[offsets[b] + jb] + wb)
+                    eb = 0.5 * (qbx * qbx + qby * qby + dzb * dzb - dz0 * dz0 - fb * fb)
+                    # x = u - D0 v, from Q x = e - D0 f.
+                    ux = (eb * -qay + ea * qby) / det
+                    uy = (qax * eb - qbx * ea) / det
+                    vx = (fb * -qay + fa * qby) / det
+                    vy = (qax * fb - qbx * fa) / det
+                    qa = vx * vx + vy * vy - 1.0
+                    qb = -2.0 * (ux * vx + uy * vy)
+                    qc = ux * ux + uy * uy + dz0 * dz0
+                    roots = np.empty(2)
+                    nr = 0
+                    if abs(qa) < 1e-12:
+                        if abs(qb) > 1e-12:
+                            roots[0] = -qc / qb
+                            nr = 1
+                    else:
+                        disc = qb * qb - 4.0 * qa * qc
+                        if disc >= 0.0:
+                            sq = math.sqrt(disc)
+                            roots[0] = (-qb - sq) / (2.0 * qa)
+                            roots[1] = (-qb + sq) / (2.0 * qa)
+                            nr = 2
+                    for ir in range(nr):
+                        d0 = roots[ir]
+                        if d0 < 0.0 or d0 + fa < 0.0 or d0 + fb < 0.0:
+                            continue
+                        x = sx[s0] + ux - d0 * vx
+                        y = sy[s0] + uy - d0 * vy
+                        if x < x_lo or x > x_hi or y < y_lo or y > y_hi:
+                            continue
+                        # Score it like a grid node.
+                        dx = sx[s0] - x
+                        dy = sy[s0] - y
+                        r0 = math.sqrt(dx * dx + dy * dy + dz0 * dz0)
+                        off = r0 / c - (dx * wx + dy * wy) / (c * c)
+                        dmin = r0
+                        cnt = 1
+                        cost = 0.0
+                        for s in range(n_sens):
+                            if s == s0:
+                                continue
+                            dx = sx[s] - x
+                            dy = sy[s] - y
+                            dz = sz[s] - z_src
+                            ds = math.sqrt(dx * dx + dy * dy + dz * dz)
+                            if ds < dmin:
+                                dmin = ds
+                            lo = offsets[s]
+                            hi = offsets[s + 1]
+                            if lo == hi:
+                                continue
+                            p = ds / c - (dx * wx + dy * wy) / (c * c) - off
+                            r = _nearest_residual(t_sorted, lo, hi, p)
+                            if r <= half_window_s:
+                                cnt += 1
+                                cost += r
+                        if r0 - dmin > seed_region_m:
+                            continue
+                        # Insert into the best list (distinct sources only).
+                        pos = n_out
+                        dup = -1
+                        for j in range(n_out):
+                            ddx = out_x[j] - x
+                            ddy = out_y[j] - y
+                            if ddx * ddx + ddy * ddy < 100.0:
+                                dup = j
+                                break
+                        if dup >= 0:
+                            if cnt > out_cnt[dup] or (cnt == out_cnt[dup] and cost < out_cost[dup]):
+                                # Replace the near-duplicate, then restore the order.
+                                out_x[dup] = x
+                                out_y[dup] = y
+                                out_cnt[dup] = cnt
+                                out_cost[dup] = cost
+                                j = dup
+                                while j > 0 and (out_cnt[j] > out_cnt[j - 1] or
+                                                 (out_cnt[j] == out_cnt[j - 1] and out_cost[j] < out_cost[j - 1])):
+                                    out_x[j], out_x[j - 1] = out_x[j - 1], out_x[j]
+                                    out_y[j], out_y[j - 1] = out_y[j - 1], out_y[j]
+                                    out_cnt[j], out_cnt[j - 1] = out_cnt[j - 1], out_cnt[j]
+                                    out_cost[j], out_cost[j - 1] = out_cost[j - 1], out_cost[j]
+                                    j -= 1
+                            continue
+                        while pos > 0 and (cnt > out_cnt[pos - 1] or (cnt == out_cnt[pos - 1] and cost < out_cost[pos - 1])):
+                            pos -= 1
+                        if pos >= k_out:
+                            continue
+                        last = min(n_out, k_out - 1)
+                        for j in range(last, pos, -1):
+                            out_x[j] = out_x[j - 1]
+                            out_y[j] = out_y[j - 1]
+                            out_cnt[j] = out_cnt[j - 1]
+                            out_cost[j] = out_cost[j - 1]
+                        out_x[pos] = x
+                        out_y[pos] = y
+                        out_cnt[pos] = cnt
+                        out_cost[pos] = cost
+                        if n_out < k_out:
+                            n_out += 1
+    return n_out
