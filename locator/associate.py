@@ -125,6 +125,7 @@ class _Open:
     close_at_ns: int
     t0_ns: int
     tried: set = field(default_factory=set)
+    arrivals: tuple | None = None     # (version, predicted arrival ns, gate ns) per sensor
 
 
 @dataclass
@@ -288,36 +289,40 @@ class Associator:
         return np.sqrt(s * s + self.cfg.model_sigma_s**2 + (self.cfg.survey_sigma_m / self.c) ** 2)
 
     def _attach_pending(self, now_ns: int) -> list[Event]:
+        """Pending detections that arrive where an open event predicts join it: every
+        pending detection against every open event in one array operation, then a
+        re-solve of each event that gained detections."""
         out = []
         if self.open and self.pending:
             p_t = np.array([d.t_ns for d in self.pending], dtype=np.int64)
-            p_pos = self.pos[[self.idx[d.sensor_id] for d in self.pending]]
-        for op in self.open:
-            if not self.pending:
-                break
-            used_sensors = {d.sensor_id for d in op.dets}
-            v = np.array([op.sol.x_m, op.sol.y_m, op.sol.z_m]) - p_pos
-            dist = np.linalg.norm(v, axis=1)
-            pred_ns = op.t0_ns + (dist / self.c * NS_PER_S).astype(np.int64)
-            # Predicted-time uncertainty from the solution's covariance (x, y, t0).
-            jac = np.column_stack([v[:, 0] / (self.c * dist), v[:, 1] / (self.c * dist), np.ones(len(dist))])
-            sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, op.sol.cov[:3, :3], jac), 0.0))
-            ok = np.abs(p_t - pred_ns) <= self._gate_s(dist, sd_pred) * NS_PER_S
-            joined = []
-            for i in np.flatnonzero(ok):
-                d = self.pending[i]
-                if d.sensor_id in used_sensors or d.key in op.tried:
+            p_s = np.array([self.idx[d.sensor_id] for d in self.pending], dtype=np.int64)
+            pred = np.stack([self._arrivals(op)[0] for op in self.open])    # (events, sensors)
+            gate = np.stack([self._arrivals(op)[1] for op in self.open])
+            miss = np.abs(p_t[None, :] - pred[:, p_s])                     # (events, pending)
+            hits = miss <= gate[:, p_s]
+            taken: set[str] = set()
+            for e in np.flatnonzero(hits.any(axis=1)):
+                op = self.open[e]
+                have = {d.sensor_id for d in op.dets}
+                best: dict[str, int] = {}           # per sensor, the detection nearest the prediction
+                for i in np.flatnonzero(hits[e]):
+                    d = self.pending[i]
+                    if d.sensor_id in have or d.key in op.tried or d.key in taken:
+                        continue
+                    j = best.get(d.sensor_id)
+                    if j is None or miss[e, i] < miss[e, j]:
+                        best[d.sensor_id] = int(i)
+                if not best:
                     continue
-                joined.append(d)
-                used_sensors.add(d.sensor_id)
-                op.tried.add(d.key)
-            if joined:
-                ev, n_kept = self._grow(op, joined)
+                joined = [self.pending[i] for i in sorted(best.values())]
+                op.tried.update(d.key for d in joined)
+                ev, n_kept = self._grow(op, joined, consume=False)
                 if ev is not None:
                     self.stats.attached += n_kept
                     out.append(ev)
-                    p_t = np.array([d.t_ns for d in self.pending], dtype=np.int64)
-                    p_pos = self.pos[[self.idx[d.sensor_id] for d in self.pending]].reshape(-1, 3)
+                    taken.update(ev.detections)
+            if taken:
+                self._consume(taken)
         still = []
         for op in self.open:
             (self.recent if now_ns >= op.close_at_ns else still).append(op)
@@ -609,6 +614,25 @@ class Associator:
         n = len(ev.sensor_ids)
         return float(pmf[n:].sum()) if n < len(pmf) else 0.0
 
+    def _arrivals(self, op: _Open) -> tuple[np.ndarray, np.ndarray]:
+        """An open event's predicted arrival (ns) at every sensor and how far (ns) a
+        detection may sit from it to join (the gate, 3 sigma of the prediction from the
+        solution's covariance, the wind). Sensors it already uses get -1 and 0 (never
+        match). Cached per event version."""
+        if op.arrivals is not None and op.arrivals[0] == op.event.version:
+            return op.arrivals[1], op.arrivals[2]
+        v = np.array([op.sol.x_m, op.sol.y_m, op.sol.z_m]) - self.pos
+        dist = np.linalg.norm(v, axis=1)
+        pred = op.t0_ns + (dist / self.c * NS_PER_S).astype(np.int64)
+        jac = np.column_stack([v[:, 0] / (self.c * dist), v[:, 1] / (self.c * dist), np.ones(len(dist))])
+        sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, op.sol.cov[:3, :3], jac), 0.0))
+        gate = self._gate_s(dist, sd_pred) * NS_PER_S
+        used = [self.idx[d.sensor_id] for d in op.dets]
+        pred[used] = -1
+        gate[used] = 0.0
+        op.arrivals = (op.event.version, pred, gate)
+        return pred, gate
+
     def _consume(self, keys: set[str]) -> None:
         """Take detections out of the pending list: they now belong to a shot (or an
         echo of one). They still show that their sensor heard something then: a node
@@ -650,16 +674,18 @@ class Associator:
             return None
         return self._grow(op, extra)[0]
 
-    def _grow(self, op: _Open, extra: list[Detection]) -> tuple[Event | None, int]:
+    def _grow(self, op: _Open, extra: list[Detection], consume: bool = True) -> tuple[Event | None, int]:
         """Re-solve an open event with extra detections; keep the result only if it uses
-        more detections than before. Returns (the new version or None, extras kept)."""
+        more detections than before. Returns (the new version or None, extras kept).
+        With ``consume`` False the caller takes the kept detections out of pending."""
         dets = op.dets + extra
         ev, sol, t0_ns = self._solve(dets, (op.sol.x_m, op.sol.y_m), event_id=op.event.event_id,
                                      version=op.event.version + 1, incident_id=op.event.incident_id)
         if ev is None or len(ev.detections) <= len(op.dets):
             return None, 0
         keep = set(ev.detections)
-        self._consume(keep)
+        if consume:
+            self._consume(keep)
         op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
         self.stats.updates += 1
         return ev, sum(d.key in keep for d in extra)
@@ -694,7 +720,11 @@ class Associator:
         sol = solver(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=x0, wind_m_per_s=self.wind,
                      wind_sigma_m_per_s=self._wind_sd(), **({"min_wind_used": self.cfg.wind_min_sensors} if est else {}))
         aerial = False
-        if len(dets) >= self.cfg.aerial_min_sensors:
+        # A source well above the ground shows in a 2-D fit as large residuals or
+        # dropped detections (its height is worth tens of ms at the nearest sensors);
+        # only then is the 3-D solve worth its cost.
+        if len(dets) >= self.cfg.aerial_min_sensors and (
+                sol is None or sol.n_used <= len(dets) - 2 or sol.residual_rms_s > 2.0 * float(np.median(sig))):
             sol3 = self._aerial(pos, t, sig, sol, x0)
             if sol3 is not None:
                 sol, aerial = sol3, True
