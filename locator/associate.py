@@ -85,8 +85,8 @@ class AssocConfig:
     survey_sigma_m: float = 0.1          # 1-sigma error of each sensor's surveyed position
                                          # (also added, as distance over c)
     max_rms_s: float = 0.005             # a published solution must fit better than this
-    max_chance_probability: float = 1e-8  # ...and be this unlikely to be a chance alignment
-                                         # at one place (each search tries ~1e4 places)
+    max_chance_probability: float = 1e-4  # ...and its detections beyond the unknowns be this
+                                         # unlikely to line up by chance
     settle_range_m: float = 700.0        # first solve waits until sound has passed this range...
     early_alert_sensors: int = 8         # ...unless this many sensors already heard it
     latency_slack_s: float = 0.5         # allowance for node processing and network delay
@@ -164,6 +164,7 @@ class Associator:
         self.pending: list[Detection] = []
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor, sorted
         self._snr: dict[tuple[str, int], float] = {}  # their onset SNRs (dB), where known
+        self._seen_from, self._seen_to = NOW_INFINITE, -NOW_INFINITE  # times the histories cover
         self._now = 0                            # the clock at the last step
         self._fed_at: dict[str, int] = {}        # detection key -> clock when it arrived
         # Seed memo: key -> [seed time ns, not before this clock, wake at this clock (or
@@ -228,6 +229,8 @@ class Associator:
         self._new_times.append(det.t_ns)
         self._fed_at[det.key] = self._now
         bisect.insort(self.history.setdefault(det.sensor_id, []), det.t_ns)
+        self._seen_from = min(self._seen_from, det.t_ns)
+        self._seen_to = max(self._seen_to, det.t_ns)
         if det.snr_db is not None:
             self._snr[(det.sensor_id, det.t_ns)] = det.snr_db
         return True
@@ -261,6 +264,8 @@ class Associator:
             for d in mine:
                 self.seen.add(d.key)
                 bisect.insort(self.history.setdefault(d.sensor_id, []), d.t_ns)
+                self._seen_from = min(self._seen_from, d.t_ns)
+                self._seen_to = max(self._seen_to, d.t_ns)
                 if d.snr_db is not None:
                     self._snr[(d.sensor_id, d.t_ns)] = d.snr_db
         for d in sorted(dets, key=lambda d: d.t_ns):
@@ -587,31 +592,38 @@ class Associator:
         return silent <= max(self.cfg.max_silent, int(self.cfg.max_silent_fraction * checked))
 
     def _chance_probability(self, sol: Solution, t0_ns: int, ev: Event) -> float:
-        """Probability that at least as many sensors as ``ev`` uses would have a detection
-        this close to the predicted arrivals by chance.
+        """Probability that detections of unrelated impulses would line up as well as
+        ``ev``'s do: the false-alarm probability of one candidate.
 
-        Each sensor within the farthest used one's range has a detection within
-        +-w of its predicted arrival by chance with probability ``1 - exp(-rate * 2w)``,
-        its rate measured over the 20 s before the shot and ``w`` three times the larger
-        of the fit's residual RMS and the detections' median stated sigma (a fit to a few
-        detections can be tighter than the errors allow); the count is Poisson-binomial. On a
-        quiet night this is negligible for five sensors; on a fireworks night it asks
-        for more."""
+        Each sensor within the farthest used one's range has a detection within +-w of
+        its predicted arrival by chance with probability ``1 - exp(-rate * 2w)``, its rate
+        measured over the 20 s around the shot (as much of it as has been seen) and ``w``
+        three times the larger of the fit's residual RMS and the detections' median
+        stated sigma (a fit to a few detections can be tighter than the errors allow).
+        The count of such sensors is Poisson-binomial; the fit's unknowns (source,
+        emission time, wind) line up that many detections whatever they are, so the
+        evidence is the count beyond them. On a quiet night five sensors are ample; on a
+        fireworks night, when every sensor reports several impulses a second, it takes
+        more."""
         src = np.array([sol.x_m, sol.y_m, sol.z_m])
         dist = np.linalg.norm(self.pos - src, axis=1)
         r_max = max(dist[self.idx[s]] for s in ev.sensor_ids)
         sig = float(np.median(self._sigma(self._dets_of(ev)))) if ev.detections else self.cfg.model_sigma_s
         w_ns = 3.0 * max(sol.residual_rms_s, sig) * NS_PER_S
-        span = 20 * NS_PER_S
+        lo = max(t0_ns - 10 * NS_PER_S, self._seen_from)
+        hi = min(t0_ns + 10 * NS_PER_S, self._seen_to)
+        span = max(hi - lo, NS_PER_S)
         pmf = np.ones(1)
         for sid, k in self.idx.items():
             if dist[k] > r_max:
                 continue
             h = self.history.get(sid, ())
-            rate = (bisect.bisect_left(h, t0_ns) - bisect.bisect_left(h, t0_ns - span)) / span
+            rate = (bisect.bisect_right(h, hi) - bisect.bisect_left(h, lo)) / span
             p = 1.0 - math.exp(-rate * 2.0 * w_ns)
             pmf = np.convolve(pmf, (1.0 - p, p))
-        n = len(ev.sensor_ids)
+        # The fit chose the source and emission time to line up its detections: that many
+        # of them (the unknowns) line up whatever they are; the rest are the evidence.
+        n = max(len(ev.sensor_ids) - (sol.ndim + 1 + (2 if sol.wind_estimated else 0)), 0)
         return float(pmf[n:].sum()) if n < len(pmf) else 0.0
 
     def _arrivals(self, op: _Open) -> tuple[np.ndarray, np.ndarray]:
@@ -625,7 +637,8 @@ class Associator:
         dist = np.linalg.norm(v, axis=1)
         pred = op.t0_ns + (dist / self.c * NS_PER_S).astype(np.int64)
         jac = np.column_stack([v[:, 0] / (self.c * dist), v[:, 1] / (self.c * dist), np.ones(len(dist))])
-        sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, op.sol.cov[:3, :3], jac), 0.0))
+        k = [0, 1, op.sol.ndim]                     # x, y, emission time (a 3-D solution has z at 2)
+        sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, op.sol.cov[np.ix_(k, k)], jac), 0.0))
         gate = self._gate_s(dist, sd_pred) * NS_PER_S
         used = [self.idx[d.sensor_id] for d in op.dets]
         pred[used] = -1
@@ -728,7 +741,10 @@ class Associator:
             sol3 = self._aerial(pos, t, sig, sol, x0)
             if sol3 is not None:
                 sol, aerial = sol3, True
-        if sol is None or sol.n_used < self.cfg.min_sensors or sol.residual_rms_s > self.cfg.max_rms_s:
+        # The fit must be as good as the timing allows: max_rms_s, or 2.5 times the
+        # stated sigmas (a loose survey makes every residual larger).
+        max_rms = max(self.cfg.max_rms_s, 2.5 * float(np.sqrt(np.mean(sig * sig))))
+        if sol is None or sol.n_used < self.cfg.min_sensors or sol.residual_rms_s > max_rms:
             return None, None, None
         used = [d for d, u in zip(dets, sol.used) if u]
         if sol.wind_estimated and sol.n_used >= self.cfg.wind_min_sensors:
@@ -760,7 +776,7 @@ class Associator:
             sensor_ids=tuple(sorted(d.sensor_id for d in used)),
             residual_rms_ms=round(sol.residual_rms_s * 1e3, 4), label=label, confidence=round(conf, 4),
             incident_id=incident_id, detections=tuple(sorted(d.key for d in used)),
-            x_m=round(sol.x_m, 3), y_m=round(sol.y_m, 3), t_sigma_ms=round(math.sqrt(sol.cov[2, 2]) * 1e3, 4),
+            x_m=round(sol.x_m, 3), y_m=round(sol.y_m, 3), t_sigma_ms=round(math.sqrt(sol.cov[sol.ndim, sol.ndim]) * 1e3, 4),
             version=version, test=self.cfg.test_mode)
         return ev, sol, t0_ns
 
@@ -771,8 +787,15 @@ class Associator:
         start = [x0[0], x0[1], self.z_src + 100.0, x0[2]]
         if sol2 is not None:
             start = [sol2.x_m, sol2.y_m, self.z_src + 100.0, sol2.t0_s]
-        sol3 = locate(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=start, ndim=3,
-                      wind_m_per_s=self.wind, wind_sigma_m_per_s=self._wind_sd())
+        # An unmodelled wind of a few m/s moves a source in the air by tens of metres
+        # (mostly in height, the worst-resolved coordinate): estimate it when possible.
+        if self.cfg.estimate_wind and len(t) > self.cfg.wind_min_sensors:
+            sol3 = locate_wind_robust(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=start, ndim=3,
+                                      wind_m_per_s=self.wind, wind_sigma_m_per_s=self._wind_sd(),
+                                      min_wind_used=self.cfg.wind_min_sensors + 1)
+        else:
+            sol3 = locate(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=start, ndim=3,
+                          wind_m_per_s=self.wind, wind_sigma_m_per_s=self._wind_sd())
         if sol3 is None or sol3.dof < 1:
             return None
         h = sol3.z_m - self.z_src
@@ -810,6 +833,7 @@ class Associator:
             # Sensor histories serve the silent-neighbour check of shots whose detections
             # are still pending: older times can go.
             old = horizon - self.shot_span_ns
+            self._seen_from = max(self._seen_from, old)
             for sid, h in self.history.items():
                 n_old = bisect.bisect_left(h, old)
                 for t in h[:n_old]:

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from shotnet.locator.associate import AssocConfig, Associator, locate_stream
 from shotnet.sensor.contract import NS_PER_S, detection_to_json
@@ -27,8 +28,8 @@ def test_city_gunshots_located(city_scene, city_detections):
     rows = _match(truth, events)
     found = [d for _, b in rows if b for d in [b[1]]]
     # Two handgun rounds fired during the burst are heard by only ~6 nodes (the burst masks
-    # their triggers); the rest must be found.
-    assert len(found) >= 0.8 * len(truth), f"{len(found)}/{len(truth)} located"
+    # their triggers at the others); at most one of the 16 may be missed.
+    assert len(found) >= 0.9 * len(truth), f"{len(found)}/{len(truth)} located"
     assert np.median(found) < 2.0
     # event ids are deterministic: a replay gives the same ids
     again = locate_stream(city_scene.layout, city_detections, AssocConfig(temperature_c=city_scene.temperature_c))
@@ -81,3 +82,102 @@ def test_batch_cli_reports_bad_lines(tmp_path, city_scene, city_detections, caps
     for k in ("event_id", "t_ns", "lat", "lon", "alt_m", "ellipse95_m", "sensor_ids", "residual_rms_ms"):
         assert k in evs[0]
     assert set(evs[0]["ellipse95_m"]) == {"major", "minor", "azimuth_deg"}
+
+
+def _grouped(sens, times, n_sensors):
+    o = np.lexsort((times, sens))
+    sens, times = np.asarray(sens)[o], np.asarray(times, dtype=np.float64)[o]
+    return sens, times, np.searchsorted(sens, np.arange(n_sensors + 1)).astype(np.int64)
+
+
+def test_triples_place_the_source_in_closed_form(rng):
+    """Three arrivals (the seed's and one at each of two neighbours) fix the source; the
+    hypothesis kernel finds it among decoys and verifies it on every sensor."""
+    from shotnet.locator import kernels
+
+    n, c, wind, z_src = 12, 343.0, np.array([4.0, -3.0]), 1.5
+    s = np.column_stack([rng.uniform(-800, 800, n), rng.uniform(-800, 800, n), rng.uniform(0, 20, n)])
+    for _ in range(100):
+        src = np.array([rng.uniform(-900, 900), rng.uniform(-900, 900), z_src])
+        d = s - src
+        arr = np.linalg.norm(d, axis=1) / c - (d[:, :2] @ wind) / c**2
+        s0 = int(np.argmin(arr))
+        sens, times = [], []
+        for k in range(n):
+            if k != s0:   # the true arrival and two decoys at every other sensor
+                sens += [k] * 3
+                times += [arr[k] - arr[s0], rng.uniform(-0.5, 3.0), rng.uniform(-0.5, 3.0)]
+        sens, times, off = _grouped(sens, times, n)
+        nbrs = np.argsort(np.hypot(*(s[:, :2] - s[s0, :2]).T))[1:6].astype(np.int64)
+        ox, oy, ocost = np.zeros(2), np.zeros(2), np.zeros(2)
+        ocnt = np.zeros(2, dtype=np.int64)
+        m = kernels.seed_hypotheses(*(np.ascontiguousarray(s[:, k]) for k in range(3)), z_src, s0, nbrs, times, off,
+                                    c, wind[0], wind[1], 0.002, 400.0, -1500.0, 1500.0, -1500.0, 1500.0, 12,
+                                    ox, oy, ocnt, ocost)
+        assert m >= 1 and ocnt[0] == n
+        assert np.hypot(ox[0] - src[0], oy[0] - src[1]) < 0.5
+        assert m == 1 or ocnt[1] < n or np.hypot(ox[1] - ox[0], oy[1] - oy[0]) >= 10.0
+
+
+def test_coherence_kernel_matches_a_direct_count(rng):
+    """The binary-search coherence kernel against a plain per-node, per-detection count."""
+    from shotnet.locator import kernels
+
+    n, c, wx, wy, z = 9, 343.0, 2.0, -1.0, 1.5
+    s = np.column_stack([rng.uniform(-500, 500, n), rng.uniform(-500, 500, n), rng.uniform(0, 10, n)])
+    sens = rng.integers(0, n, 300)
+    times = rng.uniform(0, 3.0, 300)
+    keep = sens != 0
+    sens, times, off = _grouped(sens[keep], times[keep], n)
+    gx, gy = rng.uniform(-600, 600, 400), rng.uniform(-600, 600, 400)
+    cnt, cost = np.zeros(400, dtype=np.int64), np.zeros(400)
+    kernels.seed_coherence(gx, gy, z, *(np.ascontiguousarray(s[:, k]) for k in range(3)), 0, times, off, c, wx, wy,
+                           0.01, cnt, cost)
+    for g in range(400):
+        d = s - [gx[g], gy[g], z]
+        tt = np.linalg.norm(d, axis=1) / c - (d[:, 0] * wx + d[:, 1] * wy) / c**2
+        r = np.abs(times - tt[sens] + tt[0])
+        best = {k: r[sens == k].min() for k in range(1, n) if (sens == k).any() and r[sens == k].min() <= 0.01}
+        assert cnt[g] == 1 + len(best)
+        assert cost[g] == pytest.approx(sum(best.values()), abs=1e-12)
+
+
+def test_no_events_from_a_fireworks_rate_of_unrelated_impulses():
+    """Every sensor hears four impulses a second that no other sensor hears: by chance,
+    groups of 6-11 sensors line up within a few ms again and again (about 140 such
+    events in 40 s without the chance-alignment test). With it, at most one, a 1-in-10^4
+    tail: the test asks for more sensors when detections are dense."""
+    from shotnet.locator.synthetic import StreamConfig, make_stream
+    from shotnet.sensor.scene import default_layout
+
+    lay = default_layout()
+    dets, _, loc_layout = make_stream(lay, 0, 40.0, StreamConfig(false_per_sensor_per_s=4.0), seed=5)
+    a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
+    events = []
+    for d in dets:
+        events += a.step(d.t_ns)
+        a.feed(d)
+    events += a.flush()
+    assert len({e.event_id for e in events}) <= 1
+    assert a.stats.chance > 100     # the guard did the work, not a lack of candidates
+
+
+def test_aerial_fireworks_are_placed_in_the_air():
+    """A shell bursting 150 m up is located in 3-D and labelled aerial, in calm air and in
+    a 3.9 m/s wind the locator has to estimate (unmodelled, it moves the burst tens of
+    metres, mostly in height); ground shots are not labelled aerial."""
+    from shotnet.locator.synthetic import StreamConfig, make_stream
+    from shotnet.sensor.scene import default_layout
+
+    lay = default_layout()
+    for height, wind, aerial in ((150.0, (0.0, 0.0), True), (150.0, (3.0, -2.5), True), (1.5, (3.0, -2.5), False)):
+        cfg = StreamConfig(source_height_m=height, wind_m_per_s=wind, late_fraction=0.0, survey_sigma_m=0.0,
+                           lookalike_fraction=1.0)
+        dets, truth, loc_layout = make_stream(lay, 6, 60.0, cfg, seed=8, extent_m=500.0)
+        events = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0))
+        assert len(truth) - 1 <= len(events) <= len(truth)
+        z_true = lay.frame.to_geodetic(0.0, 0.0, lay.ground_enu_up_m + height)[2]
+        for ev in events:
+            assert (ev.label == "aerial") == aerial
+            if aerial:
+                assert abs(ev.alt_m - z_true) < 5.0
