@@ -53,6 +53,7 @@ from shotnet.sensor.layout import SensorLayout
 
 from . import kernels
 from .incidents import IncidentTracker
+from scipy.spatial import cKDTree
 from scipy.stats import f as f_dist
 
 from .locate import Solution, locate, locate_wind_robust
@@ -104,7 +105,8 @@ class AssocConfig:
     same_shot_s: float = 0.045           # two solutions this close in time and space (the
                                          # fastest automatic fire is ~50 ms a round)...
     same_shot_m: float = 15.0            # ...are one shot and get merged
-    max_pending: int = 2000              # oldest pending detections beyond this are expired
+    max_pending: int = 20000             # oldest pending detections beyond this are expired
+    update_growth: float = 0.25          # re-solve an open event once it has gained this fraction
     max_search: int = 2000               # detections considered by one search
     test_mode: bool = False              # events are marked as tests (calibration)
     max_clock_sigma_ms: float = 5.0      # detections with worse time are stored, not located
@@ -126,6 +128,7 @@ class _Open:
     t0_ns: int
     tried: set = field(default_factory=set)
     arrivals: tuple | None = None     # (version, predicted arrival ns, gate ns) per sensor
+    waiting: list = field(default_factory=list)   # joined, not yet solved with it
 
 
 @dataclass
@@ -185,11 +188,18 @@ class Associator:
         mx, my = np.meshgrid(gx, gy, indexing="ij")
         cgx, cgy = mx.ravel(), my.ravel()
         # Each sensor's seed region: the coarse nodes where it is at most seed_region_m
-        # farther than the nearest sensor.
-        dn = np.hypot(cgx[:, None] - self.pos[None, :, 0], cgy[:, None] - self.pos[None, :, 1])
-        near = dn <= dn.min(axis=1, keepdims=True) + cfg.seed_region_m
-        self._region = [(np.ascontiguousarray(cgx[near[:, k]]), np.ascontiguousarray(cgy[near[:, k]]))
-                        for k in range(len(layout))]
+        # farther than the nearest sensor (k-d trees: a dense nodes x sensors matrix
+        # would take gigabytes for a city of a thousand sensors).
+        nodes = np.column_stack([cgx, cgy])
+        d_min = cKDTree(self.pos[:, :2]).query(nodes)[0]
+        node_tree = cKDTree(nodes)
+        reach = float(d_min.max()) + cfg.seed_region_m
+        self._region = []
+        for k in range(len(layout)):
+            cand = np.asarray(node_tree.query_ball_point(self.pos[k, :2], reach), dtype=np.int64)
+            d_k = np.hypot(cgx[cand] - self.pos[k, 0], cgy[cand] - self.pos[k, 1])
+            sel = np.sort(cand[d_k <= d_min[cand] + cfg.seed_region_m])
+            self._region.append((np.ascontiguousarray(cgx[sel]), np.ascontiguousarray(cgy[sel])))
         self._spx, self._spy, self._spz = (np.ascontiguousarray(self.pos[:, k]) for k in range(3))
         diag = float(np.linalg.norm(hi - lo))
         self.max_travel_s = diag / self.c
@@ -295,9 +305,12 @@ class Associator:
 
     def _attach_pending(self, now_ns: int) -> list[Event]:
         """Pending detections that arrive where an open event predicts join it: every
-        pending detection against every open event in one array operation, then a
-        re-solve of each event that gained detections."""
+        pending detection against every open event in one array operation. A joining
+        detection waits with its event (no longer a seed) until the event has gained a
+        quarter more detections, or closes; then the event is re-solved once (a shot
+        heard by fifty sensors would otherwise be re-solved fifty times)."""
         out = []
+        held: set[str] = set()
         if self.open and self.pending:
             p_t = np.array([d.t_ns for d in self.pending], dtype=np.int64)
             p_s = np.array([self.idx[d.sensor_id] for d in self.pending], dtype=np.int64)
@@ -305,33 +318,39 @@ class Associator:
             gate = np.stack([self._arrivals(op)[1] for op in self.open])
             miss = np.abs(p_t[None, :] - pred[:, p_s])                     # (events, pending)
             hits = miss <= gate[:, p_s]
-            taken: set[str] = set()
             for e in np.flatnonzero(hits.any(axis=1)):
                 op = self.open[e]
-                have = {d.sensor_id for d in op.dets}
+                have = {d.sensor_id for d in op.dets} | {d.sensor_id for d in op.waiting}
                 best: dict[str, int] = {}           # per sensor, the detection nearest the prediction
                 for i in np.flatnonzero(hits[e]):
                     d = self.pending[i]
-                    if d.sensor_id in have or d.key in op.tried or d.key in taken:
+                    if d.sensor_id in have or d.key in op.tried or d.key in held:
                         continue
                     j = best.get(d.sensor_id)
                     if j is None or miss[e, i] < miss[e, j]:
                         best[d.sensor_id] = int(i)
-                if not best:
-                    continue
                 joined = [self.pending[i] for i in sorted(best.values())]
+                op.waiting += joined
+                held.update(d.key for d in joined)
+            if held:
+                self._consume(held)
+        still = []
+        back: list[Detection] = []
+        for op in self.open:
+            closing = now_ns >= op.close_at_ns
+            if op.waiting and (closing or len(op.waiting) >= max(1, int(self.cfg.update_growth * len(op.dets)))):
+                joined, op.waiting = op.waiting, []
                 op.tried.update(d.key for d in joined)
                 ev, n_kept = self._grow(op, joined, consume=False)
+                kept = set(ev.detections) if ev is not None else set()
                 if ev is not None:
                     self.stats.attached += n_kept
                     out.append(ev)
-                    taken.update(ev.detections)
-            if taken:
-                self._consume(taken)
-        still = []
-        for op in self.open:
-            (self.recent if now_ns >= op.close_at_ns else still).append(op)
+                back += [d for d in joined if d.key not in kept]
+            (self.recent if closing else still).append(op)
         self.open = still
+        if back:                            # not kept: pending again (tried with that event)
+            self.pending = sorted(self.pending + back, key=lambda d: d.t_ns)
         self.recent = [op for op in self.recent if now_ns == NOW_INFINITE or now_ns - op.t0_ns < 120 * NS_PER_S]
         return out
 
@@ -445,6 +464,13 @@ class Associator:
             self._remember(seed, now_ns)       # the same candidate failed before: nothing new
             return None
         self._failed[seed.key] = keys
+        # Before the solve: could this many detections pass the chance-alignment test
+        # at all? (The solve can only drop detections and widen the window.)
+        if self._chance((x0, y0, self.z_src), t0_guess_ns, {d.sensor_id for d in cand},
+                        3.0 * float(np.median(self._sigma(cand))), len(cand) - 3) > cfg.max_chance_probability:
+            self.stats.chance += 1
+            self._remember(seed, now_ns)
+            return None
         ev, sol, t0_ns = self._solve(cand, (x0, y0))
         if ev is None:
             self._remember(seed, now_ns)
@@ -457,13 +483,14 @@ class Associator:
             if merged is None:
                 self._remember(seed, now_ns)
             return merged
-        if self._chance_probability(sol, t0_ns, ev) > cfg.max_chance_probability:
+        mine = [d for d in cand if d.key in set(ev.detections)]
+        if self._chance_probability(sol, t0_ns, ev, mine) > cfg.max_chance_probability:
             # As many sensors would line up this well by chance at the detection rates
             # they report now (a fireworks night): not a located shot.
             self.stats.chance += 1
             self._remember(seed, now_ns)
             return None
-        if not self._heard_by_nearer(sol, t0_ns, ev, now_ns):
+        if not self._heard_by_nearer(sol, t0_ns, ev, now_ns, mine):
             # Sensors nearer than those used should have heard a real shot and did not:
             # the candidate mixes detections of different sounds (or echoes).
             self.stats.silent_neighbours += 1
@@ -546,7 +573,7 @@ class Associator:
         d = self.pos - np.array([x, y, self.z_src])
         return np.linalg.norm(d, axis=1) / self.c - (d[:, 0] * self.wind[0] + d[:, 1] * self.wind[1]) / self.c**2
 
-    def _heard_by_nearer(self, sol: Solution, t0_ns: int, ev: Event, now_ns: int) -> bool:
+    def _heard_by_nearer(self, sol: Solution, t0_ns: int, ev: Event, now_ns: int, dets: list[Detection]) -> bool:
         """Check that sensors nearer than the farthest one used heard the shot.
 
         A sensor counts as silent when its predicted arrival (plus the latency allowance)
@@ -560,7 +587,7 @@ class Associator:
         # How loud was it? Back-project the onset SNRs to 1 m; a nearer sensor only
         # "should have heard" the shot if it would have had a comfortable SNR.
         lv = [d.snr_db + 20 * math.log10(max(dist[self.idx[d.sensor_id]], 1.0))
-              for d in self._dets_of(ev) if d.snr_db is not None]
+              for d in dets if d.snr_db is not None]
         src_db = float(np.median(lv)) if lv else None
         checked = silent = 0
         for sid, k in self.idx.items():
@@ -591,7 +618,7 @@ class Associator:
             silent += 1
         return silent <= max(self.cfg.max_silent, int(self.cfg.max_silent_fraction * checked))
 
-    def _chance_probability(self, sol: Solution, t0_ns: int, ev: Event) -> float:
+    def _chance_probability(self, sol: Solution, t0_ns: int, ev: Event, dets: list[Detection]) -> float:
         """Probability that detections of unrelated impulses would line up as well as
         ``ev``'s do: the false-alarm probability of one candidate.
 
@@ -605,26 +632,28 @@ class Associator:
         evidence is the count beyond them. On a quiet night five sensors are ample; on a
         fireworks night, when every sensor reports several impulses a second, it takes
         more."""
-        src = np.array([sol.x_m, sol.y_m, sol.z_m])
-        dist = np.linalg.norm(self.pos - src, axis=1)
-        r_max = max(dist[self.idx[s]] for s in ev.sensor_ids)
-        sig = float(np.median(self._sigma(self._dets_of(ev)))) if ev.detections else self.cfg.model_sigma_s
-        w_ns = 3.0 * max(sol.residual_rms_s, sig) * NS_PER_S
+        sig = float(np.median(self._sigma(dets))) if dets else self.cfg.model_sigma_s
+        # The fit chose the source and emission time to line up its detections: that many
+        # of them (the unknowns) line up whatever they are; the rest are the evidence.
+        n_unknowns = sol.ndim + 1 + (2 if sol.wind_estimated else 0)
+        return self._chance((sol.x_m, sol.y_m, sol.z_m), t0_ns, ev.sensor_ids,
+                            3.0 * max(sol.residual_rms_s, sig), len(ev.sensor_ids) - n_unknowns)
+
+    def _chance(self, src, t0_ns: int, sensor_ids, w_s: float, n_evidence: int) -> float:
+        """P(at least ``n_evidence`` sensors within the farthest of ``sensor_ids`` from
+        ``src`` have a detection within +-``w_s`` of the predicted arrival by chance)."""
+        dist = np.linalg.norm(self.pos - np.asarray(src, dtype=np.float64), axis=1)
+        r_max = max(dist[self.idx[s]] for s in sensor_ids)
+        w_ns = w_s * NS_PER_S
         lo = max(t0_ns - 10 * NS_PER_S, self._seen_from)
         hi = min(t0_ns + 10 * NS_PER_S, self._seen_to)
         span = max(hi - lo, NS_PER_S)
-        pmf = np.ones(1)
-        for sid, k in self.idx.items():
-            if dist[k] > r_max:
-                continue
-            h = self.history.get(sid, ())
-            rate = (bisect.bisect_right(h, hi) - bisect.bisect_left(h, lo)) / span
-            p = 1.0 - math.exp(-rate * 2.0 * w_ns)
-            pmf = np.convolve(pmf, (1.0 - p, p))
-        # The fit chose the source and emission time to line up its detections: that many
-        # of them (the unknowns) line up whatever they are; the rest are the evidence.
-        n = max(len(ev.sensor_ids) - (sol.ndim + 1 + (2 if sol.wind_estimated else 0)), 0)
-        return float(pmf[n:].sum()) if n < len(pmf) else 0.0
+        counts = []
+        for k in np.flatnonzero(dist <= r_max):
+            h = self.history.get(self.layout.ids[k], ())
+            counts.append(bisect.bisect_right(h, hi) - bisect.bisect_left(h, lo))
+        p = -np.expm1(-np.asarray(counts, dtype=np.float64) / span * 2.0 * w_ns)
+        return kernels.poisson_binomial_tail(p, max(n_evidence, 0))
 
     def _arrivals(self, op: _Open) -> tuple[np.ndarray, np.ndarray]:
         """An open event's predicted arrival (ns) at every sensor and how far (ns) a
@@ -652,10 +681,6 @@ class Associator:
         cannot trigger twice within its dead time, so one detection may stand for two
         shots' arrivals."""
         self.pending = [d for d in self.pending if d.key not in keys]
-
-    def _dets_of(self, ev: Event) -> list[Detection]:
-        keys = set(ev.detections)
-        return [d for d in self.pending if d.key in keys]
 
     def _is_echo(self, sol: Solution, t0_ns: int, n_sensors: int) -> bool:
         for op in self.open + self.recent[-50:]:

@@ -435,3 +435,23 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                         if n_out < k_out:
                             n_out += 1
     return n_out
+
+
+@numba.njit(cache=True, nogil=True)
+def poisson_binomial_tail(p, n):
+    """P(at least ``n`` of independent events with probabilities ``p`` happen)."""
+    m = p.shape[0]
+    if n <= 0:
+        return 1.0
+    if n > m:
+        return 0.0
+    pmf = np.zeros(m + 1)
+    pmf[0] = 1.0
+    for i in range(m):
+        for k in range(i + 1, 0, -1):
+            pmf[k] = pmf[k] * (1.0 - p[i]) + pmf[k - 1] * p[i]
+        pmf[0] *= 1.0 - p[i]
+    tail = 0.0
+    for k in range(n, m + 1):
+        tail += pmf[k]
+    return min(tail, 1.0)

@@ -101,6 +101,8 @@ def _median(x: np.ndarray) -> float:
     the robust stages' cost on a fireworks night)."""
     v = np.sort(x)
     n = len(v)
+    if n == 0:
+        return float("nan")
     return float(v[n // 2]) if n % 2 else 0.5 * float(v[n // 2 - 1] + v[n // 2])
 
 
@@ -198,6 +200,8 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     # 2. Learn the model error from the robust fit's residuals (MAD) and add it to every
     #    sigma, so that weights and gates match the errors actually present; late
     #    arrivals (echoes, blocked paths) then stand out and are dropped.
+    if mask.sum() < max(min_used, p):
+        return None                       # RANSAC found no consensus set
     rc = r[mask]
     s_rob = 1.4826 * _median(np.abs(rc - _median(rc)))
     s_model2 = max(0.0, s_rob**2 - _median(sig[mask] ** 2))
