@@ -464,6 +464,14 @@ class Associator:
             self._remember(seed, now_ns)       # the same candidate failed before: nothing new
             return None
         self._failed[seed.key] = keys
+        twin = self._near_event(x0, y0, t0_guess_ns)
+        if twin is not None:
+            # A shot already located (a late arrival or an echo of it seeded this search):
+            # offer the candidate's new sensors to that event instead of solving it anew.
+            merged = self._merge(twin, cand)
+            if merged is None:
+                self._remember(seed, now_ns)
+            return merged
         # Before the solve: could this many detections pass the chance-alignment test
         # at all? (The solve can only drop detections and widen the window.)
         if self._chance((x0, y0, self.z_src), t0_guess_ns, {d.sensor_id for d in cand},
@@ -700,6 +708,17 @@ class Associator:
             if abs(op.t0_ns - t0_ns) <= self.cfg.same_shot_s * NS_PER_S and \
                     math.hypot(op.sol.x_m - sol.x_m, op.sol.y_m - sol.y_m) <= \
                     self.cfg.same_shot_m + r_new + op.event.ellipse95_m.major:
+                return op
+        return None
+
+    def _near_event(self, x: float, y: float, t0_ns: int) -> _Open | None:
+        """An open event that a search's rough source (before its solve) belongs to: as
+        close in time as one shot, within the event's ellipse plus the search's
+        resolution and ``same_shot_m``."""
+        for op in self.open:
+            if abs(op.t0_ns - t0_ns) <= self.cfg.same_shot_s * NS_PER_S and \
+                    math.hypot(op.sol.x_m - x, op.sol.y_m - y) <= \
+                    self.cfg.same_shot_m + op.event.ellipse95_m.major + self.cfg.coarse_cell_m:
                 return op
         return None
 
