@@ -36,13 +36,23 @@ def residuals(layout: SensorLayout, events, dets_by_key: dict, temperature_c: fl
     Each event is re-solved from its detections as the locator does (wind as two
     unknowns when enough sensors heard it: 4 m/s of wind moves arrivals by ~30 ms per km)
     and every one of its detections contributes its residual, outliers included, so a
-    sensor with a clock offset shows as a box away from zero."""
+    sensor with a clock offset shows as a box away from zero. So does a sensor the
+    locator left out of an event (its arrival too far off): its detection nearest the
+    predicted arrival, within 50 ms, counts too."""
+    import bisect
+
     from shotnet.locator.locate import locate
 
     c = speed_of_sound_m_per_s(temperature_c)
     idx = layout.index()
     z = layout.ground_enu_up_m + source_height_m
     out: dict[str, list[float]] = {s: [] for s in layout.ids}
+    times: dict[str, list[int]] = {s: [] for s in layout.ids}
+    for d in dets_by_key.values():
+        if d.sensor_id in times:
+            times[d.sensor_id].append(d.t_ns)
+    for v in times.values():
+        v.sort()
     for ev in events:
         ds = [dets_by_key[k] for k in ev.detections if k in dets_by_key and dets_by_key[k].sensor_id in idx]
         if len(ds) < 5:
@@ -58,6 +68,21 @@ def residuals(layout: SensorLayout, events, dets_by_key: dict, temperature_c: fl
             continue
         for d, r in zip(ds, sol.residuals_s):
             out[d.sensor_id].append(float(r) * 1e3)
+        # Sensors left out: predicted arrival (first-order wind), nearest detection.
+        used = {d.sensor_id for d in ds}
+        wx, wy = sol.wind_m_per_s
+        for sid, k in idx.items():
+            if sid in used:
+                continue
+            dv = layout.enu_m[k] - [sol.x_m, sol.y_m, sol.z_m]
+            pred = ev.t_ns + int((sol.t0_s + np.linalg.norm(dv) / c - (dv[0] * wx + dv[1] * wy) / c**2) * NS_PER_S)
+            h = times[sid]
+            i = bisect.bisect_left(h, pred)
+            near = [h[j] for j in (i - 1, i) if 0 <= j < len(h)]
+            if near:
+                t_near = min(near, key=lambda x: abs(x - pred))
+                if abs(t_near - pred) <= 0.05 * NS_PER_S:
+                    out[sid].append((t_near - pred) / 1e6)
     return out
 
 

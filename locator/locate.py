@@ -189,13 +189,16 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     #    the nodes' sigmas know the pick, not the survey, the wind model or the street.
     z = r / sig
     scale = max(1.0, 1.4826 * _median(np.abs(z - _median(z))))
-    if np.any(np.abs(z) > outlier_sigma * scale):
-        if n < ransac_below:
-            par, mask = _ransac(pos, cols, t, sig, par, mod, outlier_sigma * scale, max_wind_m_per_s)
-        else:
-            par_c, _, chi2c = _solve(cols, t, sig, mask, par, mod, kernels.LOSS_CAUCHY, 2.0 * scale)
-            if chi2c >= 0 and not (mod.est_wind and np.hypot(*mod.wind_of(par_c)) > max_wind_m_per_s):
-                par = par_c
+    # With many detections the robust fit always runs: a few late arrivals of moderate
+    # size can spread over an L2 fit so that none of them stands out (masking).
+    robust = False
+    if n >= ransac_below:
+        par_c, _, chi2c = _solve(cols, t, sig, mask, par, mod, kernels.LOSS_CAUCHY, 2.0 * scale)
+        if chi2c >= 0 and not (mod.est_wind and np.hypot(*mod.wind_of(par_c)) > max_wind_m_per_s):
+            par, robust = par_c, True
+        r = t - _predict(pos, par, mod)
+    elif np.any(np.abs(z) > outlier_sigma * scale):
+        par, mask = _ransac(pos, cols, t, sig, par, mod, outlier_sigma * scale, max_wind_m_per_s)
         r = t - _predict(pos, par, mod)
     # 2. Learn the model error from the robust fit's residuals (MAD) and add it to every
     #    sigma, so that weights and gates match the errors actually present; late
@@ -213,7 +216,7 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     if mask.sum() < max(min_used, p):
         return None
     # 3. The final least-squares fit on the inliers with those sigmas.
-    if not mask.all() or s_model2 > 0:
+    if robust or not mask.all() or s_model2 > 0:
         par, cov, chi2 = _solve(cols, t, sig, mask, par, mod, kernels.LOSS_L2, 1.0)
         if chi2 < 0 or (mod.est_wind and np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
             return None
