@@ -18,6 +18,8 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature-c", type=float, default=20.0, help="air temperature (deg C)")
     ap.add_argument("--min-sensors", type=int, default=AssocConfig.min_sensors)
     ap.add_argument("--no-wind", action="store_true", help="do not estimate the wind")
+    ap.add_argument("--survey-sigma-m", type=float, default=AssocConfig.survey_sigma_m,
+                    help="1-sigma error of the sensor positions (m)")
     ap.add_argument("detections", help="JSON Lines file of detections ('-' for stdin)")
     args = ap.parse_args(argv)
     try:
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
                 bad += 1
                 print(f"{args.detections}:{n}: skipped: {exc}", file=sys.stderr)
     cfg = AssocConfig(temperature_c=args.temperature_c, min_sensors=args.min_sensors,
-                      estimate_wind=not args.no_wind)
+                      estimate_wind=not args.no_wind, survey_sigma_m=args.survey_sigma_m)
     for ev in locate_stream(layout, dets, cfg):
         print(ev.to_json())
     if bad:
