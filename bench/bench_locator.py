@@ -78,18 +78,24 @@ def clean_vs_crb(n_shots, seed):
            f"CRB {np.sqrt(np.mean(crb2)):.3f} m", f"{np.sqrt(np.mean(err2) / np.mean(crb2)):.2f}")
 
 
+def _replay(lay, dets, truth, loc_layout, survey_sigma_m):
+    """The live code path over a stream: (seconds taken, score rows, false events, rows of
+    impulses heard by 6+ sensors, those located)."""
+    t0 = time.perf_counter()
+    evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0, survey_sigma_m=survey_sigma_m))
+    dt = time.perf_counter() - t0
+    rows, false = score(evs, truth, lay)
+    heard = [r for r in rows if r[0].n_heard >= 6]
+    return dt, rows, false, heard, [r for r in heard if r[1] is not None]
+
+
 def fireworks_night(rate_per_s, duration_s, seed):
     """A dense stream: impulses all over the city at ``rate_per_s``, 90% of them
     fireworks, ten times the usual false single-sensor detections."""
     lay = default_layout()
     cfg = StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2)
     dets, truth, loc_layout = make_stream(lay, int(rate_per_s * duration_s), duration_s, cfg, seed=seed)
-    t0 = time.perf_counter()
-    evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0, survey_sigma_m=cfg.survey_sigma_m))
-    dt = time.perf_counter() - t0
-    rows, false = score(evs, truth, lay)
-    heard = [r for r in rows if r[0].n_heard >= 6]
-    found = [r for r in heard if r[1] is not None]
+    dt, rows, false, heard, found = _replay(lay, dets, truth, loc_layout, cfg.survey_sigma_m)
     guns = [r for r in heard if r[0].gunshot]
     gun_found = [r for r in guns if r[1] is not None]
     errs = [r[2] for r in found]
@@ -116,12 +122,7 @@ def big_city(rate_per_s, duration_s, seed):
     ext = float(np.abs(lay.enu_m[:, :2]).max())
     cfg = StreamConfig(lookalike_fraction=1.0, false_per_sensor_per_s=0.05, hearing_m=1200.0)
     dets, truth, loc_layout = make_stream(lay, int(rate_per_s * duration_s), duration_s, cfg, seed=seed, extent_m=ext)
-    t0 = time.perf_counter()
-    evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0, survey_sigma_m=cfg.survey_sigma_m))
-    dt = time.perf_counter() - t0
-    rows, false = score(evs, truth, lay)
-    heard = [r for r in rows if r[0].n_heard >= 6]
-    found = [r for r in heard if r[1] is not None]
+    dt, rows, false, heard, found = _replay(lay, dets, truth, loc_layout, cfg.survey_sigma_m)
     rate = len(dets) / duration_s
     print(f"196-sensor city: {rate_per_s:g} impulses/s for {duration_s:g} s, {rate:,.0f} detections/s")
     print(f"  located {len(found)}/{len(heard)}; false events {len(false)}; association {len(dets) / dt:,.0f} "

@@ -51,11 +51,11 @@ from shotnet.sensor.acoustics import speed_of_sound_m_per_s
 from shotnet.sensor.contract import NS_PER_S, Detection, Ellipse, Event
 from shotnet.sensor.layout import SensorLayout
 
-from . import kernels
-from .incidents import IncidentTracker
 from scipy.spatial import cKDTree
 from scipy.stats import f as f_dist
 
+from . import kernels
+from .incidents import IncidentTracker
 from .locate import Solution, locate, locate_wind_robust
 
 log = logging.getLogger(__name__)
@@ -491,7 +491,8 @@ class Associator:
             if merged is None:
                 self._remember(seed, now_ns)
             return merged
-        mine = [d for d in cand if d.key in set(ev.detections)]
+        ev_keys = set(ev.detections)
+        mine = [d for d in cand if d.key in ev_keys]
         if self._chance_probability(sol, t0_ns, ev, mine) > cfg.max_chance_probability:
             # As many sensors would line up this well by chance at the detection rates
             # they report now (a fireworks night): not a located shot.
@@ -874,9 +875,11 @@ class Associator:
                 keep.append(d)
         self._fed_at = {d.key: self._fed_at.get(d.key, 0) for d in keep}
         if horizon is not None:
-            # Sensor histories serve the silent-neighbour check of shots whose detections
-            # are still pending: older times can go.
-            old = horizon - self.shot_span_ns
+            # Sensor histories serve the silent-neighbour check and the chance test (rates
+            # over 10 s either side) of shots whose detections are still pending, a
+            # backlog's included: older times can go.
+            oldest = min(horizon, keep[0].t_ns) if keep else horizon
+            old = oldest - max(self.shot_span_ns, 10 * NS_PER_S)
             self._seen_from = max(self._seen_from, old)
             for sid, h in self.history.items():
                 n_old = bisect.bisect_left(h, old)

@@ -182,6 +182,25 @@ def lm_solve_many(px, py, pz, t, sigma, x0, c, z_src, max_iter, out_params, out_
             out_params[k, j] = par[j]
 
 
+@numba.njit(cache=True, nogil=True)
+def _nearest_residual(t_sorted, lo, hi, p):
+    """|t - p| for the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``; inf if empty."""
+    a = lo
+    b = hi
+    while a < b:
+        m = (a + b) >> 1
+        if t_sorted[m] < p:
+            a = m + 1
+        else:
+            b = m
+    r = np.inf
+    if a < hi:
+        r = t_sorted[a] - p
+    if a > lo and p - t_sorted[a - 1] < r:
+        r = p - t_sorted[a - 1]
+    return r
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def seed_coherence(gx, gy, z_src, sx, sy, sz, s0, t_sorted, offsets, c, wx, wy, half_window_s,
                    best_count, best_cost):
@@ -218,20 +237,7 @@ def seed_coherence(gx, gy, z_src, sx, sy, sz, s0, t_sorted, offsets, c, wx, wy, 
             dy = sy[s] - gy[g]
             dz = sz[s] - z_src
             p = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) - off
-            # First index with t >= p; the nearest detection is it or the one before.
-            a = lo
-            b = hi
-            while a < b:
-                m = (a + b) >> 1
-                if t_sorted[m] < p:
-                    a = m + 1
-                else:
-                    b = m
-            r = np.inf
-            if a < hi:
-                r = t_sorted[a] - p
-            if a > lo and p - t_sorted[a - 1] < r:
-                r = p - t_sorted[a - 1]
+            r = _nearest_residual(t_sorted, lo, hi, p)
             if r <= half_window_s:
                 cnt += 1
                 cost += r
@@ -266,25 +272,6 @@ def grid_peaks(gx, gy, count, cost, min_count, min_sep_m, k):
             if n == k:
                 break
     return out[:n]
-
-
-@numba.njit(cache=True, nogil=True)
-def _nearest_residual(t_sorted, lo, hi, p):
-    """|t - p| for the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``; inf if empty."""
-    a = lo
-    b = hi
-    while a < b:
-        m = (a + b) >> 1
-        if t_sorted[m] < p:
-            a = m + 1
-        else:
-            b = m
-    r = np.inf
-    if a < hi:
-        r = t_sorted[a] - p
-    if a > lo and p - t_sorted[a - 1] < r:
-        r = p - t_sorted[a - 1]
-    return r
 
 
 @numba.njit(cache=True, nogil=True)

@@ -3,15 +3,22 @@
 The public function :func:`locate` validates input, allocates buffers, calls the Numba
 kernel :func:`~shotnet.locator.kernels.lm_solve` and packages the result. Robustness:
 
-1. L2 Levenberg-Marquardt from the starting point (grid search or a guess);
-2. if any standardised residual is large, Cauchy IRLS, then drop detections whose
-   residual exceeds ``outlier_sigma`` and solve L2 again on the rest (echoes and blocked
-   paths are always *late*; ballistic cracks are *early*);
-3. with few sensors, RANSAC over minimal subsets instead of step 2.
+1. L2 Levenberg-Marquardt from the starting point (a search's source or a guess);
+2. with many detections always a Cauchy fit (a few moderate late arrivals can spread
+   over an L2 fit so that none stands out); with few, RANSAC over minimal subsets when
+   any standardised residual is large;
+3. the model error learned from the robust residuals (MAD), then detections dropped
+   whose residual exceeds ``outlier_sigma`` early or ``late_sigma`` late (echoes and
+   blocked paths are always *late*), and a final L2 fit on the rest.
+
+:func:`locate_wind_robust` finds those outliers under the given wind first and only then
+frees the wind (a free wind would bend to explain them).
 
 Uncertainty: the covariance ``s^2 (J^T W J)^-1`` with ``s^2 = chi^2 / (n - p)`` estimated
-from the residuals, and a 95% ellipse with the factor ``k = 2 F_0.95(2, n - p)`` (the
-chi-square factor 5.991 under-covers when sigma is estimated).
+from the residuals (never below the stated sigmas), and a 95% ellipse with the factor
+``k = 2 F_0.95(2, n - p)`` (the chi-square factor 5.991 under-covers when sigma is
+estimated); a wind that was given, with its stated error, adds its effect on the
+position to the covariance.
 """
 
 from __future__ import annotations
