@@ -8,24 +8,29 @@ with ``now_ns`` = +infinity).
 One step:
 
 1. *Attach*: a pending detection whose time matches the predicted arrival of a recent
-   event at its sensor (and whose sensor is not yet in it) joins that event; the event is
-   re-solved and re-published as a new ``version`` with the same ``event_id``.
+   event at its sensor (and whose sensor is not yet in it) joins that event; once the
+   event has gained a quarter more detections (or closes) it is re-solved and
+   re-published as a new ``version`` with the same ``event_id``.
 2. *Search*, seeded (as in REAL, Zhang et al. 2019): each pending detection in time
-   order is tried as the first arrival of a shot. The detections that can belong to the
+   order is tried as the first arrival of a shot, once sound could have reached the
+   ``min_sensors - 1`` sensors nearest its own. The detections that can belong to the
    same shot are those within one shot-span after it that pass the pair gate
-   (``|t_i - t_seed| <= |p_i - p_seed| / c`` + tolerance). The anchored space-time
-   consistency search (:func:`kernels.seed_coherence`) then counts, on a grid over the
-   part of the region where the seed's sensor is among the nearest (a first arrival comes
-   from a near sensor), the distinct sensors consistent with the seed, and refines
-   around the best nodes. A candidate needs ``min_sensors`` distinct sensors. For each
-   sensor the detection closest to the predicted arrival is taken, the shot is solved
-   robustly (:func:`locate.locate`), and detections that fit within the gate are kept. A
-   detection serves at most one shot. A seed's outcome is remembered until a new
-   detection lands in its window or its candidate matures, so each detection is
-   searched a bounded number of times however long it waits: the cost grows linearly
-   with the stream, which is what keeps a fireworks night tractable.
+   (``|t_i - t_seed| <= |p_i - p_seed| / c`` + tolerance). Sources come first from
+   triples: the seed and one detection at each of two of its nearest sensors fix a
+   source in closed form (:func:`kernels.seed_hypotheses`), scored like a grid node by
+   the distinct sensors with a detection near their predicted arrival. Only when no
+   triple explains ``min_sensors`` sensors does the anchored grid search run
+   (:func:`kernels.seed_coherence`, over the part of the region where the seed's sensor
+   is among the nearest, several separate peaks refined to 1 m). For each sensor the
+   detection closest to the predicted arrival is taken; a candidate must be unlikely as
+   a chance alignment at the detection rates around it (a fireworks night asks for more
+   sensors), is solved robustly (:func:`locate.locate`), and must not be contradicted
+   by nearer sensors that should have heard it. A detection serves at most one shot. A
+   seed's outcome is remembered until a new detection lands in its window or its
+   candidate matures, so each detection is searched a bounded number of times however
+   long it waits.
 3. *Publish* once the solution is good (``min_sensors`` used, residual RMS under
-   ``max_rms_s``): alert as soon as a good solution exists; keep the event open for
+   ``max_rms_s`` or 2.5 times the stated sigmas): alert as soon as a good solution exists; keep the event open for
    updates until sound could have reached every sensor in hearing range.
 4. *Expire*: detections older than the array's crossing time that found no shot are
    dropped and counted as unassociated (false or single-sensor impulses).
