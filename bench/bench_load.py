@@ -94,36 +94,51 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
     assert loc.stdout.readline().startswith("{")
     ctx = zmq.Context()
     senders = {sid: DetectionSender(bind, sid, ctx=ctx, resend_s=2.0) for sid in lay.ids}
-    samples = []
-    next_sample = time.monotonic()
-    k = 0
-    latency_ns = int(0.2 * NS_PER_S)
-    while k < len(stream):
-        now = time.time_ns()
-        while k < len(stream) and stream[k].t_ns + latency_ns <= now:
-            senders[stream[k].sensor_id].send(stream[k])
-            k += 1
+    try:
+        samples = []
+        next_sample = time.monotonic()
+        k = 0
+        latency_ns = int(0.2 * NS_PER_S)
+        while k < len(stream):
+            now = time.time_ns()
+            while k < len(stream) and stream[k].t_ns + latency_ns <= now:
+                senders[stream[k].sensor_id].send(stream[k])
+                k += 1
+            for s in senders.values():
+                s.poll(0)
+            if time.monotonic() >= next_sample:
+                backlog = sum(s.depth for s in senders.values())
+                samples.append(((now - t_start) / NS_PER_S, backlog, _rss_mb(loc.pid)))
+                next_sample += 1.0
+                if verbose:
+                    print(f"  t={samples[-1][0]:5.1f} s  sent {k:6d}  unacknowledged {backlog:5d}  "
+                          f"locator RSS {samples[-1][2]:.0f} MB", flush=True)
+            time.sleep(0.002)
+        end = time.monotonic() + 15.0
+        while time.monotonic() < end and sum(s.depth for s in senders.values()):
+            for s in senders.values():
+                s.poll(5)
+        left = sum(s.depth for s in senders.values())
+        time.sleep(8.0)                          # sound crosses the city; the last shots settle
+        loc.send_signal(signal.SIGTERM)
+        try:
+            loc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            loc.send_signal(signal.SIGUSR1)      # the locator dumps every thread's stack to its log
+            time.sleep(1.0)
+            loc.kill()
+            loc.wait()
+            log_tail = (work / "locator.log").read_text()[-6000:]
+            raise RuntimeError(f"the locator did not stop within 120 s of SIGTERM; its log ends:\n{log_tail}") from None
+    finally:
+        # Sockets closed and the context destroyed even when this run fails: a context
+        # left to the garbage collector blocks in term() (and hangs whatever runs next).
         for s in senders.values():
-            s.poll(0)
-        if time.monotonic() >= next_sample:
-            backlog = sum(s.depth for s in senders.values())
-            samples.append(((now - t_start) / NS_PER_S, backlog, _rss_mb(loc.pid)))
-            next_sample += 1.0
-            if verbose:
-                print(f"  t={samples[-1][0]:5.1f} s  sent {k:6d}  unacknowledged {backlog:5d}  "
-                      f"locator RSS {samples[-1][2]:.0f} MB", flush=True)
-        time.sleep(0.002)
-    end = time.monotonic() + 15.0
-    while time.monotonic() < end and sum(s.depth for s in senders.values()):
-        for s in senders.values():
-            s.poll(5)
-    left = sum(s.depth for s in senders.values())
-    time.sleep(8.0)                          # sound crosses the city; the last shots settle
-    loc.send_signal(signal.SIGTERM)
-    loc.wait(timeout=120)
-    for s in senders.values():
-        s.close()
-    ctx.destroy(linger=0)
+            s.close()
+        ctx.destroy(linger=0)
+        if loc.poll() is None:
+            loc.kill()
+            loc.wait()
     st = Store(work / "loc.sqlite")
     stored = st.count_detections()
     events = st.events()

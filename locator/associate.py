@@ -898,9 +898,10 @@ class Associator:
             keep = keep[-self.cfg.max_pending:]
         self.pending = keep
 
-    def flush(self) -> list[Event]:
-        """End of stream: search everything, then close all events."""
-        out = self.step(NOW_INFINITE)
+    def flush(self, budget_s: float | None = None) -> list[Event]:
+        """End of stream: search everything (for at most ``budget_s`` of compute, if
+        given), then close all events."""
+        out = self.step(NOW_INFINITE, budget_s=budget_s)
         self.recent += self.open
         self.open = []
         return out

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import faulthandler
 import json
 import logging
 import signal
@@ -499,13 +500,17 @@ class LocatorService:
             else:
                 time.sleep(min(0.005, next_step - now))
 
-    def close(self, max_flush: int = 500) -> None:
-        """Stop: search what is pending and publish, unless more than ``max_flush``
-        detections are waiting (an overloaded night): they are all in the store, and the
-        next start replays them, so shutting down stays quick."""
+    def close(self, max_flush: int = 500, flush_budget_s: float = 5.0) -> None:
+        """Stop: search what is pending (for at most ``flush_budget_s``) and publish,
+        unless more than ``max_flush`` detections are waiting (an overloaded night): they
+        are all in the store, and the next start replays them, so shutting down stays
+        quick."""
         if len(self.assoc.pending) <= max_flush:
-            for ev in self.assoc.flush():
+            t0 = time.monotonic()
+            for ev in self.assoc.flush(budget_s=flush_budget_s):
                 self.publish(ev)
+            if time.monotonic() - t0 > flush_budget_s + 1.0:
+                log.warning("the final association step took %.1f s", time.monotonic() - t0)
         else:
             log.warning("stopping with %d detections not yet associated: stored, replayed at the next start",
                         len(self.assoc.pending))
@@ -606,6 +611,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
     signal.signal(signal.SIGHUP, lambda *_: svc.reload_keys())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: every thread's stack on stderr
     print(json.dumps({"ready": True, "bind": svc.endpoint, "pub": svc.pub_endpoint, "store": svc_cfg.store,
                       "metrics_port": svc_cfg.metrics_port}), flush=True)
     try:
