@@ -243,12 +243,17 @@ class Associator:
         self.pending.append(det)
         self._new_times.append(det.t_ns)
         self._fed_at[det.key] = self._now
+        self._heard(det)
+        return True
+
+    def _heard(self, det: Detection) -> None:
+        """Record that ``det``'s sensor heard something at its time (sensor histories for
+        the silent-neighbour check and the chance test)."""
         bisect.insort(self.history.setdefault(det.sensor_id, []), det.t_ns)
         self._seen_from = min(self._seen_from, det.t_ns)
         self._seen_to = max(self._seen_to, det.t_ns)
         if det.snr_db is not None:
             self._snr[(det.sensor_id, det.t_ns)] = det.snr_db
-        return True
 
     def _corrected(self, det: Detection) -> Detection:
         """Apply the sensor's clock offset measured by the survey (shotnet calibrate survey)."""
@@ -278,11 +283,7 @@ class Associator:
             used.update(ev.detections)
             for d in mine:
                 self.seen.add(d.key)
-                bisect.insort(self.history.setdefault(d.sensor_id, []), d.t_ns)
-                self._seen_from = min(self._seen_from, d.t_ns)
-                self._seen_to = max(self._seen_to, d.t_ns)
-                if d.snr_db is not None:
-                    self._snr[(d.sensor_id, d.t_ns)] = d.snr_db
+                self._heard(d)
         for d in sorted(dets, key=lambda d: d.t_ns):
             if d.key not in used:
                 self.feed(d)
@@ -709,22 +710,21 @@ class Associator:
         """An open or recent event that is this solution's shot: as close in time, and
         closer than ``same_shot_m`` plus both 95% ellipses' major semi-axes (a shot's
         detections found in two groups give two rough solutions of one place)."""
-        r_new = sol.ellipse95()[0]
-        for op in self.open + self.recent[-50:]:
-            if abs(op.t0_ns - t0_ns) <= self.cfg.same_shot_s * NS_PER_S and \
-                    math.hypot(op.sol.x_m - sol.x_m, op.sol.y_m - sol.y_m) <= \
-                    self.cfg.same_shot_m + r_new + op.event.ellipse95_m.major:
-                return op
-        return None
+        return self._shot_at(sol.x_m, sol.y_m, t0_ns, sol.ellipse95()[0], self.open + self.recent[-50:])
 
     def _near_event(self, x: float, y: float, t0_ns: int) -> _Open | None:
         """An open event that a search's rough source (before its solve) belongs to: as
         close in time as one shot, within the event's ellipse plus the search's
         resolution and ``same_shot_m``."""
-        for op in self.open:
+        return self._shot_at(x, y, t0_ns, self.cfg.coarse_cell_m, self.open)
+
+    def _shot_at(self, x: float, y: float, t0_ns: int, radius_m: float, events: list[_Open]) -> _Open | None:
+        """The first of ``events`` within ``same_shot_s`` of ``t0_ns`` and within
+        ``same_shot_m`` + ``radius_m`` + its own ellipse's major semi-axis of (x, y)."""
+        for op in events:
             if abs(op.t0_ns - t0_ns) <= self.cfg.same_shot_s * NS_PER_S and \
                     math.hypot(op.sol.x_m - x, op.sol.y_m - y) <= \
-                    self.cfg.same_shot_m + op.event.ellipse95_m.major + self.cfg.coarse_cell_m:
+                    self.cfg.same_shot_m + radius_m + op.event.ellipse95_m.major:
                 return op
         return None
 
