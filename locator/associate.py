@@ -58,6 +58,7 @@ from shotnet.sensor.layout import SensorLayout
 
 from scipy.spatial import cKDTree
 from scipy.stats import f as f_dist
+from scipy.stats import poisson
 
 from . import kernels
 from .incidents import IncidentTracker
@@ -151,6 +152,7 @@ class AssocStats:
     echoes: int = 0
     chance: int = 0                 # candidates that chance alignments explain as well
     silent_neighbours: int = 0
+    explained: int = 0              # seeds not searched: an open shot's arrival (or its echo)
 
 
 def _event_id(keys: list[str]) -> str:
@@ -182,6 +184,7 @@ class Associator:
         self._memo: dict[str, list] = {}
         self._failed: dict[str, frozenset] = {}
         self._new_times: list[int] = []
+        self._rate_cache: dict[int, np.ndarray] = {}  # second -> per-sensor rates, this step
         self.seen: set[str] = set()
         self.open: list[_Open] = []
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
@@ -299,6 +302,7 @@ class Associator:
         if now_ns != NOW_INFINITE:
             self._now = max(self._now, now_ns)
         self.pending.sort(key=lambda d: d.t_ns)
+        self._rate_cache.clear()
         out += self._attach_pending(now_ns)
         self._forget_stale_seeds()
         out += self._search(now_ns, None if budget_s is None else time.perf_counter() + budget_s)
@@ -375,16 +379,24 @@ class Associator:
         m = self._memo.get(key)
         return m is not None and (now_ns < m[1] or (m[3] > 0 and (m[2] is None or now_ns < m[2])))
 
-    def _remember(self, seed: Detection, now_ns: int, need_new: int = 1) -> None:
+    def _remember(self, seed: Detection, now_ns: int, need_new: int = 1, members: list[Detection] = ()) -> None:
         """A seed found no shot: search it again once ``need_new`` more detections have
         landed in its window, and (while its window is still filling) not before its
-        age has grown by half, so a seed in a dense stream is searched O(log) times."""
+        age has grown by half, so a seed in a dense stream is searched O(log) times.
+
+        ``members``, the later detections of a candidate that is not (yet) convincing,
+        wait as long as the seed: searched from the seed again, the candidate will have
+        grown, and searching each of them alone now would only find less of it."""
         age = now_ns - seed.t_ns
         if now_ns == NOW_INFINITE or age > self.shot_span_ns + self.cfg.latency_slack_s * NS_PER_S:
             not_before = 0
         else:
             not_before = seed.t_ns + max(int(1.5 * age), int(0.25 * NS_PER_S))
         self._memo[seed.key] = [seed.t_ns, not_before, None, max(1, need_new)]
+        for d in members:
+            if d.key != seed.key:
+                m = self._memo.get(d.key)
+                self._memo[d.key] = [d.t_ns, max(not_before, m[1] if m else 0), None, 1]
 
     def _search(self, now_ns: int, deadline: float | None = None) -> list[Event]:
         """Try each pending detection, in time order, as the first arrival of a shot."""
@@ -392,6 +404,7 @@ class Associator:
         skip: set[str] = set()      # members of a candidate waiting to mature, this step
         k = 0
         arrays = None
+        explained = self._explained_by_open()
         while k < len(self.pending):
             if deadline is not None and time.perf_counter() > deadline:
                 self.stats.budget_exhausted += 1
@@ -401,6 +414,12 @@ class Associator:
             if d.key in skip or self._asleep(d.key, now_ns) or \
                     now_ns - d.t_ns < self._first_search_ns[self.idx[d.sensor_id]]:
                 continue
+            until = explained(d.t_ns, self.idx[d.sensor_id])
+            if until is not None:
+                # Not searched while that event is open (nothing can wake it sooner).
+                self.stats.explained += 1
+                self._memo[d.key] = [d.t_ns, until, None, 0]
+                continue
             if arrays is None:
                 arrays = (np.array([p.t_ns for p in self.pending], dtype=np.int64),
                           np.array([self.idx[p.sensor_id] for p in self.pending], dtype=np.int64))
@@ -408,6 +427,7 @@ class Associator:
             ev = self._search_seed(k - 1, now_ns, skip, *arrays)
             if ev is not None:
                 out.append(ev)
+                explained = self._explained_by_open()
             if len(self.pending) != n_before:
                 # Detections were consumed: carry on from the first one still pending
                 # at or after this seed's time.
@@ -452,6 +472,8 @@ class Associator:
             si = int(sens[i])
             if si not in chosen or r[i] < r[chosen[si]]:
                 chosen[si] = int(i)
+        chosen = self._significant_disc(x0, y0, seed.t_ns + int(tau0 * NS_PER_S), s0, chosen, sens,
+                                        w_f + cfg.gate_s)
         cand = sorted([seed] + [self.pending[int(js[i])] for i in chosen.values()], key=lambda d: d.t_ns)
         if len(cand) < cfg.min_sensors:
             self._remember(seed, now_ns, need_new=cfg.min_sensors - len(cand))
@@ -524,6 +546,34 @@ class Associator:
         self.open.append(_Open(ev, sol, [d for d in cand if d.key in used], close_at, t0_ns))
         self.stats.events += 1
         return ev
+
+    def _significant_disc(self, x: float, y: float, t0_ns: int, s0: int, chosen: dict, sens: np.ndarray,
+                          w_s: float) -> dict:
+        """Keep the sensors that heard the source at ``(x, y)``, not the chance detections
+        that far sensors (beyond hearing range) have near their predicted arrivals.
+
+        Sensors are taken in order of distance from the source; of every disc around it
+        holding the seed's sensor, the one whose count of matched sensors is least likely
+        by chance (Poisson tail at the sensors' detection rates within +-``w_s``, less the
+        three the fit would line up anyway) gives the candidate. ``chosen`` maps a
+        sensor index to its detection's position in the window (``sens`` the window's
+        sensor indices); the kept part is returned."""
+        if not chosen:
+            return chosen
+        dist = np.hypot(self.pos[:, 0] - x, self.pos[:, 1] - y)
+        order = np.argsort(dist, kind="stable")
+        matched = np.zeros(len(dist), dtype=bool)
+        matched[[int(sens[i]) for i in chosen.values()]] = True
+        matched[s0] = True
+        p = -np.expm1(-self._rates(t0_ns) * 2.0 * w_s)
+        n = np.cumsum(matched[order])
+        lam = np.cumsum(p[order])
+        ends = np.flatnonzero(matched[order] & (n >= self.cfg.min_sensors) & (dist[order] >= dist[s0]))
+        if len(ends) == 0:
+            return chosen
+        logsf = poisson.logsf(n[ends] - 4, lam[ends])     # log P(X >= n - 3)
+        r_keep = dist[order[ends[int(np.argmin(logsf))]]]
+        return {si: i for si, i in chosen.items() if dist[si] <= r_keep}
 
     def _hypotheses(self, s0: int, t: np.ndarray, offsets: np.ndarray):
         """The fast path: sources from triples (the seed and detections at two of its
@@ -659,16 +709,23 @@ class Associator:
         ``src`` have a detection within +-``w_s`` of the predicted arrival by chance)."""
         dist = np.linalg.norm(self.pos - np.asarray(src, dtype=np.float64), axis=1)
         r_max = max(dist[self.idx[s]] for s in sensor_ids)
-        w_ns = w_s * NS_PER_S
-        lo = max(t0_ns - 10 * NS_PER_S, self._seen_from)
-        hi = min(t0_ns + 10 * NS_PER_S, self._seen_to)
-        span = max(hi - lo, NS_PER_S)
-        counts = []
-        for k in np.flatnonzero(dist <= r_max):
-            h = self.history.get(self.layout.ids[k], ())
-            counts.append(bisect.bisect_right(h, hi) - bisect.bisect_left(h, lo))
-        p = -np.expm1(-np.asarray(counts, dtype=np.float64) / span * 2.0 * w_ns)
+        p = -np.expm1(-self._rates(t0_ns)[dist <= r_max] * 2.0 * w_s)
         return kernels.poisson_binomial_tail(p, max(n_evidence, 0))
+
+    def _rates(self, t_ns: int) -> np.ndarray:
+        """Each sensor's detection rate (per s) over the 20 s around ``t_ns`` (as much of
+        it as the histories cover). Cached per second of ``t_ns`` within a step."""
+        b = t_ns // NS_PER_S
+        got = self._rate_cache.get(b)
+        if got is None:
+            lo = max((b - 10) * NS_PER_S, self._seen_from)
+            hi = min((b + 11) * NS_PER_S, self._seen_to)
+            span = max(hi - lo, NS_PER_S) / NS_PER_S
+            got = np.zeros(len(self.layout))
+            for sid, h in self.history.items():
+                got[self.idx[sid]] = (bisect.bisect_right(h, hi) - bisect.bisect_left(h, lo)) / span
+            self._rate_cache[b] = got
+        return got
 
     def _arrivals(self, op: _Open) -> tuple[np.ndarray, np.ndarray]:
         """An open event's predicted arrival (ns) at every sensor and how far (ns) a
@@ -685,10 +742,37 @@ class Associator:
         sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, op.sol.cov[np.ix_(k, k)], jac), 0.0))
         gate = self._gate_s(dist, sd_pred) * NS_PER_S
         used = [self.idx[d.sensor_id] for d in op.dets]
-        pred[used] = -1
-        gate[used] = 0.0
-        op.arrivals = (op.event.version, pred, gate)
-        return pred, gate
+        # For _explained_by_open: the shot's arrivals at its own sensors and at those no
+        # farther than they are (beyond, its arrivals are not heard, and on a crowded
+        # night every detection would be near some far event's prediction).
+        far = dist > dist[used].max()
+        op.arrivals = (op.event.version, pred.copy(), gate.copy(), np.where(far, -NOW_INFINITE, pred), gate)
+        op.arrivals[1][used] = -1
+        op.arrivals[2][used] = 0.0
+        return op.arrivals[1], op.arrivals[2]
+
+    def _explained_by_open(self):
+        """A test of whether a detection (time ns, sensor index) is the arrival, early by
+        at most the gate or late by at most ``late_allowance_s`` more, of a shot already
+        located and still open (its own sensors' included: a second detection there is
+        the shot's echo). Such a detection is not tried as the first arrival of a new
+        shot: the node's dead time means one detection cannot be two arrivals, and a
+        new shot there is found from its other sensors' detections."""
+        if not self.open:
+            return lambda t_ns, s: None
+        for op in self.open:
+            self._arrivals(op)
+        pred = np.stack([op.arrivals[3] for op in self.open])
+        gate = np.stack([op.arrivals[4] for op in self.open])
+        close = np.array([op.close_at_ns for op in self.open], dtype=np.int64)
+        late = self.cfg.late_allowance_s * NS_PER_S
+
+        def explained(t_ns: int, s: int) -> int | None:
+            """The clock at which the last event explaining it closes, or None."""
+            r = t_ns - pred[:, s]
+            hit = (r >= -gate[:, s]) & (r <= gate[:, s] + late)
+            return int(close[hit].max()) if hit.any() else None
+        return explained
 
     def _consume(self, keys: set[str]) -> None:
         """Take detections out of the pending list: they now belong to a shot (or an

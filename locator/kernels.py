@@ -300,6 +300,12 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     n_sens = sx.shape[0]
     n_nb = nbrs.shape[0]
     dz0 = sz[s0] - z_src
+    busy = np.empty(n_sens, dtype=np.int64)     # the other sensors with detections
+    n_busy = 0
+    for s in range(n_sens):
+        if s != s0 and offsets[s + 1] > offsets[s]:
+            busy[n_busy] = s
+            n_busy += 1
     for ia in range(n_nb):
         a = nbrs[ia]
         qax = sx[a] - sx[s0]
@@ -331,54 +337,60 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                     qa = vx * vx + vy * vy - 1.0
                     qb = -2.0 * (ux * vx + uy * vy)
                     qc = ux * ux + uy * uy + dz0 * dz0
-                    roots = np.empty(2)
-                    nr = 0
+                    r1 = r2 = -1.0
                     if abs(qa) < 1e-12:
                         if abs(qb) > 1e-12:
-                            roots[0] = -qc / qb
-                            nr = 1
+                            r1 = -qc / qb
                     else:
                         disc = qb * qb - 4.0 * qa * qc
                         if disc >= 0.0:
                             sq = math.sqrt(disc)
-                            roots[0] = (-qb - sq) / (2.0 * qa)
-                            roots[1] = (-qb + sq) / (2.0 * qa)
-                            nr = 2
-                    for ir in range(nr):
-                        d0 = roots[ir]
+                            r1 = (-qb - sq) / (2.0 * qa)
+                            r2 = (-qb + sq) / (2.0 * qa)
+                    for ir in range(2):
+                        d0 = r1 if ir == 0 else r2
                         if d0 < 0.0 or d0 + fa < 0.0 or d0 + fb < 0.0:
                             continue
                         x = sx[s0] + ux - d0 * vx
                         y = sy[s0] + uy - d0 * vy
                         if x < x_lo or x > x_hi or y < y_lo or y > y_hi:
                             continue
-                        # Score it like a grid node.
+                        # A first arrival comes from near the source: the seed's sensor
+                        # must be within seed_region_m of the nearest sensor's range.
                         dx = sx[s0] - x
                         dy = sy[s0] - y
                         r0 = math.sqrt(dx * dx + dy * dy + dz0 * dz0)
-                        off = r0 / c - (dx * wx + dy * wy) / (c * c)
-                        dmin = r0
-                        cnt = 1
-                        cost = 0.0
+                        far = False
                         for s in range(n_sens):
-                            if s == s0:
-                                continue
                             dx = sx[s] - x
                             dy = sy[s] - y
                             dz = sz[s] - z_src
-                            ds = math.sqrt(dx * dx + dy * dy + dz * dz)
-                            if ds < dmin:
-                                dmin = ds
-                            lo = offsets[s]
-                            hi = offsets[s + 1]
-                            if lo == hi:
-                                continue
-                            p = ds / c - (dx * wx + dy * wy) / (c * c) - off
-                            r = _nearest_residual(t_sorted, lo, hi, p)
+                            if r0 - math.sqrt(dx * dx + dy * dy + dz * dz) > seed_region_m:
+                                far = True
+                                break
+                        if far:
+                            continue
+                        # Score it like a grid node; stop once it cannot beat the
+                        # worst source kept.
+                        bar = out_cnt[k_out - 1] if n_out == k_out else 0
+                        dx = sx[s0] - x
+                        dy = sy[s0] - y
+                        off = r0 / c - (dx * wx + dy * wy) / (c * c)
+                        cnt = 1
+                        cost = 0.0
+                        for i in range(n_busy):
+                            s = busy[i]
+                            if cnt + n_busy - i < bar:
+                                break
+                            dx = sx[s] - x
+                            dy = sy[s] - y
+                            dz = sz[s] - z_src
+                            p = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) - off
+                            r = _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p)
                             if r <= half_window_s:
                                 cnt += 1
                                 cost += r
-                        if r0 - dmin > seed_region_m:
+                        if cnt < bar:
                             continue
                         # Insert into the best list (distinct sources only).
                         pos = n_out
