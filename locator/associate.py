@@ -58,11 +58,10 @@ from shotnet.sensor.layout import SensorLayout
 
 from scipy.spatial import cKDTree
 from scipy.stats import f as f_dist
-from scipy.stats import poisson
 
 from . import kernels
 from .incidents import IncidentTracker
-from .locate import Solution, locate, locate_wind_robust
+from .locate import Solution, _median, locate, locate_wind_robust
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +502,7 @@ class Associator:
         # Before the solve: could this many detections pass the chance-alignment test
         # at all? (The solve can only drop detections and widen the window.)
         if self._chance((x0, y0, self.z_src), t0_guess_ns, {d.sensor_id for d in cand},
-                        3.0 * float(np.median(self._sigma(cand))), len(cand) - 3) > cfg.max_chance_probability:
+                        3.0 * _median(self._sigma(cand)), len(cand) - 3) > cfg.max_chance_probability:
             self.stats.chance += 1
             self._remember(seed, now_ns)
             return None
@@ -561,18 +560,13 @@ class Associator:
         if not chosen:
             return chosen
         dist = np.hypot(self.pos[:, 0] - x, self.pos[:, 1] - y)
-        order = np.argsort(dist, kind="stable")
-        matched = np.zeros(len(dist), dtype=bool)
+        matched = np.zeros(len(dist), dtype=np.bool_)
         matched[[int(sens[i]) for i in chosen.values()]] = True
         matched[s0] = True
         p = -np.expm1(-self._rates(t0_ns) * 2.0 * w_s)
-        n = np.cumsum(matched[order])
-        lam = np.cumsum(p[order])
-        ends = np.flatnonzero(matched[order] & (n >= self.cfg.min_sensors) & (dist[order] >= dist[s0]))
-        if len(ends) == 0:
+        r_keep = kernels.significant_radius(dist, matched, p, float(dist[s0]), int(self.cfg.min_sensors), 3)
+        if r_keep < 0:
             return chosen
-        logsf = poisson.logsf(n[ends] - 4, lam[ends])     # log P(X >= n - 3)
-        r_keep = dist[order[ends[int(np.argmin(logsf))]]]
         return {si: i for si, i in chosen.items() if dist[si] <= r_keep}
 
     def _hypotheses(self, s0: int, t: np.ndarray, offsets: np.ndarray):

@@ -454,3 +454,180 @@ def poisson_binomial_tail(p, n):
     for k in range(n, m + 1):
         tail += pmf[k]
     return min(tail, 1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def predict_arrivals(px, py, pz, params, ndim, z_src, c, wx, wy, out):
+    """Predicted arrival times (s) at every sensor for ``params`` = ``[x, y, (z,) t0, ...]``:
+    the exact travel time in a uniform wind ``(wx, wy)`` (m/s) plus the emission time."""
+    sxp = params[0]
+    syp = params[1]
+    szp = params[2] if ndim == 3 else z_src
+    a = c * c - wx * wx - wy * wy
+    for i in range(px.shape[0]):
+        dx = px[i] - sxp
+        dy = py[i] - syp
+        dz = pz[i] - szp
+        dw = dx * wx + dy * wy
+        out[i] = params[ndim] + (-dw + math.sqrt(dw * dw + a * (dx * dx + dy * dy + dz * dz))) / a
+
+
+@numba.njit(cache=True, nogil=True)
+def _mad(x):
+    """1.4826 x the median absolute deviation (a robust sigma)."""
+    med = np.median(x)
+    return 1.4826 * np.median(np.abs(x - med))
+
+
+@numba.njit(cache=True, nogil=True)
+def robust_fit(px, py, pz, t, sigma, x0, c, z_src, ndim, est_wind, wind, outlier_sigma, late_sigma,
+               max_wind, min_used, out_par, out_cov, out_mask, out_r, out_sig):
+    """The robust stages of :func:`shotnet.locator.locate.locate` for many detections
+    (no RANSAC), in one compiled call: an L2 fit from ``x0``; a Cauchy fit at twice the
+    residuals' robust spread; the model error learned from the robust residuals (MAD)
+    and added to every sigma; detections beyond ``outlier_sigma`` early or ``late_sigma``
+    late dropped; a final L2 fit on the rest.
+
+    Writes the parameters, the unscaled covariance ``(J^T W J)^-1``, the mask of kept
+    detections, the residuals (s, all detections) and the inflated sigmas (s). Returns
+    0 on success, 1 if the wind was estimated and came out singular or beyond
+    ``max_wind`` on the first fit (solve again with the wind as given), 2 on failure.
+    """
+    n = t.shape[0]
+    m = ndim + 1 + (2 if est_wind else 0)
+    mask = np.ones(n, dtype=np.int8)
+    par = np.empty(m)
+    cov = np.empty((m, m))
+    chi2 = lm_solve(px, py, pz, t, sigma, mask, x0, c, z_src, ndim, est_wind, wind, LOSS_L2, 1.0, 50, par, cov)
+    if est_wind and (chi2 < 0 or math.hypot(par[ndim + 1], par[ndim + 2]) > max_wind):
+        return 1
+    if chi2 < 0:
+        return 2
+    wx = par[ndim + 1] if est_wind else wind[0]
+    wy = par[ndim + 2] if est_wind else wind[1]
+    r = np.empty(n)
+    predict_arrivals(px, py, pz, par, ndim, z_src, c, wx, wy, r)
+    for i in range(n):
+        r[i] = (t[i] - r[i]) / sigma[i]
+    scale = max(1.0, _mad(r))
+    par_c = np.empty(m)
+    cov_c = np.empty((m, m))
+    chi2c = lm_solve(px, py, pz, t, sigma, mask, par, c, z_src, ndim, est_wind, wind, LOSS_CAUCHY, 2.0 * scale,
+                     50, par_c, cov_c)
+    robust = False
+    if chi2c >= 0 and not (est_wind and math.hypot(par_c[ndim + 1], par_c[ndim + 2]) > max_wind):
+        par = par_c
+        robust = True
+    wx = par[ndim + 1] if est_wind else wind[0]
+    wy = par[ndim + 2] if est_wind else wind[1]
+    predict_arrivals(px, py, pz, par, ndim, z_src, c, wx, wy, r)
+    for i in range(n):
+        r[i] = t[i] - r[i]
+    s_rob = _mad(r)
+    s_model2 = max(0.0, s_rob * s_rob - np.median(sigma * sigma))
+    sig = np.sqrt(sigma * sigma + s_model2)
+    n_used = 0
+    for i in range(n):
+        z = r[i] / sig[i]
+        mask[i] = 1 if (z >= -outlier_sigma and z <= late_sigma) else 0
+        n_used += mask[i]
+    if n_used < max(min_used, m):
+        return 2
+    if robust or n_used < n or s_model2 > 0:
+        chi2 = lm_solve(px, py, pz, t, sig, mask, par, c, z_src, ndim, est_wind, wind, LOSS_L2, 1.0, 50, par, cov)
+        if chi2 < 0 or (est_wind and math.hypot(par[ndim + 1], par[ndim + 2]) > max_wind):
+            return 2
+        wx = par[ndim + 1] if est_wind else wind[0]
+        wy = par[ndim + 2] if est_wind else wind[1]
+        predict_arrivals(px, py, pz, par, ndim, z_src, c, wx, wy, r)
+        for i in range(n):
+            r[i] = t[i] - r[i]
+    for a in range(m):
+        out_par[a] = par[a]
+        for b in range(m):
+            out_cov[a, b] = cov[a, b]
+    for i in range(n):
+        out_mask[i] = mask[i]
+        out_r[i] = r[i]
+        out_sig[i] = sig[i]
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def wind_cov(px, py, pz, sig, mask, par, ndim, z_src, c, wind_sigma, out):
+    """Covariance (of x, y, (z,) t0; ``out`` (ndim+1, ndim+1)) caused by an error of
+    ``wind_sigma`` m/s in each component of a wind that was given rather than estimated.
+
+    To first order a wind error ``dw`` moves the arrivals by ``G dw`` (``G = -d/c^2``,
+    ``d`` sensor minus source); weighted least squares maps that to ``S dw`` with
+    ``S = (J^T W J)^-1 J^T W G``, so the added covariance is ``wind_sigma^2 S S^T``.
+    Returns False (``out`` untouched) when ``J^T W J`` is singular."""
+    k = ndim + 1
+    jtj = np.zeros((k, k))
+    jtg = np.zeros((k, 2))
+    row = np.empty(k)
+    szp = par[2] if ndim == 3 else z_src
+    for i in range(px.shape[0]):
+        if not mask[i]:
+            continue
+        dx = px[i] - par[0]
+        dy = py[i] - par[1]
+        dz = pz[i] - szp
+        r = math.sqrt(dx * dx + dy * dy + dz * dz)
+        row[0] = -dx / (c * r)
+        row[1] = -dy / (c * r)
+        if ndim == 3:
+            row[2] = -dz / (c * r)
+        row[ndim] = 1.0
+        w = 1.0 / (sig[i] * sig[i])
+        gx = -dx / (c * c)
+        gy = -dy / (c * c)
+        for a in range(k):
+            jtg[a, 0] += row[a] * w * gx
+            jtg[a, 1] += row[a] * w * gy
+            for b in range(k):
+                jtj[a, b] += row[a] * w * row[b]
+    if abs(np.linalg.det(jtj)) < 1e-300:
+        return False
+    s_mat = np.linalg.solve(jtj, jtg)
+    ws2 = wind_sigma * wind_sigma
+    for a in range(k):
+        for b in range(k):
+            out[a, b] = ws2 * (s_mat[a, 0] * s_mat[b, 0] + s_mat[a, 1] * s_mat[b, 1])
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def significant_radius(dist, matched, p, r_min, min_count, n_free):
+    """The radius of the most significant disc around a source.
+
+    ``dist`` (m) are the sensors' distances from the source, ``matched`` whether each has
+    a detection near its predicted arrival, ``p`` the chance of such a detection at each.
+    Among discs with radius >= ``r_min`` holding >= ``min_count`` matched sensors, returns
+    the radius (a matched sensor's distance) at which the matched count beyond
+    ``n_free`` is least likely by chance: the log Poisson tail ``P(X >= n - n_free)`` at
+    the summed ``p``, bounded as ``pmf(k) (k + 1) / (k + 1 - lambda)``. Returns -1.0
+    when no disc qualifies."""
+    order = np.argsort(dist)
+    n = 0
+    lam = 0.0
+    best = 0.0
+    best_r = -1.0
+    for i in order:
+        lam += p[i]
+        if not matched[i]:
+            continue
+        n += 1
+        if n < min_count or dist[i] < r_min:
+            continue
+        k = n - n_free
+        if k + 1 > lam and lam > 0:
+            logtail = k * math.log(lam) - lam - math.lgamma(k + 1.0) + math.log((k + 1.0) / (k + 1.0 - lam))
+        elif lam <= 0:
+            logtail = -1e300
+        else:
+            logtail = 0.0
+        if best_r < 0 or logtail < best:
+            best = logtail
+            best_r = dist[i]
+    return best_r

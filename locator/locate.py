@@ -182,6 +182,22 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     mask = np.ones(n, dtype=bool)
 
     cols = tuple(np.ascontiguousarray(pos[:, k]) for k in range(3))  # once, not per solve
+    if n >= ransac_below:
+        # Many detections: the same stages in one compiled call (no RANSAC needed).
+        par, cov = np.zeros(p), np.zeros((p, p))
+        used, r = np.zeros(n, dtype=np.int8), np.zeros(n)
+        sig_out = np.zeros(n)
+        status = kernels.robust_fit(cols[0], cols[1], cols[2], t, sig, x0, mod.c, mod.z_src, ndim, mod.est_wind,
+                                    mod.wind, float(outlier_sigma), float(late_sigma), float(max_wind_m_per_s),
+                                    int(min_used), par, cov, used, r, sig_out)
+        if status == 1:
+            return locate(pos_m, t_s, sigma_s, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0[: ndim + 1], ndim=ndim,
+                          wind_m_per_s=wind_m_per_s, estimate_wind=False, outlier_sigma=outlier_sigma,
+                          ransac_below=ransac_below, min_used=min_used, late_sigma=late_sigma,
+                          wind_sigma_m_per_s=wind_sigma_m_per_s)
+        if status != 0:
+            return None
+        return _finish(pos, par, cov, used.astype(bool), r, sig_out, mod, wind_sigma_m_per_s)
     par, cov, chi2 = _solve(cols, t, sig, mask, x0, mod, kernels.LOSS_L2, 1.0)
     if mod.est_wind and (chi2 < 0 or np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
         # Too little geometry to tell wind from position: solve with the wind as given.
@@ -227,9 +243,13 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
         par, cov, chi2 = _solve(cols, t, sig, mask, par, mod, kernels.LOSS_L2, 1.0)
         if chi2 < 0 or (mod.est_wind and np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
             return None
-    r = t - _predict(pos, par, mod)
-    used = mask
-    dof = int(used.sum()) - p
+    return _finish(pos, par, cov, mask, t - _predict(pos, par, mod), sig, mod, wind_sigma_m_per_s)
+
+
+def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float) -> Solution:
+    """Package a fit: covariance scaled by the residuals, a given wind's error added."""
+    ndim = mod.ndim
+    dof = int(used.sum()) - mod.n_params
     chi2 = float(np.sum((r[used] / sig[used]) ** 2))
     # Scale the covariance by the residuals (sigma estimated: F-distribution factor), but
     # never below the stated sigmas: a few detections that fit by chance must not shrink
@@ -239,8 +259,14 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
         scale2, k = chi2 / dof, ellipse_factor(dof, estimated=True)
     cov = cov * scale2
     if not mod.est_wind and wind_sigma_m_per_s > 0:
-        cov = cov + _wind_cov(pos[used], par, sig[used], mod, wind_sigma_m_per_s)
+        add = np.zeros((ndim + 1, ndim + 1))
+        if kernels.wind_cov(np.ascontiguousarray(pos[:, 0]), np.ascontiguousarray(pos[:, 1]),
+                            np.ascontiguousarray(pos[:, 2]), sig, used, par, ndim, mod.z_src, mod.c,
+                            float(wind_sigma_m_per_s), add):
+            cov = cov.copy()
+            cov[:ndim + 1, :ndim + 1] += add
     wx, wy = mod.wind_of(par)
+    z_src_m = mod.z_src
     return Solution(
         x_m=float(par[0]), y_m=float(par[1]), z_m=float(par[2]) if ndim == 3 else float(z_src_m),
         t0_s=float(par[ndim]), cov=cov, used=used, residuals_s=r, chi2=chi2, dof=dof,
@@ -276,33 +302,6 @@ def locate_wind_robust(pos_m, t_s, sigma_s, *, c_m_per_s: float, z_src_m: float 
     mod = _Model(float(c_m_per_s), float(z_src_m), free.ndim, False, np.asarray(free.wind_m_per_s, dtype=np.float64))
     par = np.array([free.x_m, free.y_m] + ([free.z_m] if free.ndim == 3 else []) + [free.t0_s])
     return dataclasses.replace(free, used=used, residuals_s=t - _predict(pos, par, mod))
-
-
-def _wind_cov(pos, par, sig, mod: _Model, wind_sigma: float) -> np.ndarray:
-    """Covariance (of x, y, (z,) t0) caused by an error of ``wind_sigma`` m/s in each
-    component of a wind that was given rather than estimated.
-
-    To first order a wind error ``dw`` moves the arrivals by ``G dw`` (``G = -d/c^2``,
-    ``d`` sensor minus source); weighted least squares maps that to ``S dw`` with
-    ``S = (J^T W J)^-1 J^T W G``, so the added covariance is ``wind_sigma^2 S S^T``."""
-    src = np.array([par[0], par[1], par[2] if mod.ndim == 3 else mod.z_src])
-    d = pos - src
-    r = np.linalg.norm(d, axis=1)
-    cols = [-d[:, 0] / (mod.c * r), -d[:, 1] / (mod.c * r)]
-    if mod.ndim == 3:
-        cols.append(-d[:, 2] / (mod.c * r))
-    jac = np.column_stack(cols + [np.ones(len(r))])
-    g = -d[:, :2] / mod.c**2
-    w = 1.0 / sig**2
-    jtw = jac.T * w
-    try:
-        s_mat = np.linalg.solve(jtw @ jac, jtw @ g)
-    except np.linalg.LinAlgError:
-        return np.zeros((mod.n_params, mod.n_params))
-    out = np.zeros((mod.n_params, mod.n_params))
-    k = mod.ndim + 1
-    out[:k, :k] = wind_sigma**2 * (s_mat @ s_mat.T)
-    return out
 
 
 def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma, max_wind_m_per_s=25.0):
