@@ -865,14 +865,14 @@ class Associator:
         # dropped detections (its height is worth tens of ms at the nearest sensors);
         # only then is the 3-D solve worth its cost.
         if len(dets) >= self.cfg.aerial_min_sensors and (
-                sol is None or sol.n_used <= len(dets) - 2 or sol.residual_rms_s > 2.0 * float(np.median(sig))):
+                sol is None or len(dets) - sol.n_used >= max(2, 0.25 * len(dets)) or
+                sol.residual_rms_s > 2.0 * _median(sig)):
             sol3 = self._aerial(pos, t, sig, sol, x0)
             if sol3 is not None:
                 sol, aerial = sol3, True
         # The fit must be as good as the timing allows: max_rms_s, or 2.5 times the
         # stated sigmas (a loose survey makes every residual larger).
-        max_rms = max(self.cfg.max_rms_s, 2.5 * float(np.sqrt(np.mean(sig * sig))))
-        if sol is None or sol.n_used < self.cfg.min_sensors or sol.residual_rms_s > max_rms:
+        if sol is None or sol.n_used < self.cfg.min_sensors or sol.residual_rms_s > self._max_rms(sig):
             return None, None, None
         used = [d for d, u in zip(dets, sol.used) if u]
         if sol.wind_estimated and sol.n_used >= self.cfg.wind_min_sensors:
@@ -908,6 +908,11 @@ class Associator:
             version=version, test=self.cfg.test_mode)
         return ev, sol, t0_ns
 
+    def _max_rms(self, sig: np.ndarray) -> float:
+        """The residual RMS (s) a published solution must not exceed: ``max_rms_s``, or
+        2.5 times the stated sigmas (a loose survey makes every residual larger)."""
+        return max(self.cfg.max_rms_s, 2.5 * float(np.sqrt(np.mean(sig * sig))))
+
     def _aerial(self, pos, t, sig, sol2: Solution | None, x0) -> Solution | None:
         """A 3-D solution if the shot clearly came from the air (an aerial firework):
         height above ground > ``aerial_min_height_m`` by 3 sigma, and the 3-D model
@@ -929,13 +934,27 @@ class Associator:
         h = sol3.z_m - self.z_src
         if h < self.cfg.aerial_min_height_m or h < 3.0 * math.sqrt(max(sol3.cov[2, 2], 0.0)):
             return None
-        if sol2 is not None and sol2.residual_rms_s <= self.cfg.max_rms_s:
-            # F-test on the common detections: does the extra unknown (height) pay off?
+        if sol2 is not None:
+            # F-test on the common detections: do the extra unknowns (height, and the
+            # wind if only the 3-D fit has it) pay off? Also when the 2-D fit is poor: a
+            # ground shot with a late arrival or two fits badly in 2-D, and a free height
+            # absorbs them (with few sensors that alone made ground shots "aerial").
             common = sol2.used & sol3.used
             c2 = float(np.sum((sol2.residuals_s[common] / sig[common]) ** 2))
+            if not np.array_equal(common, sol2.used):
+                # The 2-D fit refitted without the detections the 3-D one dropped (a
+                # 2-D fit pulled by late arrivals would make any 3-D fit look better).
+                ref = locate(pos[common], t[common], sig[common], c_m_per_s=self.c, z_src_m=self.z_src,
+                             x0=[sol2.x_m, sol2.y_m, sol2.t0_s], wind_m_per_s=sol2.wind_m_per_s,
+                             estimate_wind=sol2.wind_estimated, outlier_sigma=np.inf, late_sigma=np.inf)
+                if ref is not None:
+                    c2 = min(c2, float(np.sum((ref.residuals_s / sig[common]) ** 2)))
             c3 = float(np.sum((sol3.residuals_s[common] / sig[common]) ** 2))
-            dof = int(common.sum()) - 4
-            if dof < 1 or c3 <= 0 or (c2 - c3) / (c3 / dof) < f_dist.ppf(0.999, 1, dof):
+            p2 = sol2.ndim + 1 + (2 if sol2.wind_estimated else 0)
+            p3 = sol3.ndim + 1 + (2 if sol3.wind_estimated else 0)
+            extra = max(1, p3 - p2)
+            dof = int(common.sum()) - p3
+            if dof < 1 or c3 <= 0 or (c2 - c3) / extra / (c3 / dof) < f_dist.ppf(0.999, extra, dof):
                 return None
         return sol3
 
