@@ -83,7 +83,9 @@ class AssocConfig:
     refine_best: int = 8                 # separate coarse peaks refined per seed...
     refine_depth: int = 2                # ...among nodes at most this many sensors below the best
     hyp_neighbours: int = 6              # fast path: triples from the seed and two of its
-    hyp_per_sensor: int = 12             # nearest sensors with detections (at most this many each)
+    hyp_per_sensor: int = 12             # nearest sensors with detections (at most this many each);
+    hyp_near: int = 12                   # each source scored first on this many sensors nearest
+    hyp_full: int = 24                   # the seed's, and only the best this many on all (0: all)
     hyp_wind_range_m: float = 300.0      # wind uncertainty allowed for over this range
     window_tol_s: float = 0.006          # added to the geometric window (picks, wind, survey)
     gate_s: float = 0.010                # max |residual| to attach a detection to a shot
@@ -199,6 +201,7 @@ class Associator:
         # would take gigabytes for a city of a thousand sensors).
         nodes = np.column_stack([cgx, cgy])
         d_min = cKDTree(self.pos[:, :2]).query(nodes)[0]
+        self._d_min = np.ascontiguousarray(d_min.reshape(len(gx), len(gy)))   # nearest sensor (m) per node
         node_tree = cKDTree(nodes)
         reach = float(d_min.max()) + cfg.seed_region_m
         self._region = []
@@ -583,10 +586,13 @@ class Associator:
         k = 1
         ox, oy, ocost = np.zeros(k), np.zeros(k), np.zeros(k)
         ocnt = np.zeros(k, dtype=np.int64)
+        near = self._nbr_order[s0]
+        near = np.ascontiguousarray(near[offsets[near + 1] > offsets[near]][: cfg.hyp_near], dtype=np.int64)
         n = kernels.seed_hypotheses(self._spx, self._spy, self._spz, float(self.z_src), int(s0),
                                     np.ascontiguousarray(nb, dtype=np.int64), t, offsets, float(self.c),
                                     float(self.wind[0]), float(self.wind[1]), float(hw), float(cfg.seed_region_m),
-                                    *self._box, int(cfg.hyp_per_sensor), ox, oy, ocnt, ocost)
+                                    *self._box, int(cfg.hyp_per_sensor), near, int(cfg.hyp_full),
+                                    self._d_min, float(cfg.coarse_cell_m), ox, oy, ocnt, ocost)
         if n == 0 or ocnt[0] < cfg.min_sensors:
             return None
         return float(ox[0]), float(oy[0]), hw

@@ -276,7 +276,8 @@ def grid_peaks(gx, gy, count, cost, min_count, min_sep_m, k):
 
 @numba.njit(cache=True, nogil=True)
 def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, half_window_s,
-                    seed_region_m, x_lo, x_hi, y_lo, y_hi, max_per_sensor, out_x, out_y, out_cnt, out_cost):
+                    seed_region_m, x_lo, x_hi, y_lo, y_hi, max_per_sensor, near, n_full, d_min, cell_m,
+                    out_x, out_y, out_cnt, out_cost):
     """Source hypotheses for one seed from detection triples, verified on every sensor.
 
     The seed is a detection at sensor ``s0`` at time 0; the other detections are grouped by
@@ -288,9 +289,17 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     (``q_i`` = sensor i minus the seed's sensor), and ``|x|^2 + dz_0^2 = D_0^2`` leaves a
     quadratic in the seed's range ``D_0`` (up to two sources). A source outside the search
     box, or where the seed's sensor is more than ``seed_region_m`` farther than the
-    nearest sensor (a first arrival comes from near the source), is dropped. Each source
+    nearest sensor (a first arrival comes from near the source; ``d_min[i, j]`` is the
+    distance from ``(x_lo + i cell_m, y_lo + j cell_m)`` to its nearest sensor, looked up
+    at the closest node), is dropped. Each source
     is scored like a grid node: distinct sensors with a detection within
     ``half_window_s`` of the predicted arrival, then the sum of those residuals (s).
+
+    Two passes: every source is first scored on ``near`` (the sensors nearest the seed's,
+    which hear a real shot seeded there); only the ``n_full`` best of those (all if
+    ``n_full`` <= 0) are then scored on every sensor, best first, each pass stopping once
+    a source cannot beat the one kept. In a crowded window most triples are chance and
+    this saves most of the full scoring.
 
     Writes the best few distinct sources (count descending, cost ascending, at least
     10 m apart) into ``out_*`` (length k) and returns how many were written.
@@ -299,6 +308,7 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     n_out = 0
     n_sens = sx.shape[0]
     n_nb = nbrs.shape[0]
+    n_near = near.shape[0]
     dz0 = sz[s0] - z_src
     busy = np.empty(n_sens, dtype=np.int64)     # the other sensors with detections
     n_busy = 0
@@ -306,6 +316,12 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
         if s != s0 and offsets[s + 1] > offsets[s]:
             busy[n_busy] = s
             n_busy += 1
+    max_roots = 2 * max_per_sensor * max_per_sensor * n_nb * (n_nb - 1) // 2 + 1
+    rx = np.empty(max_roots)
+    ry = np.empty(max_roots)
+    roff = np.empty(max_roots)
+    rpart = np.empty(max_roots, dtype=np.int64)
+    n_roots = 0
     for ia in range(n_nb):
         a = nbrs[ia]
         qax = sx[a] - sx[s0]
@@ -360,79 +376,94 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                         dx = sx[s0] - x
                         dy = sy[s0] - y
                         r0 = math.sqrt(dx * dx + dy * dy + dz0 * dz0)
-                        far = False
-                        for s in range(n_sens):
-                            dx = sx[s] - x
-                            dy = sy[s] - y
-                            dz = sz[s] - z_src
-                            if r0 - math.sqrt(dx * dx + dy * dy + dz * dz) > seed_region_m:
-                                far = True
-                                break
-                        if far:
-                            continue
-                        # Score it like a grid node; stop once it cannot beat the
-                        # worst source kept.
-                        bar = out_cnt[k_out - 1] if n_out == k_out else 0
+                        if r0 > seed_region_m:
+                            gi = min(max(int((x - x_lo) / cell_m + 0.5), 0), d_min.shape[0] - 1)
+                            gj = min(max(int((y - y_lo) / cell_m + 0.5), 0), d_min.shape[1] - 1)
+                            if r0 - d_min[gi, gj] > seed_region_m:
+                                continue
                         dx = sx[s0] - x
                         dy = sy[s0] - y
                         off = r0 / c - (dx * wx + dy * wy) / (c * c)
-                        cnt = 1
-                        cost = 0.0
-                        for i in range(n_busy):
-                            s = busy[i]
-                            if cnt + n_busy - i < bar:
-                                break
+                        part = 1
+                        for i in range(n_near):
+                            s = near[i]
                             dx = sx[s] - x
                             dy = sy[s] - y
                             dz = sz[s] - z_src
                             p = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) - off
-                            r = _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p)
-                            if r <= half_window_s:
-                                cnt += 1
-                                cost += r
-                        if cnt < bar:
-                            continue
-                        # Insert into the best list (distinct sources only).
-                        pos = n_out
-                        dup = -1
-                        for j in range(n_out):
-                            ddx = out_x[j] - x
-                            ddy = out_y[j] - y
-                            if ddx * ddx + ddy * ddy < 100.0:
-                                dup = j
-                                break
-                        if dup >= 0:
-                            if cnt > out_cnt[dup] or (cnt == out_cnt[dup] and cost < out_cost[dup]):
-                                # Replace the near-duplicate, then restore the order.
-                                out_x[dup] = x
-                                out_y[dup] = y
-                                out_cnt[dup] = cnt
-                                out_cost[dup] = cost
-                                j = dup
-                                while j > 0 and (out_cnt[j] > out_cnt[j - 1] or
-                                                 (out_cnt[j] == out_cnt[j - 1] and out_cost[j] < out_cost[j - 1])):
-                                    out_x[j], out_x[j - 1] = out_x[j - 1], out_x[j]
-                                    out_y[j], out_y[j - 1] = out_y[j - 1], out_y[j]
-                                    out_cnt[j], out_cnt[j - 1] = out_cnt[j - 1], out_cnt[j]
-                                    out_cost[j], out_cost[j - 1] = out_cost[j - 1], out_cost[j]
-                                    j -= 1
-                            continue
-                        while pos > 0 and (cnt > out_cnt[pos - 1] or (cnt == out_cnt[pos - 1] and cost < out_cost[pos - 1])):
-                            pos -= 1
-                        if pos >= k_out:
-                            continue
-                        last = min(n_out, k_out - 1)
-                        for j in range(last, pos, -1):
-                            out_x[j] = out_x[j - 1]
-                            out_y[j] = out_y[j - 1]
-                            out_cnt[j] = out_cnt[j - 1]
-                            out_cost[j] = out_cost[j - 1]
-                        out_x[pos] = x
-                        out_y[pos] = y
-                        out_cnt[pos] = cnt
-                        out_cost[pos] = cost
-                        if n_out < k_out:
-                            n_out += 1
+                            if _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p) <= half_window_s:
+                                part += 1
+                        rx[n_roots] = x
+                        ry[n_roots] = y
+                        roff[n_roots] = off
+                        rpart[n_roots] = part
+                        n_roots += 1
+    order = np.argsort(-rpart[:n_roots], kind="mergesort")
+    n_take = n_roots if n_full <= 0 else min(n_full, n_roots)
+    for q in range(n_take):
+        h = order[q]
+        x = rx[h]
+        y = ry[h]
+        off = roff[h]
+        # Score it like a grid node; stop once it cannot beat the worst source kept.
+        bar = out_cnt[k_out - 1] if n_out == k_out else 0
+        cnt = 1
+        cost = 0.0
+        for i in range(n_busy):
+            s = busy[i]
+            if cnt + n_busy - i < bar:
+                break
+            dx = sx[s] - x
+            dy = sy[s] - y
+            dz = sz[s] - z_src
+            p = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) - off
+            r = _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p)
+            if r <= half_window_s:
+                cnt += 1
+                cost += r
+        if cnt < bar:
+            continue
+        # Insert into the best list (distinct sources only).
+        pos = n_out
+        dup = -1
+        for j in range(n_out):
+            ddx = out_x[j] - x
+            ddy = out_y[j] - y
+            if ddx * ddx + ddy * ddy < 100.0:
+                dup = j
+                break
+        if dup >= 0:
+            if cnt > out_cnt[dup] or (cnt == out_cnt[dup] and cost < out_cost[dup]):
+                # Replace the near-duplicate, then restore the order.
+                out_x[dup] = x
+                out_y[dup] = y
+                out_cnt[dup] = cnt
+                out_cost[dup] = cost
+                j = dup
+                while j > 0 and (out_cnt[j] > out_cnt[j - 1] or
+                                 (out_cnt[j] == out_cnt[j - 1] and out_cost[j] < out_cost[j - 1])):
+                    out_x[j], out_x[j - 1] = out_x[j - 1], out_x[j]
+                    out_y[j], out_y[j - 1] = out_y[j - 1], out_y[j]
+                    out_cnt[j], out_cnt[j - 1] = out_cnt[j - 1], out_cnt[j]
+                    out_cost[j], out_cost[j - 1] = out_cost[j - 1], out_cost[j]
+                    j -= 1
+            continue
+        while pos > 0 and (cnt > out_cnt[pos - 1] or (cnt == out_cnt[pos - 1] and cost < out_cost[pos - 1])):
+            pos -= 1
+        if pos >= k_out:
+            continue
+        last = min(n_out, k_out - 1)
+        for j in range(last, pos, -1):
+            out_x[j] = out_x[j - 1]
+            out_y[j] = out_y[j - 1]
+            out_cnt[j] = out_cnt[j - 1]
+            out_cost[j] = out_cost[j - 1]
+        out_x[pos] = x
+        out_y[pos] = y
+        out_cnt[pos] = cnt
+        out_cost[pos] = cost
+        if n_out < k_out:
+            n_out += 1
     return n_out
 
 

@@ -92,12 +92,17 @@ def _grouped(sens, times, n_sensors):
 
 def test_triples_place_the_source_in_closed_form(rng):
     """Three arrivals (the seed's and one at each of two neighbours) fix the source; the
-    hypothesis kernel finds it among decoys and verifies it on every sensor."""
+    hypothesis kernel finds it among decoys and verifies it on every sensor (all sources,
+    or only the best few on the seed's nearest sensors)."""
     from shotnet.locator import kernels
 
     n, c, wind, z_src = 12, 343.0, np.array([4.0, -3.0]), 1.5
     s = np.column_stack([rng.uniform(-800, 800, n), rng.uniform(-800, 800, n), rng.uniform(0, 20, n)])
-    for _ in range(100):
+    g = np.arange(-1500.0, 1500.0 + 1e-9, 10.0)       # nearest-sensor distance on a 10 m grid
+    gx, gy = np.meshgrid(g, g, indexing="ij")
+    d_min = np.min(np.hypot(gx[..., None] - s[:, 0], gy[..., None] - s[:, 1]), axis=2)
+    for trial in range(200):
+        full = 0 if trial % 2 else 4    # every source scored on all sensors, or the 4 best first
         src = np.array([rng.uniform(-900, 900), rng.uniform(-900, 900), z_src])
         d = s - src
         arr = np.linalg.norm(d, axis=1) / c - (d[:, :2] @ wind) / c**2
@@ -113,7 +118,7 @@ def test_triples_place_the_source_in_closed_form(rng):
         ocnt = np.zeros(2, dtype=np.int64)
         m = kernels.seed_hypotheses(*(np.ascontiguousarray(s[:, k]) for k in range(3)), z_src, s0, nbrs, times, off,
                                     c, wind[0], wind[1], 0.002, 400.0, -1500.0, 1500.0, -1500.0, 1500.0, 12,
-                                    ox, oy, ocnt, ocost)
+                                    nbrs, full, d_min, 10.0, ox, oy, ocnt, ocost)
         assert m >= 1 and ocnt[0] == n
         assert np.hypot(ox[0] - src[0], oy[0] - src[1]) < 0.5
         assert m == 1 or ocnt[1] < n or np.hypot(ox[1] - ox[0], oy[1] - oy[0]) >= 10.0
