@@ -219,6 +219,7 @@ class Associator:
         slack_s = cfg.gate_s + 2 * cfg.window_tol_s
         self._pair_ns = ((pair_m / self.c * (1 + cfg.max_wind_m_per_s / self.c) + slack_s) * NS_PER_S).astype(np.int64)
         self.shot_span_ns = int(self._pair_ns.max())
+        self._pair_to = [np.ascontiguousarray(self._pair_ns[:, k]) for k in range(len(layout))]
         self._nbr_order = [np.argsort(pair_m[k], kind="stable")[1:] for k in range(len(layout))]
         self._box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
         # A seed is first searched once sound from anywhere in its region has had time to
@@ -444,19 +445,14 @@ class Associator:
         seed = self.pending[k]
         s0 = int(sp[k])
         # The seed's window: later detections at other sensors that pass the pair gate.
-        js = np.arange(k + 1, int(np.searchsorted(tp, seed.t_ns + self.shot_span_ns, "right")))
-        js = js[(sp[js] != s0) & (tp[js] - seed.t_ns <= self._pair_ns[sp[js], s0])][: cfg.max_search]
-        n_sens = len(np.unique(sp[js])) + 1
+        # (grouped by sensor, ascending times within each, for the kernels).
+        js, t, offsets, n_sens = kernels.seed_window(tp, sp, k, self.shot_span_ns, self._pair_to[s0],
+                                                     cfg.max_search, len(self.layout))
         if n_sens < cfg.min_sensors:
             self._remember(seed, now_ns, need_new=cfg.min_sensors - n_sens)
             return None
         self.stats.searches += 1
-        # The window grouped by sensor, ascending times within each (for the kernel).
-        order = np.lexsort((tp[js], sp[js]))
-        js = js[order]
         sens = sp[js]
-        t = (tp[js] - seed.t_ns) / NS_PER_S
-        offsets = np.searchsorted(sens, np.arange(len(self.layout) + 1)).astype(np.int64)
         found = self._hypotheses(s0, t, offsets)
         if found is None:
             found = self._grid_search(s0, t, offsets)

@@ -662,3 +662,43 @@ def significant_radius(dist, matched, p, r_min, min_count, n_free):
             best = logtail
             best_r = dist[i]
     return best_r
+
+
+@numba.njit(cache=True, nogil=True)
+def seed_window(tp, sp, k, span_ns, pair_ns_to_seed, max_search, n_sensors):
+    """The detections that can belong to the same shot as the seed ``k`` (the pending
+    detections' times ``tp`` (ns, ascending) and sensor indices ``sp``): later ones, at
+    other sensors, within ``span_ns`` and the pair gate ``pair_ns_to_seed[sensor]``, at most
+    ``max_search``. Returns ``(indices into tp, their times in s after the seed, offsets)``,
+    grouped by sensor (``offsets[s]:offsets[s + 1]``) with ascending times within each (a
+    stable counting sort), and the number of distinct sensors including the seed's."""
+    s0 = sp[k]
+    t_seed = tp[k]
+    n = tp.shape[0]
+    sel = np.empty(min(n - k, max_search), dtype=np.int64)
+    m = 0
+    counts = np.zeros(n_sensors + 1, dtype=np.int64)
+    j = k + 1
+    while j < n and tp[j] - t_seed <= span_ns and m < max_search:
+        s = sp[j]
+        if s != s0 and tp[j] - t_seed <= pair_ns_to_seed[s]:
+            sel[m] = j
+            m += 1
+            counts[s + 1] += 1
+        j += 1
+    n_sens = 1
+    for s in range(n_sensors):
+        if counts[s + 1] > 0:
+            n_sens += 1
+        counts[s + 1] += counts[s]
+    offsets = counts.copy()
+    js = np.empty(m, dtype=np.int64)
+    t = np.empty(m)
+    fill = counts[:n_sensors].copy()
+    for q in range(m):
+        i = sel[q]
+        s = sp[i]
+        js[fill[s]] = i
+        t[fill[s]] = (tp[i] - t_seed) / 1e9
+        fill[s] += 1
+    return js, t, offsets, n_sens
