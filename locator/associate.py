@@ -15,15 +15,20 @@ One step:
    order is tried as the first arrival of a shot, once sound could have reached the
    ``min_sensors - 1`` sensors nearest its own. The detections that can belong to the
    same shot are those within one shot-span after it that pass the pair gate
-   (``|t_i - t_seed| <= |p_i - p_seed| / c`` + tolerance). Sources come first from
-   triples: the seed and one detection at each of two of its nearest sensors fix a
-   source in closed form (:func:`kernels.seed_hypotheses`), scored like a grid node by
-   the distinct sensors with a detection near their predicted arrival. Only when no
-   triple explains ``min_sensors`` sensors does the anchored grid search run
+   (``|t_i - t_seed| <= |p_i - p_seed| / c`` + tolerance). A detection that an open
+   event already explains (its arrival at a sensor no farther than those it uses, or
+   that arrival's echo) is not tried as a seed while the event is open. Sources come
+   first from triples: the seed and one detection at each of two of its nearest sensors
+   fix a source in closed form (:func:`kernels.seed_hypotheses`), scored like a grid
+   node by the distinct sensors with a detection near their predicted arrival (first on
+   the sensors nearest the seed's, then the best few on all). Only when no triple
+   explains ``min_sensors`` sensors does the anchored grid search run
    (:func:`kernels.seed_coherence`, over the part of the region where the seed's sensor
    is among the nearest, several separate peaks refined to 1 m). For each sensor the
-   detection closest to the predicted arrival is taken; a candidate must be unlikely as
-   a chance alignment at the detection rates around it (a fireworks night asks for more
+   detection closest to the predicted arrival is taken, within the disc around the
+   source whose matched count is least likely by chance (far sensors, beyond hearing
+   range, only add chance detections); a candidate must be unlikely as a chance
+   alignment at the detection rates around it (a fireworks night asks for more
    sensors), is solved robustly (:func:`locate.locate`), and must not be contradicted
    by nearer sensors that should have heard it. A detection serves at most one shot. A
    seed's outcome is remembered until a new detection lands in its window or its
