@@ -48,6 +48,7 @@ the same stream produces the same ids.
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -128,7 +129,7 @@ class AssocConfig:
     wind_known: bool = False             # True if wind_m_per_s is a measurement
     max_wind_m_per_s: float = 6.0        # bound on the unknown wind, for gating
     wind_uncertainty_m_per_s: float = 1.5  # once estimated
-    wind_smoothing: float = 0.5          # weight of a new wind estimate in the running one
+    wind_history: int = 15               # the regional wind: median of this many recent estimates
 
 
 @dataclass
@@ -176,6 +177,7 @@ class Associator:
         self.idx = layout.index()
         self.wind = np.asarray(cfg.wind_m_per_s, dtype=np.float64).copy()
         self.wind_known = cfg.wind_known
+        self._winds: collections.deque = collections.deque(maxlen=cfg.wind_history)
         self.pos = layout.enu_m
         self.pending: list[Detection] = []
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor, sorted
@@ -510,10 +512,11 @@ class Associator:
             self.stats.chance += 1
             self._remember(seed, now_ns)
             return None
-        ev, sol, t0_ns = self._solve(cand, (x0, y0))
-        if ev is None:
+        fit = self._fit(cand, (x0, y0))
+        if fit is None:
             self._remember(seed, now_ns)
             return None
+        sol, mine, t0_ns, aerial = fit
         twin = self._same_shot(sol, t0_ns)
         if twin is not None:
             # The same shot found twice (its detections arrived in two groups): merge
@@ -522,31 +525,28 @@ class Associator:
             if merged is None:
                 self._remember(seed, now_ns)
             return merged
-        ev_keys = set(ev.detections)
-        mine = [d for d in cand if d.key in ev_keys]
-        if self._chance_probability(sol, t0_ns, ev, mine) > cfg.max_chance_probability:
+        if self._chance_probability(sol, t0_ns, mine) > cfg.max_chance_probability:
             # As many sensors would line up this well by chance at the detection rates
             # they report now (a fireworks night): not a located shot.
             self.stats.chance += 1
             self._remember(seed, now_ns)
             return None
-        if not self._heard_by_nearer(sol, t0_ns, ev, now_ns, mine):
+        if not self._heard_by_nearer(sol, t0_ns, now_ns, mine):
             # Sensors nearer than those used should have heard a real shot and did not:
             # the candidate mixes detections of different sounds (or echoes).
             self.stats.silent_neighbours += 1
             self._remember(seed, now_ns)
             return None
-        if self._is_echo(sol, t0_ns, len(ev.sensor_ids)):
+        if self._is_echo(sol, t0_ns, len(mine)):
             # Late, weaker copy of a shot just located nearby: reflections from facades
             # line up by chance. Its detections are spent; no event.
             self.stats.echoes += 1
-            spent = set(ev.detections)
-            self._consume(spent)
+            self._consume({d.key for d in mine})
             return None
-        used = set(ev.detections)
-        self._consume(used)
+        ev = self._make_event(sol, mine, t0_ns, aerial)
+        self._consume({d.key for d in mine})
         close_at = t0_ns + int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
-        self.open.append(_Open(ev, sol, [d for d in cand if d.key in used], close_at, t0_ns))
+        self.open.append(_Open(ev, sol, mine, close_at, t0_ns))
         self.stats.events += 1
         return ev
 
@@ -639,14 +639,14 @@ class Associator:
         d = self.pos - np.array([x, y, self.z_src])
         return np.linalg.norm(d, axis=1) / self.c - (d[:, 0] * self.wind[0] + d[:, 1] * self.wind[1]) / self.c**2
 
-    def _heard_by_nearer(self, sol: Solution, t0_ns: int, ev: Event, now_ns: int, dets: list[Detection]) -> bool:
+    def _heard_by_nearer(self, sol: Solution, t0_ns: int, now_ns: int, dets: list[Detection]) -> bool:
         """Check that sensors nearer than the farthest one used heard the shot.
 
         A sensor counts as silent when its predicted arrival (plus the latency allowance)
         is already past and it has no detection within the gate of it. A real shot may
         be masked at a sensor or two; a chance alignment of unrelated detections is
         contradicted by most of its neighbours."""
-        used = set(ev.sensor_ids)
+        used = {d.sensor_id for d in dets}
         src = np.array([sol.x_m, sol.y_m, sol.z_m])
         dist = np.linalg.norm(self.pos - src, axis=1)
         r_used = max(dist[self.idx[s]] for s in used)
@@ -684,9 +684,9 @@ class Associator:
             silent += 1
         return silent <= max(self.cfg.max_silent, int(self.cfg.max_silent_fraction * checked))
 
-    def _chance_probability(self, sol: Solution, t0_ns: int, ev: Event, dets: list[Detection]) -> float:
+    def _chance_probability(self, sol: Solution, t0_ns: int, dets: list[Detection]) -> float:
         """Probability that detections of unrelated impulses would line up as well as
-        ``ev``'s do: the false-alarm probability of one candidate.
+        ``dets`` (a fit's used detections) do: the false-alarm probability of one candidate.
 
         Each sensor within the farthest used one's range has a detection within +-w of
         its predicted arrival by chance with probability ``1 - exp(-rate * 2w)``, its rate
@@ -702,8 +702,8 @@ class Associator:
         # The fit chose the source and emission time to line up its detections: that many
         # of them (the unknowns) line up whatever they are; the rest are the evidence.
         n_unknowns = sol.ndim + 1 + (2 if sol.wind_estimated else 0)
-        return self._chance((sol.x_m, sol.y_m, sol.z_m), t0_ns, ev.sensor_ids,
-                            3.0 * max(sol.residual_rms_s, sig), len(ev.sensor_ids) - n_unknowns)
+        return self._chance((sol.x_m, sol.y_m, sol.z_m), t0_ns, {d.sensor_id for d in dets},
+                            3.0 * max(sol.residual_rms_s, sig), len(dets) - n_unknowns)
 
     def _chance(self, src, t0_ns: int, sensor_ids, w_s: float, n_evidence: int) -> float:
         """P(at least ``n_evidence`` sensors within the farthest of ``sensor_ids`` from
@@ -858,6 +858,20 @@ class Associator:
 
     def _solve(self, dets: list[Detection], xy0, event_id: str | None = None, version: int = 1,
                incident_id: str | None = None):
+        """Fit ``dets`` and make the event: (event, solution, emission time ns), or Nones."""
+        fit = self._fit(dets, xy0)
+        if fit is None:
+            return None, None, None
+        sol, used, t0_ns, aerial = fit
+        ev = self._make_event(sol, used, t0_ns, aerial, event_id=event_id, version=version, incident_id=incident_id)
+        return ev, sol, t0_ns
+
+    def _fit(self, dets: list[Detection], xy0):
+        """The robust fit (3-D if the source was clearly in the air). Returns (solution,
+        the detections it used, emission time ns, aerial) when it is good enough to
+        publish (``min_sensors`` used, RMS under :meth:`_max_rms`), else None. Its only
+        effect is on the regional wind (:meth:`_learn_wind`): a candidate may still be
+        rejected after its fit, so incidents and ids wait for :meth:`_make_event`."""
         t_ref = min(d.t_ns for d in dets)
         t = np.array([(d.t_ns - t_ref) / NS_PER_S for d in dets])
         pos = self.pos[[self.idx[d.sensor_id] for d in dets]]
@@ -877,21 +891,30 @@ class Associator:
             sol3 = self._aerial(pos, t, sig, sol, x0)
             if sol3 is not None:
                 sol, aerial = sol3, True
-        # The fit must be as good as the timing allows: max_rms_s, or 2.5 times the
-        # stated sigmas (a loose survey makes every residual larger).
+        # The fit must be as good as the timing allows.
         if sol is None or sol.n_used < self.cfg.min_sensors or sol.residual_rms_s > self._max_rms(sig):
-            return None, None, None
+            return None
         used = [d for d, u in zip(dets, sol.used) if u]
+        self._learn_wind(sol)
+        return sol, used, t_ref + int(round(sol.t0_s * NS_PER_S)), aerial
+
+    def _learn_wind(self, sol: Solution) -> None:
+        """The wind is shared by every sound in the region: the regional wind is the
+        median (per component) of the last ``wind_history`` estimates from well-heard
+        fits, so shots heard by few sensors use it. Every good fit counts, also one the
+        later checks reject (most are real sounds: fireworks, shots heard by too few
+        sensors yet); the median keeps a chance alignment's odd wind out."""
         if sol.wind_estimated and sol.n_used >= self.cfg.wind_min_sensors:
-            # The wind is shared by every shot in the region: smooth it across events so
-            # shots heard by few sensors use the best current estimate.
             sd = np.sqrt(np.maximum(np.diag(sol.cov)[sol.ndim + 1:sol.ndim + 3], 1e-6))
             if np.all(sd < 3.0) and np.hypot(*sol.wind_m_per_s) < 25.0:
-                a = self.cfg.wind_smoothing
-                a = a if self.wind_known else 1.0
-                self.wind = (1 - a) * self.wind + a * np.asarray(sol.wind_m_per_s)
+                self._winds.append(sol.wind_m_per_s)
+                self.wind = np.median(np.asarray(self._winds), axis=0)
                 self.wind_known = True
-        t0_ns = t_ref + int(round(sol.t0_s * NS_PER_S))
+
+    def _make_event(self, sol: Solution, used: list[Detection], t0_ns: int, aerial: bool,
+                    event_id: str | None = None, version: int = 1, incident_id: str | None = None) -> Event:
+        """The event for a fit that is published (a new shot or a new version): its id
+        and its incident."""
         if event_id is None:
             first3 = sorted(used, key=lambda d: (d.t_ns, d.sensor_id))[:3]
             event_id = _event_id([d.key for d in first3])
@@ -905,7 +928,7 @@ class Associator:
             # Guns are fired from the ground; a source tens of metres up is a firework.
             label, pg = "aerial", min(pg, 0.01)
         conf = pg if label == "gunshot" else 1.0 - pg
-        ev = Event(
+        return Event(
             event_id=event_id, t_ns=t0_ns, lat=round(float(lat), 8), lon=round(float(lon), 8),
             alt_m=round(float(alt), 2), ellipse95_m=Ellipse(round(major, 2), round(minor, 2), round(az, 1)),
             sensor_ids=tuple(sorted(d.sensor_id for d in used)),
@@ -913,7 +936,6 @@ class Associator:
             incident_id=incident_id, detections=tuple(sorted(d.key for d in used)),
             x_m=round(sol.x_m, 3), y_m=round(sol.y_m, 3), t_sigma_ms=round(math.sqrt(sol.cov[sol.ndim, sol.ndim]) * 1e3, 4),
             version=version, test=self.cfg.test_mode)
-        return ev, sol, t0_ns
 
     def _max_rms(self, sig: np.ndarray) -> float:
         """The residual RMS (s) a published solution must not exceed: ``max_rms_s``, or
