@@ -459,7 +459,6 @@ class Associator:
             self._remember(seed, now_ns, need_new=cfg.min_sensors - n_sens)
             return None
         self.stats.searches += 1
-        sens = sp[js]
         found = self._hypotheses(s0, t, offsets)
         if found is None:
             found = self._grid_search(s0, t, offsets)
@@ -468,24 +467,21 @@ class Associator:
                 self._remember(seed, now_ns, need_new=cfg.min_sensors - found)
                 return None
         x0, y0, w_f = found
-        # One detection per sensor: the one closest to the predicted arrival.
-        tt = self._travel_s(x0, y0)
-        tau0 = -tt[s0]
-        r = np.abs(t - tt[sens] - tau0)
-        chosen: dict[int, int] = {}
-        for i in np.flatnonzero(r <= w_f + cfg.gate_s):
-            si = int(sens[i])
-            if si not in chosen or r[i] < r[chosen[si]]:
-                chosen[si] = int(i)
-        chosen = self._significant_disc(x0, y0, seed.t_ns + int(tau0 * NS_PER_S), s0, chosen, sens,
-                                        w_f + cfg.gate_s)
-        cand = sorted([seed] + [self.pending[int(js[i])] for i in chosen.values()], key=lambda d: d.t_ns)
+        # One detection per sensor (the one closest to its predicted arrival), within the
+        # disc around the source least likely by chance: far sensors, beyond hearing
+        # range, only add chance detections.
+        tau0 = -self._travel_s(x0, y0)[s0]
+        t0_guess_ns = seed.t_ns + int(tau0 * NS_PER_S)
+        chosen = kernels.choose_candidate(float(x0), float(y0), float(self.z_src), s0, self._spx, self._spy,
+                                          self._spz, float(self.c), float(self.wind[0]), float(self.wind[1]),
+                                          t, offsets, float(w_f + cfg.gate_s), self._rates(t0_guess_ns),
+                                          int(cfg.min_sensors))
+        cand = sorted([seed] + [self.pending[int(js[i])] for i in chosen], key=lambda d: d.t_ns)
         if len(cand) < cfg.min_sensors:
             self._remember(seed, now_ns, need_new=cfg.min_sensors - len(cand))
             return None
         # Alert as soon as the solution can be good: when enough sensors have reported,
         # or when sound has had time to reach every sensor within settle_range_m.
-        t0_guess_ns = seed.t_ns + int(tau0 * NS_PER_S)
         mature_at = t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S)
         if len(cand) < cfg.early_alert_sensors and now_ns < mature_at:
             for d in cand:
@@ -549,29 +545,6 @@ class Associator:
         self.open.append(_Open(ev, sol, mine, close_at, t0_ns))
         self.stats.events += 1
         return ev
-
-    def _significant_disc(self, x: float, y: float, t0_ns: int, s0: int, chosen: dict, sens: np.ndarray,
-                          w_s: float) -> dict:
-        """Keep the sensors that heard the source at ``(x, y)``, not the chance detections
-        that far sensors (beyond hearing range) have near their predicted arrivals.
-
-        Sensors are taken in order of distance from the source; of every disc around it
-        holding the seed's sensor, the one whose count of matched sensors is least likely
-        by chance (Poisson tail at the sensors' detection rates within +-``w_s``, less the
-        three the fit would line up anyway) gives the candidate. ``chosen`` maps a
-        sensor index to its detection's position in the window (``sens`` the window's
-        sensor indices); the kept part is returned."""
-        if not chosen:
-            return chosen
-        dist = np.hypot(self.pos[:, 0] - x, self.pos[:, 1] - y)
-        matched = np.zeros(len(dist), dtype=np.bool_)
-        matched[[int(sens[i]) for i in chosen.values()]] = True
-        matched[s0] = True
-        p = -np.expm1(-self._rates(t0_ns) * 2.0 * w_s)
-        r_keep = kernels.significant_radius(dist, matched, p, float(dist[s0]), int(self.cfg.min_sensors), 3)
-        if r_keep < 0:
-            return chosen
-        return {si: i for si, i in chosen.items() if dist[si] <= r_keep}
 
     def _hypotheses(self, s0: int, t: np.ndarray, offsets: np.ndarray):
         """The fast path: sources from triples (the seed and detections at two of its

@@ -702,3 +702,67 @@ def seed_window(tp, sp, k, span_ns, pair_ns_to_seed, max_search, n_sensors):
         t[fill[s]] = (tp[i] - t_seed) / 1e9
         fill[s] += 1
     return js, t, offsets, n_sens
+
+
+@numba.njit(cache=True, nogil=True)
+def choose_candidate(x, y, z_src, s0, sx, sy, sz, c, wx, wy, t_sorted, offsets, w_s, rates, min_count):
+    """The detections of a candidate shot at ``(x, y, z_src)`` seeded at sensor ``s0``.
+
+    For every other sensor, the detection (grouped as in :func:`seed_coherence`, times in
+    s after the seed) nearest its predicted arrival, if within ``w_s``; then only those
+    within the disc around the source whose matched count is least likely by chance
+    (:func:`significant_radius`, chance per sensor ``1 - exp(-rate * 2 w_s)`` from
+    ``rates`` in detections/s, three matches free for the fit's unknowns). Returns the
+    chosen positions in ``t_sorted``, by sensor."""
+    n_sens = sx.shape[0]
+    dx = sx[s0] - x
+    dy = sy[s0] - y
+    dz = sz[s0] - z_src
+    tau0 = -(math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c))
+    pick = np.full(n_sens, -1, dtype=np.int64)
+    dist = np.empty(n_sens)
+    matched = np.zeros(n_sens, dtype=np.bool_)
+    p = np.empty(n_sens)
+    for s in range(n_sens):
+        dx = sx[s] - x
+        dy = sy[s] - y
+        dz = sz[s] - z_src
+        dist[s] = math.sqrt(dx * dx + dy * dy)
+        p[s] = -math.expm1(-rates[s] * 2.0 * w_s)
+        lo = offsets[s]
+        hi = offsets[s + 1]
+        if s == s0 or lo == hi:
+            continue
+        pred = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) + tau0
+        a = lo
+        b = hi
+        while a < b:
+            m = (a + b) >> 1
+            if t_sorted[m] < pred:
+                a = m + 1
+            else:
+                b = m
+        best = -1
+        r = np.inf
+        if a < hi:
+            best = a
+            r = t_sorted[a] - pred
+        if a > lo and pred - t_sorted[a - 1] < r:
+            best = a - 1
+            r = pred - t_sorted[a - 1]
+        if r <= w_s:
+            pick[s] = best
+            matched[s] = True
+    matched[s0] = True
+    r_keep = significant_radius(dist, matched, p, dist[s0], min_count, 3)
+    n = 0
+    for s in range(n_sens):
+        if pick[s] >= 0 and (r_keep < 0 or dist[s] <= r_keep):
+            n += 1
+    out = np.empty(n, dtype=np.int64)
+    n = 0
+    for s in range(n_sens):
+        if pick[s] >= 0 and (r_keep < 0 or dist[s] <= r_keep):
+            out[n] = pick[s]
+            n += 1
+    return out
