@@ -9,7 +9,7 @@ One step:
 
 1. *Attach*: a pending detection whose time matches the predicted arrival of a recent
    event at its sensor (and whose sensor is not yet in it) joins that event; once the
-   event has gained a quarter more detections (or closes) it is re-solved and
+   event has gained half as many detections again (or closes) it is re-solved and
    re-published as a new ``version`` with the same ``event_id``.
 2. *Search*, seeded (as in REAL, Zhang et al. 2019): each pending detection in time
    order is tried as the first arrival of a shot, once sound could have reached the
@@ -119,7 +119,7 @@ class AssocConfig:
                                          # fastest automatic fire is ~50 ms a round)...
     same_shot_m: float = 15.0            # ...are one shot and get merged
     max_pending: int = 20000             # oldest pending detections beyond this are expired
-    update_growth: float = 0.25          # re-solve an open event once it has gained this fraction
+    update_growth: float = 0.5           # re-solve an open event once it has gained this fraction
     max_search: int = 2000               # detections considered by one search
     test_mode: bool = False              # events are marked as tests (calibration)
     max_clock_sigma_ms: float = 5.0      # detections with worse time are stored, not located
@@ -326,8 +326,8 @@ class Associator:
     def _attach_pending(self, now_ns: int) -> list[Event]:
         """Pending detections that arrive where an open event predicts join it: every
         pending detection against every open event in one array operation. A joining
-        detection waits with its event (no longer a seed) until the event has gained a
-        quarter more detections, or closes; then the event is re-solved once (a shot
+        detection waits with its event (no longer a seed) until the event has gained
+        half as many again, or closes; then the event is re-solved once (a shot
         heard by fifty sensors would otherwise be re-solved fifty times)."""
         out = []
         held: set[str] = set()
