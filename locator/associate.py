@@ -340,7 +340,8 @@ class Associator:
             hits = miss <= gate[:, p_s]
             for e in np.flatnonzero(hits.any(axis=1)):
                 op = self.open[e]
-                have = {d.sensor_id for d in op.dets} | {d.sensor_id for d in op.waiting}
+                # (The event's own sensors never match: _arrivals gives them no window.)
+                have = {d.sensor_id for d in op.waiting}
                 best: dict[str, int] = {}           # per sensor, the detection nearest the prediction
                 for i in np.flatnonzero(hits[e]):
                     d = self.pending[i]
