@@ -36,6 +36,21 @@ def test_city_gunshots_located(city_scene, city_detections):
     assert [e.event_id for e in again] == [e.event_id for e in events]
 
 
+def test_grid_search_alone_locates_the_city(city_scene, city_detections):
+    """The anchored grid search is the fallback when no triple can be formed (too few
+    neighbours with detections, or sensors in line along a street); with the triples
+    switched off (hyp_neighbours=0) it alone must find the city's gunshots."""
+    cfg = AssocConfig(temperature_c=city_scene.temperature_c, hyp_neighbours=0)
+    a = Associator(city_scene.layout, cfg)
+    for d in sorted(city_detections, key=lambda d: d.t_ns):
+        a.feed(d)
+    events = a.flush()
+    truth = [t for t in truth_records(city_scene) if t["gunshot"] and t["kind"] != "suppressed"]
+    found = [b[1] for _, b in _match(truth, events) if b]
+    assert len(found) >= 0.9 * len(truth), f"{len(found)}/{len(truth)} located by the grid search"
+    assert np.median(found) < 2.0
+
+
 def test_no_event_from_scattered_false_detections(city_scene, rng):
     from shotnet.sensor.contract import Detection
 
