@@ -79,6 +79,14 @@ def stack(tmp_path, city_scene, city_detections):
     ctx.destroy(linger=0)
 
 
+def _diagnosis(stack) -> str:
+    """What the locator saw, for a failed wait (a once-seen flake: no incident in 20 s)."""
+    svc = stack["svc"]
+    return (f"round of {len(stack['dets'])} detections; service {svc.stats}; association {svc.assoc.stats}; "
+            f"pending {len(svc.assoc.pending)}, open {len(svc.assoc.open)}; published incidents "
+            f"{list(stack['published'])} (none: the association; some: the feed to the console)")
+
+
 def _heartbeats(stack, layout):
     """Every node says it is healthy (one, S03, with an unlocked clock)."""
     senders = {}
@@ -190,7 +198,7 @@ def test_no_session_no_data_and_forged_posts_refused(stack):
         urllib.request.urlopen(base + "/login", data=b"user=ana&password=correct+horse")
     assert ei.value.code == 403
     _send_round(stack)
-    assert _wait(lambda: stack["state"].incidents, 20)
+    assert _wait(lambda: stack["state"].incidents, 20), _diagnosis(stack)
     iid = next(iter(stack["state"].incidents))
     op, csrf = _session(base, "ana", "correct horse")
     assert json.loads(op.open(base + "/api/state").read())["incidents"]
