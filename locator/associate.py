@@ -21,10 +21,11 @@ One step:
    first from triples: the seed and one detection at each of two of its nearest sensors
    fix a source in closed form (:func:`kernels.seed_hypotheses`), scored like a grid
    node by the distinct sensors with a detection near their predicted arrival (first on
-   the sensors nearest the seed's, then the best few on all). Only when no triple
-   explains ``min_sensors`` sensors does the anchored grid search run
-   (:func:`kernels.seed_coherence`, over the part of the region where the seed's sensor
-   is among the nearest, several separate peaks refined to 1 m). For each sensor the
+   the sensors nearest the seed's, then the best few on all). Only when no triple can
+   be formed (too few neighbours with detections, or all in line with the seed's
+   sensor) does the anchored grid search run (:func:`kernels.seed_coherence`, over
+   the part of the region where the seed's sensor is among the nearest, several
+   separate peaks refined to 1 m). For each sensor the
    detection closest to the predicted arrival is taken, within the disc around the
    source whose matched count is least likely by chance (far sensors, beyond hearing
    range, only add chance detections); a candidate must be unlikely as a chance
@@ -390,24 +391,16 @@ class Associator:
         m = self._memo.get(key)
         return m is not None and (now_ns < m[1] or (m[3] > 0 and (m[2] is None or now_ns < m[2])))
 
-    def _remember(self, seed: Detection, now_ns: int, need_new: int = 1, members: list[Detection] = ()) -> None:
+    def _remember(self, seed: Detection, now_ns: int, need_new: int = 1) -> None:
         """A seed found no shot: search it again once ``need_new`` more detections have
         landed in its window, and (while its window is still filling) not before its
-        age has grown by half, so a seed in a dense stream is searched O(log) times.
-
-        ``members``, the later detections of a candidate that is not (yet) convincing,
-        wait as long as the seed: searched from the seed again, the candidate will have
-        grown, and searching each of them alone now would only find less of it."""
+        age has grown by half, so a seed in a dense stream is searched O(log) times."""
         age = now_ns - seed.t_ns
         if now_ns == NOW_INFINITE or age > self.shot_span_ns + self.cfg.latency_slack_s * NS_PER_S:
             not_before = 0
         else:
             not_before = seed.t_ns + max(int(1.5 * age), int(0.25 * NS_PER_S))
         self._memo[seed.key] = [seed.t_ns, not_before, None, max(1, need_new)]
-        for d in members:
-            if d.key != seed.key:
-                m = self._memo.get(d.key)
-                self._memo[d.key] = [d.t_ns, max(not_before, m[1] if m else 0), None, 1]
 
     def _search(self, now_ns: int, deadline: float | None = None) -> list[Event]:
         """Try each pending detection, in time order, as the first arrival of a shot."""

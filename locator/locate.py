@@ -1,7 +1,9 @@
 """Locate one shot from its detections: robust least squares and an honest 95% ellipse.
 
 The public function :func:`locate` validates input, allocates buffers, calls the Numba
-kernel :func:`~shotnet.locator.kernels.lm_solve` and packages the result. Robustness:
+kernel :func:`~shotnet.locator.kernels.lm_solve` (with many detections the whole robust
+sequence below runs as one compiled call, :func:`~shotnet.locator.kernels.robust_fit`)
+and packages the result. Robustness:
 
 1. L2 Levenberg-Marquardt from the starting point (a search's source or a guess);
 2. with many detections always a Cauchy fit (a few moderate late arrivals can spread

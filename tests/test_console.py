@@ -133,7 +133,12 @@ def test_console_end_to_end_in_a_browser(stack):
         assert page.locator("circle.sensor").count() == 24
         hb = _heartbeats(stack, stack["state"].layout)
         page.wait_for_selector("circle.sensor[fill='#ff9800']", timeout=10_000)   # S03 degraded
+        # The heartbeats reach the health view over a second or so (a CI run once saw 18 of
+        # the 23 still grey at the moment S03 turned orange): wait for all of them.
+        page.wait_for_function("() => document.querySelectorAll(\"circle.sensor[fill='#4caf50']\").length >= 23",
+                               timeout=10_000)
         assert page.locator("circle.sensor[fill='#4caf50']").count() == 23
+        assert page.locator("circle.sensor[fill='#ff9800']").count() == 1
         senders = _send_round(stack, hb)
         page.wait_for_selector("#list .inc .gun", timeout=20_000)
         seen = time.monotonic()
