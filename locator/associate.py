@@ -41,9 +41,11 @@ One step:
 4. *Expire*: detections older than the array's crossing time that found no shot are
    dropped and counted as unassociated (false or single-sensor impulses).
 
-Event ids are deterministic: a hash of the keys (``sensor_id:seq``) of the three
-earliest detections of the first published solution, so a replay or a second locator on
-the same stream produces the same ids.
+Event ids are deterministic: a hash of the key (``sensor_id:seq``) of the earliest
+detection the first published solution used (unique: a detection serves at most one
+shot), so a replay or a second locator on the same stream produces the same ids. (The
+three earliest, as before, made two locators disagree when one's first solution, found
+at a slightly different moment, had dropped one of them.)
 """
 
 from __future__ import annotations
@@ -889,8 +891,8 @@ class Associator:
         """The event for a fit that is published (a new shot or a new version): its id
         and its incident."""
         if event_id is None:
-            first3 = sorted(used, key=lambda d: (d.t_ns, d.sensor_id))[:3]
-            event_id = _event_id([d.key for d in first3])
+            first = min(used, key=lambda d: (d.t_ns, d.sensor_id))
+            event_id = _event_id([first.key])
         if incident_id is None:
             incident_id = self._incident_for(event_id, t0_ns, sol.x_m, sol.y_m)
         lat, lon, alt = self.layout.frame.to_geodetic(sol.x_m, sol.y_m, sol.z_m)
