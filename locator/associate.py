@@ -468,8 +468,8 @@ class Associator:
         # range, only add chance detections.
         tau0 = -self._travel_s(x0, y0)[s0]
         t0_guess_ns = seed.t_ns + int(tau0 * NS_PER_S)
-        chosen = kernels.choose_candidate(float(x0), float(y0), float(self.z_src), s0, self._spx, self._spy,
-                                          self._spz, float(self.c), float(self.wind[0]), float(self.wind[1]),
+        chosen = kernels.choose_candidate(float(x0), float(y0), float(self.z_src), s0, float(tau0), self._spx,
+                                          self._spy, self._spz, float(self.c), float(self.wind[0]), float(self.wind[1]),
                                           t, offsets, float(w_f + cfg.gate_s), self._rates(t0_guess_ns),
                                           int(cfg.min_sensors))
         cand = sorted([seed] + [self.pending[int(js[i])] for i in chosen], key=lambda d: d.t_ns)

@@ -183,8 +183,9 @@ def lm_solve_many(px, py, pz, t, sigma, x0, c, z_src, max_iter, out_params, out_
 
 
 @numba.njit(cache=True, nogil=True)
-def _nearest_residual(t_sorted, lo, hi, p):
-    """|t - p| for the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``; inf if empty."""
+def _nearest(t_sorted, lo, hi, p):
+    """``(index, |t - p|)`` of the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``;
+    ``(-1, inf)`` if empty."""
     a = lo
     b = hi
     while a < b:
@@ -193,12 +194,32 @@ def _nearest_residual(t_sorted, lo, hi, p):
             a = m + 1
         else:
             b = m
+    best = -1
     r = np.inf
     if a < hi:
+        best = a
         r = t_sorted[a] - p
     if a > lo and p - t_sorted[a - 1] < r:
+        best = a - 1
         r = p - t_sorted[a - 1]
-    return r
+    return best, r
+
+
+@numba.njit(cache=True, nogil=True)
+def _nearest_residual(t_sorted, lo, hi, p):
+    """|t - p| for the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``; inf if empty."""
+    return _nearest(t_sorted, lo, hi, p)[1]
+
+
+@numba.njit(cache=True, nogil=True)
+def _travel1(sx, sy, sz, s, x, y, z, c, wx, wy):
+    """Travel time (s) from ``(x, y, z)`` to sensor ``s``, the wind ``(wx, wy)`` to first
+    order: ``|d| / c - (d . w) / c^2``, ``d`` = sensor minus source (the search kernels'
+    model; :func:`travel_time` is the exact one the solver uses)."""
+    dx = sx[s] - x
+    dy = sy[s] - y
+    dz = sz[s] - z
+    return math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -222,10 +243,7 @@ def seed_coherence(gx, gy, z_src, sx, sy, sz, s0, t_sorted, offsets, c, wx, wy, 
     n_cells = gx.shape[0]
     n_sens = sx.shape[0]
     for g in prange(n_cells):
-        dx = sx[s0] - gx[g]
-        dy = sy[s0] - gy[g]
-        dz = sz[s0] - z_src
-        off = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c)
+        off = _travel1(sx, sy, sz, s0, gx[g], gy[g], z_src, c, wx, wy)
         cnt = 1
         cost = 0.0
         for s in range(n_sens):
@@ -233,10 +251,7 @@ def seed_coherence(gx, gy, z_src, sx, sy, sz, s0, t_sorted, offsets, c, wx, wy, 
             hi = offsets[s + 1]
             if s == s0 or lo == hi:
                 continue
-            dx = sx[s] - gx[g]
-            dy = sy[s] - gy[g]
-            dz = sz[s] - z_src
-            p = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) - off
+            p = _travel1(sx, sy, sz, s, gx[g], gy[g], z_src, c, wx, wy) - off
             r = _nearest_residual(t_sorted, lo, hi, p)
             if r <= half_window_s:
                 cnt += 1
@@ -387,10 +402,7 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                         part = 1
                         for i in range(n_near):
                             s = near[i]
-                            dx = sx[s] - x
-                            dy = sy[s] - y
-                            dz = sz[s] - z_src
-                            p = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) - off
+                            p = _travel1(sx, sy, sz, s, x, y, z_src, c, wx, wy) - off
                             if _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p) <= half_window_s:
                                 part += 1
                         rx[n_roots] = x
@@ -413,10 +425,7 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
             s = busy[i]
             if cnt + n_busy - i < bar:
                 break
-            dx = sx[s] - x
-            dy = sy[s] - y
-            dz = sz[s] - z_src
-            p = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) - off
+            p = _travel1(sx, sy, sz, s, x, y, z_src, c, wx, wy) - off
             r = _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p)
             if r <= half_window_s:
                 cnt += 1
@@ -705,8 +714,9 @@ def seed_window(tp, sp, k, span_ns, pair_ns_to_seed, max_search, n_sensors):
 
 
 @numba.njit(cache=True, nogil=True)
-def choose_candidate(x, y, z_src, s0, sx, sy, sz, c, wx, wy, t_sorted, offsets, w_s, rates, min_count):
-    """The detections of a candidate shot at ``(x, y, z_src)`` seeded at sensor ``s0``.
+def choose_candidate(x, y, z_src, s0, tau0, sx, sy, sz, c, wx, wy, t_sorted, offsets, w_s, rates, min_count):
+    """The detections of a candidate shot at ``(x, y, z_src)`` seeded at sensor ``s0``,
+    emitted ``tau0`` s after the seed's time (``-`` its travel time to ``s0``).
 
     For every other sensor, the detection (grouped as in :func:`seed_coherence`, times in
     s after the seed) nearest its predicted arrival, if within ``w_s``; then only those
@@ -715,10 +725,6 @@ def choose_candidate(x, y, z_src, s0, sx, sy, sz, c, wx, wy, t_sorted, offsets, 
     ``rates`` in detections/s, three matches free for the fit's unknowns). Returns the
     chosen positions in ``t_sorted``, by sensor."""
     n_sens = sx.shape[0]
-    dx = sx[s0] - x
-    dy = sy[s0] - y
-    dz = sz[s0] - z_src
-    tau0 = -(math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c))
     pick = np.full(n_sens, -1, dtype=np.int64)
     dist = np.empty(n_sens)
     matched = np.zeros(n_sens, dtype=np.bool_)
@@ -726,30 +732,12 @@ def choose_candidate(x, y, z_src, s0, sx, sy, sz, c, wx, wy, t_sorted, offsets, 
     for s in range(n_sens):
         dx = sx[s] - x
         dy = sy[s] - y
-        dz = sz[s] - z_src
         dist[s] = math.sqrt(dx * dx + dy * dy)
         p[s] = -math.expm1(-rates[s] * 2.0 * w_s)
-        lo = offsets[s]
-        hi = offsets[s + 1]
-        if s == s0 or lo == hi:
+        if s == s0 or offsets[s] == offsets[s + 1]:
             continue
-        pred = math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c) + tau0
-        a = lo
-        b = hi
-        while a < b:
-            m = (a + b) >> 1
-            if t_sorted[m] < pred:
-                a = m + 1
-            else:
-                b = m
-        best = -1
-        r = np.inf
-        if a < hi:
-            best = a
-            r = t_sorted[a] - pred
-        if a > lo and pred - t_sorted[a - 1] < r:
-            best = a - 1
-            r = pred - t_sorted[a - 1]
+        pred = _travel1(sx, sy, sz, s, x, y, z_src, c, wx, wy) + tau0
+        best, r = _nearest(t_sorted, offsets[s], offsets[s + 1], pred)
         if r <= w_s:
             pick[s] = best
             matched[s] = True

@@ -116,13 +116,14 @@ def _median(x: np.ndarray) -> float:
 
 
 def _predict(pos: np.ndarray, params: np.ndarray, mod: _Model) -> np.ndarray:
-    src = np.array([params[0], params[1], params[2] if mod.ndim == 3 else mod.z_src])
+    """Predicted arrival times (s) at ``pos`` (n, 3) for ``params``
+    (:func:`kernels.predict_arrivals`, the model the compiled stages use)."""
     wx, wy = mod.wind_of(params)
-    d = pos - src
-    a = mod.c**2 - wx * wx - wy * wy
-    dw = d[:, 0] * wx + d[:, 1] * wy
-    tt = (-dw + np.sqrt(dw * dw + a * np.einsum("ij,ij->i", d, d))) / a
-    return params[mod.ndim] + tt
+    out = np.empty(len(pos))
+    kernels.predict_arrivals(np.ascontiguousarray(pos[:, 0]), np.ascontiguousarray(pos[:, 1]),
+                             np.ascontiguousarray(pos[:, 2]), np.asarray(params, dtype=np.float64), mod.ndim,
+                             float(mod.z_src), float(mod.c), float(wx), float(wy), out)
+    return out
 
 
 def _solve(cols, t, sig, mask, x0, mod: _Model, loss, loss_k, max_iter=50):
