@@ -54,6 +54,7 @@ import bisect
 import collections
 import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import time
@@ -124,6 +125,8 @@ class AssocConfig:
     max_pending: int = 20000             # oldest pending detections beyond this are expired
     update_growth: float = 0.5           # re-solve an open event once it has gained this fraction
     max_search: int = 2000               # detections considered by one search
+    overload_gunshots_first: bool = True  # when the search falls behind, seeds the nodes
+                                         # rate likelier gunshots than not go first
     test_mode: bool = False              # events are marked as tests (calibration)
     max_clock_sigma_ms: float = 5.0      # detections with worse time are stored, not located
     wind_m_per_s: tuple[float, float] = (0.0, 0.0)  # initial regional wind (east, north)
@@ -169,6 +172,98 @@ def _event_id(keys: list[str]) -> str:
     return hashlib.sha256("|".join(keys).encode()).hexdigest()[:20]
 
 
+def _gun(d: Detection) -> bool:
+    """Whether the node rated the detection likelier a gunshot than not."""
+    return d.p_gunshot >= 0.5
+
+
+def _holds(times: np.ndarray, t_ns: int, span_ns: int) -> bool:
+    """Whether the sorted ``times`` (ns) hold one in ``[t_ns, t_ns + span_ns]``."""
+    i = int(np.searchsorted(times, t_ns, "left"))
+    return i < len(times) and times[i] <= t_ns + span_ns
+
+
+class _Batch:
+    """The pending detections, as arrays, for searching many seeds at once: a snapshot
+    at the start of a search, whose detections the shots found meanwhile take
+    (:meth:`take`; a search never adds any)."""
+
+    def __init__(self, a: "Associator", pend: list[Detection]):
+        self.a = a
+        self.pend = pend
+        self.tp = np.array([d.t_ns for d in pend], dtype=np.int64)
+        self.sp = np.array([a.idx[d.sensor_id] for d in pend], dtype=np.int64)
+        self.alive = np.ones(len(pend), dtype=np.bool_)
+        self._pos: dict[str, int] | None = None
+        self._sig: np.ndarray | None = None
+        self._gun: np.ndarray | None = None
+
+    def take(self, dets: list[Detection]) -> None:
+        """These are no longer pending."""
+        self._index()
+        for d in dets:
+            self.alive[self._pos[d.key]] = False
+
+    def _index(self) -> None:
+        if self._pos is None:
+            self._pos = {d.key: i for i, d in enumerate(self.pend)}
+
+    def run(self, seeds: list[Detection]) -> dict[str, tuple]:
+        """Search ``seeds`` (pending detections; :func:`kernels.search_seeds`, the grid
+        search where no triple could be formed). Returns per seed key: ``(status, count,
+        x m, y m, emission offset s, chance pre-test, candidate detections, the seed's
+        time ns)``."""
+        if not seeds:
+            return {}
+        a, cfg = self.a, self.a.cfg
+        self._index()
+        if self._sig is None:
+            self._sig = a._sigma(self.pend)
+            self._gun = np.array([_gun(d) for d in self.pend], dtype=np.bool_)
+        sig_p, gun_p = self._sig, self._gun
+        n, n_sens = len(seeds), len(a.layout)
+        ks = np.array([self._pos[d.key] for d in seeds], dtype=np.int64)
+        hist = a._flat_history() + (a._seen_from, a._seen_to)
+        status = np.zeros(n, dtype=np.int64)
+        count = np.zeros(n, dtype=np.int64)
+        x, y, tau0, prob = np.zeros(n), np.zeros(n), np.zeros(n), np.ones(n)
+        cand = np.zeros((n, n_sens), dtype=np.int64)
+        kernels.search_seeds(ks, self.tp, self.sp, self.alive, sig_p, gun_p, a.shot_span_ns, a._pair_ns, int(cfg.max_search), a._spx,
+                             a._spy, a._spz, float(a.z_src), float(a.c), float(a.wind[0]), float(a.wind[1]),
+                             a._hyp_window_s(), float(cfg.seed_region_m), *a._box, a._nbr_order,
+                             int(cfg.hyp_neighbours), int(cfg.hyp_per_sensor), int(cfg.hyp_near), int(cfg.hyp_full),
+                             a._d_min, float(cfg.coarse_cell_m), float(cfg.gate_s), *hist, int(cfg.min_sensors),
+                             status, count, x, y, tau0, prob, cand)
+        out = {}
+        for q, k in enumerate(ks):
+            st = int(status[q])
+            if st == kernels.SEED_NO_TRIPLE:
+                row = self._grid(int(k), hist)
+            else:
+                got = [self.pend[j] for j in cand[q, :count[q]]] if st == kernels.SEED_CANDIDATE else []
+                row = (st, int(count[q]), float(x[q]), float(y[q]), float(tau0[q]), float(prob[q]), got)
+            out[seeds[q].key] = row + (seeds[q].t_ns,)
+        return out
+
+    def _grid(self, k: int, hist: tuple) -> tuple:
+        """Where no triple could be formed: the anchored grid search decides."""
+        a, cfg = self.a, self.a.cfg
+        s0 = int(self.sp[k])
+        js, t, offsets, _ = kernels.seed_window(self.tp, self.sp, self.alive, k, a.shot_span_ns, a._pair_ns[s0],
+                                                int(cfg.max_search), len(a.layout))
+        found = a._grid_search(s0, t, offsets)
+        if isinstance(found, int):
+            return kernels.SEED_WEAK, found, 0.0, 0.0, 0.0, 1.0, []
+        x0, y0, w = found
+        buf = np.zeros(len(a.layout), dtype=np.int64)
+        n, tau0, prob = kernels.candidate_at(x0, y0, float(a.z_src), k, self.tp, self.sp, self._sig, self._gun, js,
+                                             t, offsets,
+                                             a._spx, a._spy, a._spz, float(a.c), float(a.wind[0]),
+                                             float(a.wind[1]), float(w + cfg.gate_s), *hist,
+                                             int(cfg.min_sensors), buf)
+        return kernels.SEED_CANDIDATE, int(n), x0, y0, float(tau0), float(prob), [self.pend[j] for j in buf[:n]]
+
+
 class Associator:
     """Detections in, events out. Pure logic: no sockets, no threads, no wall clock."""
 
@@ -184,6 +279,9 @@ class Associator:
         self.pos = layout.enu_m
         self.pending: list[Detection] = []
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor, sorted
+        self.gun_history: dict[str, list[int]] = {}  # ...of those the node rated gunshots
+        self._flat = None                        # both as (times, offsets by sensor index) x 2
+        self._sids = sorted(self.idx, key=self.idx.get)
         self._snr: dict[tuple[str, int], float] = {}  # their onset SNRs (dB), where known
         self._seen_from, self._seen_to = NOW_INFINITE, -NOW_INFINITE  # times the histories cover
         self._now = 0                            # the clock at the last step
@@ -196,6 +294,9 @@ class Associator:
         self._failed: dict[str, frozenset] = {}
         self._new_times: list[int] = []
         self._rate_cache: dict[int, np.ndarray] = {}  # second -> per-sensor rates, this step
+        self._taken: list[Detection] | None = None   # detections shots took, during a search
+        self._behind = False                     # the last step's search ran out of time
+        self.search_chunk = 16                   # seeds searched together (in parallel)
         self.seen: set[str] = set()
         self.open: list[_Open] = []
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
@@ -229,8 +330,8 @@ class Associator:
         slack_s = cfg.gate_s + 2 * cfg.window_tol_s
         self._pair_ns = ((pair_m / self.c * (1 + cfg.max_wind_m_per_s / self.c) + slack_s) * NS_PER_S).astype(np.int64)
         self.shot_span_ns = int(self._pair_ns.max())
-        self._pair_to = [np.ascontiguousarray(self._pair_ns[:, k]) for k in range(len(layout))]
-        self._nbr_order = [np.argsort(pair_m[k], kind="stable")[1:] for k in range(len(layout))]
+        # Each sensor's others, nearest first.
+        self._nbr_order = np.ascontiguousarray(np.argsort(pair_m, axis=1, kind="stable")[:, 1:], dtype=np.int64)
         self._box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
         # A seed is first searched once sound from anywhere in its region has had time to
         # reach min_sensors - 1 other sensors (those nearest the seed's sensor, whose pair
@@ -266,6 +367,9 @@ class Associator:
         """Record that ``det``'s sensor heard something at its time (sensor histories for
         the silent-neighbour check and the chance test)."""
         bisect.insort(self.history.setdefault(det.sensor_id, []), det.t_ns)
+        if _gun(det):
+            bisect.insort(self.gun_history.setdefault(det.sensor_id, []), det.t_ns)
+        self._flat = None
         self._seen_from = min(self._seen_from, det.t_ns)
         self._seen_to = max(self._seen_to, det.t_ns)
         if det.snr_db is not None:
@@ -405,79 +509,106 @@ class Associator:
         self._memo[seed.key] = [seed.t_ns, not_before, None, max(1, need_new)]
 
     def _search(self, now_ns: int, deadline: float | None = None) -> list[Event]:
-        """Try each pending detection, in time order, as the first arrival of a shot."""
+        """Try each pending detection, in time order, as the first arrival of a shot.
+
+        Seeds are searched a few at a time, in parallel, up to their candidates and the
+        chance pre-test (:func:`kernels.search_seeds`); then each, in order, goes
+        through the checks and the solve. A seed whose window lost detections to a shot
+        found meanwhile is searched again. When the last step ran out of time (a night
+        with more impulses than the search keeps up with), the seeds the nodes rate
+        likelier gunshots than not go first: a dispatcher needs those; fireworks are
+        searched with the time left."""
         out: list[Event] = []
+        if not self.pending:
+            return out
         skip: set[str] = set()      # members of a candidate waiting to mature, this step
-        k = 0
-        arrays = None
         explained = self._explained_by_open()
-        while k < len(self.pending):
-            if deadline is not None and time.perf_counter() > deadline:
-                self.stats.budget_exhausted += 1
-                break
-            d = self.pending[k]
-            k += 1
-            if d.key in skip or self._asleep(d.key, now_ns) or \
-                    now_ns - d.t_ns < self._first_search_ns[self.idx[d.sensor_id]]:
+        cur = _Batch(self, self.pending)
+        ripe = np.flatnonzero(now_ns - cur.tp >= self._first_search_ns[cur.sp])
+        todo: list[Detection] = []
+        for k in ripe:
+            d = cur.pend[k]
+            if self._asleep(d.key, now_ns):
                 continue
-            until = explained(d.t_ns, self.idx[d.sensor_id])
+            until = explained(d.t_ns, int(cur.sp[k]))
             if until is not None:
                 # Not searched while that event is open (nothing can wake it sooner).
                 self.stats.explained += 1
                 self._memo[d.key] = [d.t_ns, until, None, 0]
                 continue
-            if arrays is None:
-                arrays = (np.array([p.t_ns for p in self.pending], dtype=np.int64),
-                          np.array([self.idx[p.sensor_id] for p in self.pending], dtype=np.int64))
-            n_before = len(self.pending)
-            ev = self._search_seed(k - 1, now_ns, skip, *arrays)
-            if ev is not None:
-                out.append(ev)
-                explained = self._explained_by_open()
-            if len(self.pending) != n_before:
-                # Detections were consumed: carry on from the first one still pending
-                # at or after this seed's time.
-                arrays = None
-                k = bisect.bisect_left([p.t_ns for p in self.pending], d.t_ns)
+            todo.append(d)
+        if self._behind and self.cfg.overload_gunshots_first:
+            todo.sort(key=lambda d: d.p_gunshot < 0.5)      # stable: time order within each
+        self._behind = False
+        results: dict[str, tuple] = {}  # seed key -> its search, until used
+        taken: set[str] = set()     # detections shots found this step took
+        lost: list[int] = []        # their times, until the searches they affect are dropped
+        self._taken = []
+        try:
+            for q, d in enumerate(todo):
+                if deadline is not None and time.perf_counter() > deadline:
+                    self.stats.budget_exhausted += 1
+                    self._behind = True
+                    break
+                if d.key in skip or d.key in taken:
+                    continue
+                if out:
+                    # Events found (or updated) this step may explain it now.
+                    until = explained(d.t_ns, self.idx[d.sensor_id])
+                    if until is not None:
+                        self.stats.explained += 1
+                        self._memo[d.key] = [d.t_ns, until, None, 0]
+                        continue
+                if lost:
+                    # Searches whose windows held a taken detection are done again.
+                    ct = np.sort(np.array(lost, dtype=np.int64))
+                    lost = []
+                    for key in [key for key, r in results.items() if _holds(ct, r[-1], self.shot_span_ns)]:
+                        del results[key]
+                if d.key not in results:
+                    nxt = (p for p in itertools.islice(todo, q, None)
+                           if p.key not in results and p.key not in taken and p.key not in skip)
+                    results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
+                known = self.wind_known
+                ev = self._search_seed(d, results.pop(d.key)[:-1], now_ns, skip)
+                if self.wind_known != known:
+                    # The first wind estimate narrows the search windows: search again.
+                    # (Later estimates move the regional wind a little; the searches
+                    # done this step keep the one they started with.)
+                    results.clear()
+                if self._taken:
+                    cur.take(self._taken)
+                    taken.update(p.key for p in self._taken)
+                    lost += [p.t_ns for p in self._taken]
+                    self._taken = []
+                if ev is not None:
+                    out.append(ev)
+                    explained = self._explained_by_open()
+        finally:
+            self._taken = None
         return out
 
-    def _search_seed(self, k: int, now_ns: int, skip: set[str], tp: np.ndarray, sp: np.ndarray) -> Event | None:
-        """Search for a shot whose first arrival is ``pending[k]``; ``tp, sp`` are the
-        pending detections' times (ns) and sensor indices."""
+    def _search_seed(self, seed: Detection, found: tuple, now_ns: int, skip: set[str]) -> Event | None:
+        """The checks and the solve for a seed searched by :meth:`_Batch.run`: ``found``
+        is ``(status, count, x m, y m, emission offset s, chance pre-test, candidate
+        detections)``."""
         cfg = self.cfg
-        seed = self.pending[k]
-        s0 = int(sp[k])
-        # The seed's window: later detections at other sensors that pass the pair gate.
-        # (grouped by sensor, ascending times within each, for the kernels).
-        js, t, offsets, n_sens = kernels.seed_window(tp, sp, k, self.shot_span_ns, self._pair_to[s0],
-                                                     cfg.max_search, len(self.layout))
-        if n_sens < cfg.min_sensors:
-            self._remember(seed, now_ns, need_new=cfg.min_sensors - n_sens)
+        status, count, x0, y0, tau0, prob, cand = found
+        if status == kernels.SEED_FEW:
+            self._remember(seed, now_ns, need_new=cfg.min_sensors - count)
             return None
         self.stats.searches += 1
-        found = self._hypotheses(s0, t, offsets)
-        if found is None:
-            found = self._grid_search(s0, t, offsets)
-        if isinstance(found, int):
+        if status == kernels.SEED_WEAK:
             # Each new detection adds at most one sensor to any source's count.
-            self._remember(seed, now_ns, need_new=cfg.min_sensors - found)
+            self._remember(seed, now_ns, need_new=cfg.min_sensors - count)
             return None
-        x0, y0, w_f = found
-        # One detection per sensor (the one closest to its predicted arrival), within the
-        # disc around the source least likely by chance: far sensors, beyond hearing
-        # range, only add chance detections.
-        tau0 = -self._travel_s(x0, y0)[s0]
-        t0_guess_ns = seed.t_ns + int(tau0 * NS_PER_S)
-        chosen = kernels.choose_candidate(float(x0), float(y0), float(self.z_src), s0, float(tau0), self._spx,
-                                          self._spy, self._spz, float(self.c), float(self.wind[0]), float(self.wind[1]),
-                                          t, offsets, float(w_f + cfg.gate_s), self._rates(t0_guess_ns),
-                                          int(cfg.min_sensors))
-        cand = sorted([seed] + [self.pending[int(js[i])] for i in chosen], key=lambda d: d.t_ns)
+        cand = sorted(cand, key=lambda d: d.t_ns)
         if len(cand) < cfg.min_sensors:
             self._remember(seed, now_ns, need_new=cfg.min_sensors - len(cand))
             return None
         # Alert as soon as the solution can be good: when enough sensors have reported,
         # or when sound has had time to reach every sensor within settle_range_m.
+        t0_guess_ns = seed.t_ns + int(tau0 * NS_PER_S)
         mature_at = t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S)
         if len(cand) < cfg.early_alert_sensors and now_ns < mature_at:
             for d in cand:
@@ -499,8 +630,7 @@ class Associator:
             return merged
         # Before the solve: could this many detections pass the chance-alignment test
         # at all? (The solve can only drop detections and widen the window.)
-        if self._chance((x0, y0, self.z_src), t0_guess_ns, {d.sensor_id for d in cand},
-                        3.0 * _median(self._sigma(cand)), len(cand) - 3) > cfg.max_chance_probability:
+        if prob > cfg.max_chance_probability:
             self.stats.chance += 1
             self._remember(seed, now_ns)
             return None
@@ -541,37 +671,6 @@ class Associator:
         self.open.append(_Open(ev, sol, mine, close_at, t0_ns))
         self.stats.events += 1
         return ev
-
-    def _hypotheses(self, s0: int, t: np.ndarray, offsets: np.ndarray):
-        """The fast path: sources from triples (the seed and detections at two of its
-        nearest sensors), verified on every sensor (:func:`kernels.seed_hypotheses`).
-        Returns ``(x, y, half window s)`` of the best; the best count when triples were
-        formed but none explains ``min_sensors`` sensors; None when no triple could be
-        formed (too few neighbours with detections, or all in line with the seed's
-        sensor, as along a street): only then does the grid search run. (On the
-        benchmark streams the grid found no shot the triples had missed, at up to a
-        quarter of the search time.)"""
-        cfg = self.cfg
-        nb = self._nbr_order[s0]
-        nb = nb[offsets[nb + 1] > offsets[nb]][: cfg.hyp_neighbours]
-        if cfg.hyp_neighbours < 2 or len(nb) < 2:
-            return None
-        hw = 2 * cfg.window_tol_s + self._wind_sd() * cfg.hyp_wind_range_m / self.c**2
-        k = 1
-        ox, oy, ocost = np.zeros(k), np.zeros(k), np.zeros(k)
-        ocnt = np.zeros(k, dtype=np.int64)
-        near = self._nbr_order[s0]
-        near = np.ascontiguousarray(near[offsets[near + 1] > offsets[near]][: cfg.hyp_near], dtype=np.int64)
-        n = kernels.seed_hypotheses(self._spx, self._spy, self._spz, float(self.z_src), int(s0),
-                                    np.ascontiguousarray(nb, dtype=np.int64), t, offsets, float(self.c),
-                                    float(self.wind[0]), float(self.wind[1]), float(hw), float(cfg.seed_region_m),
-                                    *self._box, int(cfg.hyp_per_sensor), near, int(cfg.hyp_full),
-                                    self._d_min, float(cfg.coarse_cell_m), ox, oy, ocnt, ocost)
-        if n == 0:
-            return None
-        if ocnt[0] < cfg.min_sensors:
-            return int(ocnt[0])
-        return float(ox[0]), float(oy[0]), hw
 
     def _grid_search(self, s0: int, t: np.ndarray, offsets: np.ndarray):
         """The anchored grid search (:func:`kernels.seed_coherence`) over the seed's
@@ -672,36 +771,42 @@ class Associator:
         emission time, wind) line up that many detections whatever they are, so the
         evidence is the count beyond them. On a quiet night five sensors are ample; on a
         fireworks night, when every sensor reports several impulses a second, it takes
-        more."""
+        more, unless the nodes rated the detections gunshots: the same test on those
+        alone, at the rate of gunshot-rated detections (:func:`kernels.label_chance`)."""
         sig = float(np.median(self._sigma(dets))) if dets else self.cfg.model_sigma_s
         # The fit chose the source and emission time to line up its detections: that many
         # of them (the unknowns) line up whatever they are; the rest are the evidence.
         n_unknowns = sol.ndim + 1 + (2 if sol.wind_estimated else 0)
-        return self._chance((sol.x_m, sol.y_m, sol.z_m), t0_ns, {d.sensor_id for d in dets},
-                            3.0 * max(sol.residual_rms_s, sig), len(dets) - n_unknowns)
+        return kernels.label_chance(sol.x_m, sol.y_m, sol.z_m, self._spx, self._spy, self._spz,
+                                    np.array([self.idx[d.sensor_id] for d in dets], dtype=np.int64),
+                                    np.array([_gun(d) for d in dets], dtype=np.bool_),
+                                    3.0 * max(sol.residual_rms_s, sig), *self._rates(t0_ns), n_unknowns)
 
-    def _chance(self, src, t0_ns: int, sensor_ids, w_s: float, n_evidence: int) -> float:
-        """P(at least ``n_evidence`` sensors within the farthest of ``sensor_ids`` from
-        ``src`` have a detection within +-``w_s`` of the predicted arrival by chance)."""
-        dist = np.linalg.norm(self.pos - np.asarray(src, dtype=np.float64), axis=1)
-        r_max = max(dist[self.idx[s]] for s in sensor_ids)
-        p = -np.expm1(-self._rates(t0_ns)[dist <= r_max] * 2.0 * w_s)
-        return kernels.poisson_binomial_tail(p, max(n_evidence, 0))
-
-    def _rates(self, t_ns: int) -> np.ndarray:
-        """Each sensor's detection rate (per s) over the 20 s around ``t_ns`` (as much of
-        it as the histories cover). Cached per second of ``t_ns`` within a step."""
+    def _rates(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each sensor's rate (per s) of detections, and of gunshot-rated ones, over the
+        20 s around ``t_ns`` (as much of it as the histories cover). Cached per second of
+        ``t_ns`` within a step."""
         b = t_ns // NS_PER_S
         got = self._rate_cache.get(b)
         if got is None:
-            lo = max((b - 10) * NS_PER_S, self._seen_from)
-            hi = min((b + 11) * NS_PER_S, self._seen_to)
-            span = max(hi - lo, NS_PER_S) / NS_PER_S
-            got = np.zeros(len(self.layout))
-            for sid, h in self.history.items():
-                got[self.idx[sid]] = (bisect.bisect_right(h, hi) - bisect.bisect_left(h, lo)) / span
-            self._rate_cache[b] = got
-        return got
+            got = self._rate_cache[b] = np.zeros((2, len(self.layout)))
+            t_all, off_all, t_gun, off_gun = self._flat_history()
+            kernels.rate_rows(t_all, off_all, b, self._seen_from, self._seen_to, got[0:1])
+            kernels.rate_rows(t_gun, off_gun, b, self._seen_from, self._seen_to, got[1:2])
+        return got[0], got[1]
+
+    def _flat_history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The sensor histories as arrays for the kernels: (times ns, offsets by sensor
+        index) of all detections, then of gunshot-rated ones; rebuilt when they change."""
+        if self._flat is None:
+            flat = []
+            for hist in (self.history, self.gun_history):
+                lists = [hist.get(sid, ()) for sid in self._sids]
+                off = np.zeros(len(lists) + 1, dtype=np.int64)
+                np.cumsum([len(h) for h in lists], out=off[1:])
+                flat += [np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(off[-1])), off]
+            self._flat = tuple(flat)
+        return self._flat
 
     def _arrivals(self, op: _Open) -> tuple[np.ndarray, np.ndarray]:
         """An open event's predicted arrival (ns) at every sensor and how far (ns) a
@@ -754,8 +859,14 @@ class Associator:
         """Take detections out of the pending list: they now belong to a shot (or an
         echo of one). They still show that their sensor heard something then: a node
         cannot trigger twice within its dead time, so one detection may stand for two
-        shots' arrivals."""
-        self.pending = [d for d in self.pending if d.key not in keys]
+        shots' arrivals. (During a search they are also noted in ``_taken``.)"""
+        keep = []
+        for d in self.pending:
+            if d.key not in keys:
+                keep.append(d)
+            elif self._taken is not None:
+                self._taken.append(d)
+        self.pending = keep
 
     def _is_echo(self, sol: Solution, t0_ns: int, n_sensors: int) -> bool:
         for op in self.open + self.recent[-50:]:
@@ -812,6 +923,11 @@ class Associator:
         op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
         self.stats.updates += 1
         return ev, sum(d.key in keep for d in extra)
+
+    def _hyp_window_s(self) -> float:
+        """Half window (s) within which a triple's source must predict a detection to
+        count a sensor: the tolerance, and the wind's uncertainty over a few hundred m."""
+        return 2 * self.cfg.window_tol_s + self._wind_sd() * self.cfg.hyp_wind_range_m / self.c**2
 
     def _wind_sd(self) -> float:
         """Uncertainty (m/s) of the regional wind the locator currently assumes."""
@@ -992,6 +1108,9 @@ class Associator:
                 for t in h[:n_old]:
                     self._snr.pop((sid, t), None)
                 del h[:n_old]
+            for h in self.gun_history.values():
+                del h[:bisect.bisect_left(h, old)]
+            self._flat = None
         self._memo = {d.key: self._memo[d.key] for d in keep if d.key in self._memo}
         self._failed = {d.key: self._failed[d.key] for d in keep if d.key in self._failed}
         if len(keep) > self.cfg.max_pending:

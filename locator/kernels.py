@@ -291,7 +291,7 @@ def grid_peaks(gx, gy, count, cost, min_count, min_sep_m, k):
 
 @numba.njit(cache=True, nogil=True)
 def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, half_window_s,
-                    seed_region_m, x_lo, x_hi, y_lo, y_hi, max_per_sensor, near, n_full, d_min, cell_m,
+                    seed_region_m, x_lo, x_hi, y_lo, y_hi, max_per_sensor, near, n_full, d_min, cell_m, pair_ns,
                     out_x, out_y, out_cnt, out_cost):
     """Source hypotheses for one seed from detection triples, verified on every sensor.
 
@@ -302,7 +302,9 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     wind's first-order term removed, ``D_i - D_0 = c dt_i``; subtracting the squared range
     equations gives two linear equations in the position, ``q_i . x = e_i - D_0 c dt_i``
     (``q_i`` = sensor i minus the seed's sensor), and ``|x|^2 + dz_0^2 = D_0^2`` leaves a
-    quadratic in the seed's range ``D_0`` (up to two sources). A source outside the search
+    quadratic in the seed's range ``D_0`` (up to two sources). Two detections further
+    apart in time than the pair gate ``pair_ns[a, b]`` (ns) allows are not one shot's
+    and form no triple. A source outside the search
     box, or where the seed's sensor is more than ``seed_region_m`` farther than the
     nearest sensor (a first arrival comes from near the source; ``d_min[i, j]`` is the
     distance from ``(x_lo + i cell_m, y_lo + j cell_m)`` to its nearest sensor, looked up
@@ -313,8 +315,9 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     Two passes: every source is first scored on ``near`` (the sensors nearest the seed's,
     which hear a real shot seeded there); only the ``n_full`` best of those (all if
     ``n_full`` <= 0) are then scored on every sensor, best first, each pass stopping once
-    a source cannot beat the one kept. In a crowded window most triples are chance and
-    this saves most of the full scoring.
+    a source cannot beat the one kept (in the first pass: cannot enter the best
+    ``n_full``, ties going to the earlier). In a crowded window most triples are chance
+    and this saves most of the scoring.
 
     Writes the best few distinct sources (count descending, cost ascending, at least
     10 m apart) into ``out_*`` (length k) and returns how many were written.
@@ -337,6 +340,10 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     roff = np.empty(max_roots)
     rpart = np.empty(max_roots, dtype=np.int64)
     n_roots = 0
+    # How many sources kept so far have each near count, and the count a new one must
+    # beat to enter the best n_full (ties go to the earlier source).
+    hist = np.zeros(n_near + 2, dtype=np.int64)
+    bar = -1
     for ia in range(n_nb):
         a = nbrs[ia]
         qax = sx[a] - sx[s0]
@@ -354,11 +361,16 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
             dzb = sz[b] - z_src
             wb = (qbx * wx + qby * wy) / (c * c)
             nb = min(offsets[b + 1] - offsets[b], max_per_sensor)
+            gate_ab = pair_ns[a, b] / 1e9
             for ja in range(na):
-                fa = c * (t_sorted[offsets[a] + ja] + wa)
+                ta = t_sorted[offsets[a] + ja]
+                fa = c * (ta + wa)
                 ea = 0.5 * (qax * qax + qay * qay + dza * dza - dz0 * dz0 - fa * fa)
                 for jb in range(nb):
-                    fb = c * (t_sorted[offsets[b] + jb] + wb)
+                    tb = t_sorted[offsets[b] + jb]
+                    if abs(tb - ta) > gate_ab:
+                        continue
+                    fb = c * (tb + wb)
                     eb = 0.5 * (qbx * qbx + qby * qby + dzb * dzb - dz0 * dz0 - fb * fb)
                     # x = u - D0 v, from Q x = e - D0 f.
                     ux = (eb * -qay + ea * qby) / det
@@ -401,15 +413,27 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                         off = r0 / c - (dx * wx + dy * wy) / (c * c)
                         part = 1
                         for i in range(n_near):
+                            if part + n_near - i <= bar:
+                                break
                             s = near[i]
                             p = _travel1(sx, sy, sz, s, x, y, z_src, c, wx, wy) - off
                             if _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p) <= half_window_s:
                                 part += 1
+                        if part <= bar:
+                            continue
                         rx[n_roots] = x
                         ry[n_roots] = y
                         roff[n_roots] = off
                         rpart[n_roots] = part
                         n_roots += 1
+                        if n_full > 0:
+                            hist[part] += 1
+                            above = 0
+                            for v in range(n_near + 1, -1, -1):
+                                above += hist[v]
+                                if above >= n_full:
+                                    bar = v
+                                    break
     order = np.argsort(-rpart[:n_roots], kind="mergesort")
     n_take = n_roots if n_full <= 0 else min(n_full, n_roots)
     for q in range(n_take):
@@ -674,11 +698,11 @@ def significant_radius(dist, matched, p, r_min, min_count, n_free):
 
 
 @numba.njit(cache=True, nogil=True)
-def seed_window(tp, sp, k, span_ns, pair_ns_to_seed, max_search, n_sensors):
+def seed_window(tp, sp, alive, k, span_ns, pair_ns_to_seed, max_search, n_sensors):
     """The detections that can belong to the same shot as the seed ``k`` (the pending
-    detections' times ``tp`` (ns, ascending) and sensor indices ``sp``): later ones, at
-    other sensors, within ``span_ns`` and the pair gate ``pair_ns_to_seed[sensor]``, at most
-    ``max_search``. Returns ``(indices into tp, their times in s after the seed, offsets)``,
+    detections' times ``tp`` (ns, ascending) and sensor indices ``sp``, those still
+    pending marked ``alive``): later ones, at other sensors, within ``span_ns`` and the
+    pair gate ``pair_ns_to_seed[sensor]``, at most ``max_search``. Returns ``(indices into tp, their times in s after the seed, offsets)``,
     grouped by sensor (``offsets[s]:offsets[s + 1]``) with ascending times within each (a
     stable counting sort), and the number of distinct sensors including the seed's."""
     s0 = sp[k]
@@ -690,7 +714,7 @@ def seed_window(tp, sp, k, span_ns, pair_ns_to_seed, max_search, n_sensors):
     j = k + 1
     while j < n and tp[j] - t_seed <= span_ns and m < max_search:
         s = sp[j]
-        if s != s0 and tp[j] - t_seed <= pair_ns_to_seed[s]:
+        if s != s0 and alive[j] and tp[j] - t_seed <= pair_ns_to_seed[s]:
             sel[m] = j
             m += 1
             counts[s + 1] += 1
@@ -754,3 +778,197 @@ def choose_candidate(x, y, z_src, s0, tau0, sx, sy, sz, c, wx, wy, t_sorted, off
             out[n] = pick[s]
             n += 1
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def chance_tail(x, y, z, sx, sy, sz, cand_sensors, w_s, rates, n_evidence):
+    """P(at least ``n_evidence`` sensors within the farthest of ``cand_sensors`` from the
+    source ``(x, y, z)`` have a detection within +-``w_s`` (s) of their predicted arrival
+    by chance), each sensor's chance ``1 - exp(-rate * 2 w_s)`` at ``rates`` (per s)."""
+    n_sens = sx.shape[0]
+    dist = np.empty(n_sens)
+    for s in range(n_sens):
+        dx = sx[s] - x
+        dy = sy[s] - y
+        dz = sz[s] - z
+        dist[s] = math.sqrt(dx * dx + dy * dy + dz * dz)
+    r_max = 0.0
+    for i in range(cand_sensors.shape[0]):
+        r_max = max(r_max, dist[cand_sensors[i]])
+    p = np.empty(n_sens)
+    m = 0
+    for s in range(n_sens):
+        if dist[s] <= r_max:
+            p[m] = -math.expm1(-rates[s] * 2.0 * w_s)
+            m += 1
+    return poisson_binomial_tail(p[:m], max(n_evidence, 0))
+
+
+@numba.njit(cache=True, nogil=True)
+def label_chance(x, y, z, sx, sy, sz, sens, gun, w_s, r_all, r_gun, n_free):
+    """The chance-alignment probability of a candidate's detections at ``sens`` (sensor
+    indices; ``gun`` marks those the node rated likelier a gunshot than not) from the
+    source ``(x, y, z)``: :func:`chance_tail` with ``n_free`` detections free for the
+    fit's unknowns, at every detection's rate ``r_all`` (per s, per sensor). With more
+    than ``n_free`` gunshot-rated detections, also the same test on those alone at the
+    rate of gunshot-rated detections ``r_gun``: on a fireworks night every sensor
+    reports several impulses a second but few it rates gunshots, so a gunshot heard
+    by a dozen sensors is still far beyond chance. Returns the smaller, doubled (two
+    tests: the false-alarm probability stays within the threshold)."""
+    n = sens.shape[0]
+    p_all = chance_tail(x, y, z, sx, sy, sz, sens, w_s, r_all, n - n_free)
+    n_gun = 0
+    for i in range(n):
+        if gun[i]:
+            n_gun += 1
+    if n_gun <= n_free:
+        return p_all
+    gs = np.empty(n_gun, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        if gun[i]:
+            gs[m] = sens[i]
+            m += 1
+    p_gun = chance_tail(x, y, z, sx, sy, sz, gs, w_s, r_gun, n_gun - n_free)
+    return min(1.0, 2.0 * min(p_all, p_gun))
+
+
+@numba.njit(cache=True, nogil=True)
+def candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, sz, c, wx, wy, w_s, hist_t, hist_off,
+                 gun_t, gun_off, seen_from, seen_to, min_count, out_cand):
+    """The candidate shot at a source ``(x, y, z_src)`` found for the seed ``k`` (pending
+    detection times ``tp`` ns, sensors ``sp``, stated sigmas ``sig_p`` s; its window
+    ``js, t, offsets`` from :func:`seed_window`): the seed and the detections
+    :func:`choose_candidate` keeps (within ``w_s`` s), written to ``out_cand`` as
+    indices into ``tp``. Returns ``(how many, emission offset tau0 s from the seed's
+    time, chance pre-test)``: the pre-test is :func:`label_chance` with the detections'
+    median sigma times three as the window and three detections free for the fit's
+    unknowns (the solve can only drop detections and widen the window, so a candidate
+    failing it cannot pass the test after its fit); 1.0 with fewer than ``min_count``.
+    Chance rates are the sensors' rates around the emission time (:func:`_rate_row`),
+    of all detections from the histories ``hist_t, hist_off`` and of gunshot-rated ones
+    (``gun_p`` marks the pending ones) from ``gun_t, gun_off``, both covering
+    ``seen_from..seen_to`` ns."""
+    s0 = sp[k]
+    tau0 = -_travel1(sx, sy, sz, s0, x, y, z_src, c, wx, wy)
+    sec = (tp[k] + np.int64(tau0 * 1e9)) // 1_000_000_000
+    r = np.empty(sx.shape[0])
+    _rate_row(hist_t, hist_off, sec, seen_from, seen_to, r)
+    chosen = choose_candidate(x, y, z_src, s0, tau0, sx, sy, sz, c, wx, wy, t, offsets, w_s, r, min_count)
+    n = chosen.shape[0] + 1
+    out_cand[0] = k
+    for i in range(n - 1):
+        out_cand[i + 1] = js[chosen[i]]
+    if n < min_count:
+        return n, tau0, 1.0
+    sens = np.empty(n, dtype=np.int64)
+    sig = np.empty(n)
+    gun = np.empty(n, dtype=np.bool_)
+    for i in range(n):
+        sens[i] = sp[out_cand[i]]
+        sig[i] = sig_p[out_cand[i]]
+        gun[i] = gun_p[out_cand[i]]
+    r_gun = np.empty(sx.shape[0])
+    _rate_row(gun_t, gun_off, sec, seen_from, seen_to, r_gun)
+    return n, tau0, label_chance(x, y, z_src, sx, sy, sz, sens, gun, 3.0 * np.median(sig), r, r_gun, 3)
+
+
+SEED_FEW = 0            # fewer than min_count sensors in the seed's window (count: sensors)
+SEED_NO_TRIPLE = 1      # no triple could be formed: the grid search must decide
+SEED_WEAK = 2           # the best source explains fewer than min_count sensors (count: that)
+SEED_CANDIDATE = 3      # a candidate (count: detections, the seed's included)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def search_seeds(seeds, tp, sp, alive, sig_p, gun_p, span_ns, pair_ns, max_search, sx, sy, sz, z_src, c, wx, wy,
+                 half_window_s, seed_region_m, x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs, max_per_sensor, n_near,
+                 n_full, d_min, cell_m, gate_s, hist_t, hist_off, gun_t, gun_off, seen_from, seen_to, min_count,
+                 out_status, out_count, out_x, out_y, out_tau0, out_prob, out_cand):
+    """Search many seeds at once (in parallel): for each pending detection ``seeds[q]``
+    (an index into the pending times ``tp`` ns, ascending, sensors ``sp``, still pending
+    ``alive``, stated sigmas ``sig_p`` s, gunshot-rated ``gun_p``), its window (:func:`seed_window`, the pair gates ``pair_ns[s0]``), the
+    best source from triples with its ``n_nbrs`` nearest sensors that have detections
+    (:func:`seed_hypotheses`, scored first on ``n_near``), and the candidate there
+    (:func:`candidate_at`, window ``half_window_s + gate_s``, chance rates from the
+    detection histories ``hist_t, hist_off`` and ``gun_t, gun_off`` covering
+    ``seen_from..seen_to`` ns).
+
+    Writes per seed: ``out_status`` (``SEED_*``), ``out_count``, the source
+    ``out_x, out_y`` (m) and emission offset ``out_tau0`` (s), the chance pre-test
+    ``out_prob`` and the candidate's pending indices ``out_cand[q, :count]``. The
+    searches are independent: the caller re-searches a seed whose window lost
+    detections to a shot found meanwhile."""
+    for q in prange(seeds.shape[0]):
+        k = seeds[q]
+        s0 = sp[k]
+        js, t, offsets, n_sens = seed_window(tp, sp, alive, k, span_ns, pair_ns[s0], max_search, sx.shape[0])
+        out_prob[q] = 1.0
+        if n_sens < min_count:
+            out_status[q] = SEED_FEW
+            out_count[q] = n_sens
+            continue
+        order = nbr_order[s0]
+        nb = np.empty(n_nbrs, dtype=np.int64)
+        near = np.empty(n_near, dtype=np.int64)
+        m_nb = 0
+        m_near = 0
+        for i in range(order.shape[0]):
+            s = order[i]
+            if offsets[s + 1] > offsets[s]:
+                if m_nb < n_nbrs:
+                    nb[m_nb] = s
+                    m_nb += 1
+                if m_near < n_near:
+                    near[m_near] = s
+                    m_near += 1
+                if m_nb == n_nbrs and m_near == n_near:
+                    break
+        if n_nbrs < 2 or m_nb < 2:
+            out_status[q] = SEED_NO_TRIPLE
+            continue
+        ox = np.zeros(1)
+        oy = np.zeros(1)
+        ocnt = np.zeros(1, dtype=np.int64)
+        ocost = np.zeros(1)
+        n = seed_hypotheses(sx, sy, sz, z_src, s0, nb[:m_nb], t, offsets, c, wx, wy, half_window_s, seed_region_m,
+                            x_lo, x_hi, y_lo, y_hi, max_per_sensor, near[:m_near], n_full, d_min, cell_m, pair_ns,
+                            ox, oy, ocnt, ocost)
+        if n == 0:
+            out_status[q] = SEED_NO_TRIPLE
+            continue
+        if ocnt[0] < min_count:
+            out_status[q] = SEED_WEAK
+            out_count[q] = ocnt[0]
+            continue
+        x = ox[0]
+        y = oy[0]
+        n_c, tau0, prob = candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, sz, c, wx, wy,
+                                       half_window_s + gate_s, hist_t, hist_off, gun_t, gun_off, seen_from, seen_to,
+                                       min_count, out_cand[q])
+        out_status[q] = SEED_CANDIDATE
+        out_count[q] = n_c
+        out_x[q] = x
+        out_y[q] = y
+        out_tau0[q] = tau0
+        out_prob[q] = prob
+
+
+@numba.njit(cache=True, nogil=True)
+def _rate_row(hist_t, hist_off, sec, seen_from, seen_to, out):
+    """Each sensor's detection rate (per s) over the 20 s around the epoch second
+    ``sec`` (clipped to ``[seen_from, seen_to]`` ns, the span the histories cover) into
+    ``out[sensor]``; ``hist_t[hist_off[s]:hist_off[s + 1]]`` are sensor ``s``'s detection
+    times (ns, ascending)."""
+    lo = max((sec - 10) * 1_000_000_000, seen_from)
+    hi = min((sec + 11) * 1_000_000_000, seen_to)
+    span = max(hi - lo, 1_000_000_000) / 1e9
+    for s in range(out.shape[0]):
+        h = hist_t[hist_off[s]:hist_off[s + 1]]
+        out[s] = (np.searchsorted(h, hi, side="right") - np.searchsorted(h, lo, side="left")) / span
+
+
+@numba.njit(cache=True, nogil=True)
+def rate_rows(hist_t, hist_off, s_lo, seen_from, seen_to, out):
+    """:func:`_rate_row` for the seconds ``s_lo + i`` into ``out[i]``."""
+    for i in range(out.shape[0]):
+        _rate_row(hist_t, hist_off, s_lo + i, seen_from, seen_to, out[i])

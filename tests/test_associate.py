@@ -131,9 +131,12 @@ def test_triples_place_the_source_in_closed_form(rng):
         nbrs = np.argsort(np.hypot(*(s[:, :2] - s[s0, :2]).T))[1:6].astype(np.int64)
         ox, oy, ocost = np.zeros(2), np.zeros(2), np.zeros(2)
         ocnt = np.zeros(2, dtype=np.int64)
+        # The pair gate: sensor spacing over c, the wind, 20 ms.
+        pair_ns = ((np.linalg.norm(s[:, None, :2] - s[None, :, :2], axis=2) / c * (1 + 6.0 / c) + 0.02) * 1e9
+                   ).astype(np.int64)
         m = kernels.seed_hypotheses(*(np.ascontiguousarray(s[:, k]) for k in range(3)), z_src, s0, nbrs, times, off,
                                     c, wind[0], wind[1], 0.002, 400.0, -1500.0, 1500.0, -1500.0, 1500.0, 12,
-                                    nbrs, full, d_min, 10.0, ox, oy, ocnt, ocost)
+                                    nbrs, full, d_min, 10.0, pair_ns, ox, oy, ocnt, ocost)
         assert m >= 1 and ocnt[0] == n
         assert np.hypot(ox[0] - src[0], oy[0] - src[1]) < 0.5
         assert m == 1 or ocnt[1] < n or np.hypot(ox[1] - ox[0], oy[1] - oy[0]) >= 10.0
