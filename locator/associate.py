@@ -1084,18 +1084,20 @@ class Associator:
     def _expire(self, now_ns: int) -> None:
         if now_ns == NOW_INFINITE:
             horizon = None
+            n_old = len(self.pending)
         else:
             horizon = now_ns - int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
+            n_old = bisect.bisect_left(self.pending, horizon, key=lambda d: d.t_ns)
         keep = []
-        for d in self.pending:
+        for d in self.pending[:n_old]:
             # Old by its own time AND waiting long enough since it arrived: a backlog
             # delivered late (after a restart or a partition) gets its full chance.
-            if horizon is None or (d.t_ns < horizon and self._fed_at.get(d.key, 0) < horizon):
+            if horizon is None or self._fed_at.get(d.key, 0) < horizon:
                 self.stats.unassociated += 1
                 self._fed_at.pop(d.key, None)
             else:
                 keep.append(d)
-        self._fed_at = {d.key: self._fed_at.get(d.key, 0) for d in keep}
+        keep += self.pending[n_old:]
         if horizon is not None:
             # Sensor histories serve the silent-neighbour check and the chance test (rates
             # over 10 s either side) of shots whose detections are still pending, a
@@ -1104,19 +1106,24 @@ class Associator:
             old = oldest - max(self.shot_span_ns, 10 * NS_PER_S)
             self._seen_from = max(self._seen_from, old)
             for sid, h in self.history.items():
-                n_old = bisect.bisect_left(h, old)
-                for t in h[:n_old]:
-                    self._snr.pop((sid, t), None)
-                del h[:n_old]
+                n = bisect.bisect_left(h, old)
+                if n:
+                    for t in h[:n]:
+                        self._snr.pop((sid, t), None)
+                    del h[:n]
+                    self._flat = None
             for h in self.gun_history.values():
                 del h[:bisect.bisect_left(h, old)]
-            self._flat = None
-        self._memo = {d.key: self._memo[d.key] for d in keep if d.key in self._memo}
-        self._failed = {d.key: self._failed[d.key] for d in keep if d.key in self._failed}
         if len(keep) > self.cfg.max_pending:
             self.stats.unassociated += len(keep) - self.cfg.max_pending
             keep = keep[-self.cfg.max_pending:]
         self.pending = keep
+        if len(self._fed_at) + len(self._memo) + len(self._failed) > 6 * len(keep) + 1000:
+            # What detections no longer pending left behind (taken by shots, expired).
+            live = {d.key for d in keep}
+            for book in (self._fed_at, self._memo, self._failed):
+                for key in [key for key in book if key not in live]:
+                    del book[key]
 
     def flush(self, budget_s: float | None = None) -> list[Event]:
         """End of stream: search everything (for at most ``budget_s`` of compute, if
