@@ -30,11 +30,16 @@ One step:
    source whose matched count is least likely by chance (far sensors, beyond hearing
    range, only add chance detections); a candidate must be unlikely as a chance
    alignment at the detection rates around it (a fireworks night asks for more
-   sensors), is solved robustly (:func:`locate.locate`), and must not be contradicted
-   by nearer sensors that should have heard it. A detection serves at most one shot. A
-   seed's outcome is remembered until a new detection lands in its window or its
-   candidate matures, so each detection is searched a bounded number of times however
-   long it waits.
+   sensors; the same test on the detections the nodes rated gunshots alone, at their
+   own rate, may also accept: a gunshot among fireworks the classifier recognises), is
+   solved robustly (:func:`locate.locate`), and must not be contradicted by nearer
+   sensors that should have heard it. A detection serves at most one shot. A seed's
+   outcome is remembered until a new detection lands in its window or its candidate
+   matures, so each detection is searched a bounded number of times however long it
+   waits. Seeds are searched sixteen at a time, in parallel, up to the chance pre-test
+   (:func:`kernels.search_seeds`); the checks and solves then go in time order. When
+   a step ran out of its time budget, the next one searches the gunshot-rated seeds
+   first.
 3. *Publish* once the solution is good (``min_sensors`` used, residual RMS under
    ``max_rms_s`` or 2.5 times the stated sigmas): alert as soon as a good solution exists; keep the event open for
    updates until sound could have reached every sensor in hearing range.
@@ -146,8 +151,9 @@ class _Open:
     close_at_ns: int
     t0_ns: int
     tried: set = field(default_factory=set)
-    arrivals: tuple | None = None     # (version, predicted arrival ns, gate ns) per sensor
+    arrivals: tuple | None = None     # (version, predicted arrival ns, gate ns, ...) per sensor
     waiting: list = field(default_factory=list)   # joined, not yet solved with it
+    hearing: tuple | None = None      # (what it was computed for, radius m): _within_hearing
 
 
 @dataclass
@@ -457,6 +463,8 @@ class Associator:
                     j = best.get(d.sensor_id)
                     if j is None or miss[e, i] < miss[e, j]:
                         best[d.sensor_id] = int(i)
+                if best:
+                    best = self._within_hearing(op, best, gate[e])
                 joined = [self.pending[i] for i in sorted(best.values())]
                 op.waiting += joined
                 held.update(d.key for d in joined)
@@ -481,6 +489,34 @@ class Associator:
             self.pending = sorted(self.pending + back, key=lambda d: d.t_ns)
         self.recent = [op for op in self.recent if now_ns == NOW_INFINITE or now_ns - op.t0_ns < 120 * NS_PER_S]
         return out
+
+    def _within_hearing(self, op: _Open, best: dict[str, int], gate_ns: np.ndarray) -> dict[str, int]:
+        """Of the detections matching an open event's predicted arrivals (sensor ->
+        pending index), those within the disc around it where its matched count (its
+        own sensors, those waiting to join, and these) is least likely by chance
+        (:func:`kernels.significant_radius`, never inside its farthest own sensor).
+        Beyond hearing range every match is chance, and on a crowded night chance
+        matches are common: a far event would take detections that belong to a shot
+        near them."""
+        dist = op.arrivals[5]
+        used = [self.idx[d.sensor_id] for d in op.dets]
+        r_used = float(dist[used].max())
+        mine = sorted(self.idx[sid] for sid in best)
+        if dist[mine].max() <= r_used:
+            return best
+        key = (op.event.version, len(op.waiting), tuple(mine))
+        if op.hearing is None or op.hearing[0] != key:
+            matched = np.zeros(len(dist), dtype=np.bool_)
+            matched[used] = True
+            matched[[self.idx[d.sensor_id] for d in op.waiting]] = True
+            matched[mine] = True
+            g = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S) / NS_PER_S
+            p = -np.expm1(-self._rates(op.t0_ns)[0] * 2.0 * g)
+            op.hearing = (key, kernels.significant_radius(dist, matched, p, r_used, int(self.cfg.min_sensors), 3))
+        r_keep = op.hearing[1]
+        if r_keep < 0:
+            return best
+        return {sid: i for sid, i in best.items() if dist[self.idx[sid]] <= r_keep}
 
     def _forget_stale_seeds(self) -> None:
         """Count new detections into each remembered seed's window."""
@@ -827,7 +863,7 @@ class Associator:
         # farther than they are (beyond, its arrivals are not heard, and on a crowded
         # night every detection would be near some far event's prediction).
         far = dist > dist[used].max()
-        op.arrivals = (op.event.version, pred.copy(), gate.copy(), np.where(far, -NOW_INFINITE, pred), gate)
+        op.arrivals = (op.event.version, pred.copy(), gate.copy(), np.where(far, -NOW_INFINITE, pred), gate, dist)
         op.arrivals[1][used] = -1
         op.arrivals[2][used] = 0.0
         return op.arrivals[1], op.arrivals[2]
