@@ -204,11 +204,12 @@ class _Batch:
         self._sig: np.ndarray | None = None
         self._gun: np.ndarray | None = None
 
-    def take(self, dets: list[Detection]) -> None:
-        """These are no longer pending."""
+    def take(self, keys: list[str]) -> list[int]:
+        """These are no longer pending. Returns their times (ns)."""
         self._index()
-        for d in dets:
-            self.alive[self._pos[d.key]] = False
+        idx = [self._pos[k] for k in keys if k in self._pos]
+        self.alive[idx] = False
+        return self.tp[idx].tolist()
 
     def _index(self) -> None:
         if self._pos is None:
@@ -300,11 +301,13 @@ class Associator:
         self._failed: dict[str, frozenset] = {}
         self._new_times: list[int] = []
         self._rate_cache: dict[int, np.ndarray] = {}  # second -> per-sensor rates, this step
-        self._taken: list[Detection] | None = None   # detections shots took, during a search
+        self._taken: list[str] | None = None     # detections shots took, during a search
         self._behind = False                     # the last step's search ran out of time
         self.search_chunk = 16                   # seeds searched together (in parallel)
         self.seen: set[str] = set()
         self.open: list[_Open] = []
+        self._open_gen = 0                # counts changes to the open events (_open_table)
+        self._open_tab: tuple | None = None
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
         self.stats = AssocStats()
         lo = self.pos[:, :2].min(axis=0) - cfg.margin_m
@@ -405,7 +408,7 @@ class Associator:
             self.incidents.assign(ev.event_id, t0_ns, sol.x_m, sol.y_m)
             self.incidents.update(ev)
             close_at = t0_ns + int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
-            self.open.append(_Open(ev, sol, mine, close_at, t0_ns))
+            self._add_open(_Open(ev, sol, mine, close_at, t0_ns))
             used.update(ev.detections)
             for d in mine:
                 self.seen.add(d.key)
@@ -485,6 +488,7 @@ class Associator:
                 back += [d for d in joined if d.key not in kept]
             (self.recent if closing else still).append(op)
         self.open = still
+        self._open_gen += 1
         if back:                            # not kept: pending again (tried with that event)
             self.pending = sorted(self.pending + back, key=lambda d: d.t_ns)
         self.recent = [op for op in self.recent if now_ns == NOW_INFINITE or now_ns - op.t0_ns < 120 * NS_PER_S]
@@ -561,18 +565,7 @@ class Associator:
         explained = self._explained_by_open()
         cur = _Batch(self, self.pending)
         ripe = np.flatnonzero(now_ns - cur.tp >= self._first_search_ns[cur.sp])
-        todo: list[Detection] = []
-        for k in ripe:
-            d = cur.pend[k]
-            if self._asleep(d.key, now_ns):
-                continue
-            until = explained(d.t_ns, int(cur.sp[k]))
-            if until is not None:
-                # Not searched while that event is open (nothing can wake it sooner).
-                self.stats.explained += 1
-                self._memo[d.key] = [d.t_ns, until, None, 0]
-                continue
-            todo.append(d)
+        todo = [cur.pend[k] for k in ripe if not self._asleep(cur.pend[k].key, now_ns)]
         if self._behind and self.cfg.overload_gunshots_first:
             todo.sort(key=lambda d: d.p_gunshot < 0.5)      # stable: time order within each
         self._behind = False
@@ -588,13 +581,13 @@ class Associator:
                     break
                 if d.key in skip or d.key in taken:
                     continue
-                if out:
-                    # Events found (or updated) this step may explain it now.
-                    until = explained(d.t_ns, self.idx[d.sensor_id])
-                    if until is not None:
-                        self.stats.explained += 1
-                        self._memo[d.key] = [d.t_ns, until, None, 0]
-                        continue
+                until = explained(d.t_ns, self.idx[d.sensor_id])
+                if until is not None:
+                    # Not searched while that event is open (nothing can wake it sooner).
+                    self.stats.explained += 1
+                    self._memo[d.key] = [d.t_ns, until, None, 0]
+                    results.pop(d.key, None)
+                    continue
                 if lost:
                     # Searches whose windows held a taken detection are done again.
                     ct = np.sort(np.array(lost, dtype=np.int64))
@@ -603,7 +596,8 @@ class Associator:
                         del results[key]
                 if d.key not in results:
                     nxt = (p for p in itertools.islice(todo, q, None)
-                           if p.key not in results and p.key not in taken and p.key not in skip)
+                           if p.key not in results and p.key not in taken and p.key not in skip and
+                           (p is d or explained(p.t_ns, self.idx[p.sensor_id]) is None))
                     results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
                 known = self.wind_known
                 ev = self._search_seed(d, results.pop(d.key)[:-1], now_ns, skip)
@@ -613,15 +607,17 @@ class Associator:
                     # done this step keep the one they started with.)
                     results.clear()
                 if self._taken:
-                    cur.take(self._taken)
-                    taken.update(p.key for p in self._taken)
-                    lost += [p.t_ns for p in self._taken]
+                    fresh = [key for key in self._taken if key not in taken]
+                    taken.update(fresh)
+                    lost += cur.take(fresh)
                     self._taken = []
                 if ev is not None:
                     out.append(ev)
                     explained = self._explained_by_open()
         finally:
             self._taken = None
+            if taken:
+                self.pending = [d for d in self.pending if d.key not in taken]
         return out
 
     def _search_seed(self, seed: Detection, found: tuple, now_ns: int, skip: set[str]) -> Event | None:
@@ -704,7 +700,7 @@ class Associator:
         ev = self._make_event(sol, mine, t0_ns, aerial)
         self._consume({d.key for d in mine})
         close_at = t0_ns + int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
-        self.open.append(_Open(ev, sol, mine, close_at, t0_ns))
+        self._add_open(_Open(ev, sol, mine, close_at, t0_ns))
         self.stats.events += 1
         return ev
 
@@ -895,14 +891,12 @@ class Associator:
         """Take detections out of the pending list: they now belong to a shot (or an
         echo of one). They still show that their sensor heard something then: a node
         cannot trigger twice within its dead time, so one detection may stand for two
-        shots' arrivals. (During a search they are also noted in ``_taken``.)"""
-        keep = []
-        for d in self.pending:
-            if d.key not in keys:
-                keep.append(d)
-            elif self._taken is not None:
-                self._taken.append(d)
-        self.pending = keep
+        shots' arrivals. (During a search they are noted in ``_taken``, and the search
+        takes them all out when it ends.)"""
+        if self._taken is not None:
+            self._taken += keys     # the search takes them out of pending when it ends
+        else:
+            self.pending = [d for d in self.pending if d.key not in keys]
 
     def _is_echo(self, sol: Solution, t0_ns: int, n_sensors: int) -> bool:
         for op in self.open + self.recent[-50:]:
@@ -917,23 +911,42 @@ class Associator:
         """An open or recent event that is this solution's shot: as close in time, and
         closer than ``same_shot_m`` plus both 95% ellipses' major semi-axes (a shot's
         detections found in two groups give two rough solutions of one place)."""
-        return self._shot_at(sol.x_m, sol.y_m, t0_ns, sol.ellipse95()[0], self.open + self.recent[-50:])
+        return self._shot_at(sol.x_m, sol.y_m, t0_ns, sol.ellipse95()[0], recent=True)
 
     def _near_event(self, x: float, y: float, t0_ns: int) -> _Open | None:
         """An open event that a search's rough source (before its solve) belongs to: as
         close in time as one shot, within the event's ellipse plus the search's
         resolution and ``same_shot_m``."""
-        return self._shot_at(x, y, t0_ns, self.cfg.coarse_cell_m, self.open)
+        return self._shot_at(x, y, t0_ns, self.cfg.coarse_cell_m)
 
-    def _shot_at(self, x: float, y: float, t0_ns: int, radius_m: float, events: list[_Open]) -> _Open | None:
-        """The first of ``events`` within ``same_shot_s`` of ``t0_ns`` and within
-        ``same_shot_m`` + ``radius_m`` + its own ellipse's major semi-axis of (x, y)."""
-        for op in events:
+    def _shot_at(self, x: float, y: float, t0_ns: int, radius_m: float, recent: bool = False) -> _Open | None:
+        """The first open event (then, with ``recent``, of the last 50 closed ones)
+        within ``same_shot_s`` of ``t0_ns`` and within ``same_shot_m`` + ``radius_m`` +
+        its own ellipse's major semi-axis of (x, y)."""
+        t0, ex, ey, major = self._open_table()
+        hit = np.flatnonzero((np.abs(t0 - t0_ns) <= self.cfg.same_shot_s * NS_PER_S) &
+                             (np.hypot(ex - x, ey - y) <= self.cfg.same_shot_m + radius_m + major))
+        if hit.size:
+            return self.open[int(hit[0])]
+        for op in self.recent[-50:] if recent else ():
             if abs(op.t0_ns - t0_ns) <= self.cfg.same_shot_s * NS_PER_S and \
                     math.hypot(op.sol.x_m - x, op.sol.y_m - y) <= \
                     self.cfg.same_shot_m + radius_m + op.event.ellipse95_m.major:
                 return op
         return None
+
+    def _add_open(self, op: _Open) -> None:
+        self.open.append(op)
+        self._open_gen += 1
+
+    def _open_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The open events' emission times (ns), positions (m) and ellipses' major
+        semi-axes (m), rebuilt when they change."""
+        if self._open_tab is None or self._open_tab[0] != self._open_gen:
+            self._open_tab = (self._open_gen, np.array([op.t0_ns for op in self.open], dtype=np.int64),
+                              np.array([op.sol.x_m for op in self.open]), np.array([op.sol.y_m for op in self.open]),
+                              np.array([op.event.ellipse95_m.major for op in self.open]))
+        return self._open_tab[1:]
 
     def _merge(self, op: _Open, cand: list[Detection]) -> Event | None:
         have = {d.sensor_id for d in op.dets}
@@ -957,6 +970,7 @@ class Associator:
         if consume:
             self._consume(keep)
         op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
+        self._open_gen += 1
         self.stats.updates += 1
         return ev, sum(d.key in keep for d in extra)
 
@@ -1167,6 +1181,7 @@ class Associator:
         out = self.step(NOW_INFINITE, budget_s=budget_s)
         self.recent += self.open
         self.open = []
+        self._open_gen += 1
         return out
 
 
