@@ -879,6 +879,66 @@ SEED_WEAK = 2           # the best source explains fewer than min_count sensors 
 SEED_CANDIDATE = 3      # a candidate (count: detections, the seed's included)
 
 
+@numba.njit(cache=True, nogil=True)
+def _labelled(js, t, offsets, keep):
+    """The part of a seed window (grouped as :func:`seed_window` returns it) whose
+    detections ``keep[js[i]]`` marks: ``(times, offsets)``, grouped and ordered alike."""
+    n_sens = offsets.shape[0] - 1
+    off = np.zeros(n_sens + 1, dtype=np.int64)
+    for s in range(n_sens):
+        n = 0
+        for i in range(offsets[s], offsets[s + 1]):
+            if keep[js[i]]:
+                n += 1
+        off[s + 1] = off[s] + n
+    out = np.empty(off[n_sens])
+    m = 0
+    for i in range(t.shape[0]):
+        if keep[js[i]]:
+            out[m] = t[i]
+            m += 1
+    return out, off
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, seed_region_m, x_lo, x_hi, y_lo,
+                 y_hi, nbr_order, n_nbrs, max_per_sensor, n_near, n_full, d_min, cell_m, pair_ns, min_count):
+    """The best source for a seed at sensor ``s0`` with the window ``t, offsets``
+    (:func:`seed_hypotheses` with its ``n_nbrs`` nearest sensors that have detections,
+    scored first on ``n_near``): ``(SEED_CANDIDATE, count, x, y)``, or ``SEED_WEAK`` with
+    the best count under ``min_count``, or ``SEED_NO_TRIPLE``."""
+    order = nbr_order[s0]
+    nb = np.empty(n_nbrs, dtype=np.int64)
+    near = np.empty(n_near, dtype=np.int64)
+    m_nb = 0
+    m_near = 0
+    for i in range(order.shape[0]):
+        s = order[i]
+        if offsets[s + 1] > offsets[s]:
+            if m_nb < n_nbrs:
+                nb[m_nb] = s
+                m_nb += 1
+            if m_near < n_near:
+                near[m_near] = s
+                m_near += 1
+            if m_nb == n_nbrs and m_near == n_near:
+                break
+    if n_nbrs < 2 or m_nb < 2:
+        return SEED_NO_TRIPLE, 0, 0.0, 0.0
+    ox = np.zeros(1)
+    oy = np.zeros(1)
+    ocnt = np.zeros(1, dtype=np.int64)
+    ocost = np.zeros(1)
+    n = seed_hypotheses(sx, sy, sz, z_src, s0, nb[:m_nb], t, offsets, c, wx, wy, half_window_s, seed_region_m,
+                        x_lo, x_hi, y_lo, y_hi, max_per_sensor, near[:m_near], n_full, d_min, cell_m, pair_ns,
+                        ox, oy, ocnt, ocost)
+    if n == 0:
+        return SEED_NO_TRIPLE, 0, 0.0, 0.0
+    if ocnt[0] < min_count:
+        return SEED_WEAK, ocnt[0], 0.0, 0.0
+    return SEED_CANDIDATE, ocnt[0], ox[0], oy[0]
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def search_seeds(seeds, tp, sp, alive, sig_p, gun_p, span_ns, pair_ns, max_search, sx, sy, sz, z_src, c, wx, wy,
                  half_window_s, seed_region_m, x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs, max_per_sensor, n_near,
@@ -886,9 +946,11 @@ def search_seeds(seeds, tp, sp, alive, sig_p, gun_p, span_ns, pair_ns, max_searc
                  out_status, out_count, out_x, out_y, out_tau0, out_prob, out_cand):
     """Search many seeds at once (in parallel): for each pending detection ``seeds[q]``
     (an index into the pending times ``tp`` ns, ascending, sensors ``sp``, still pending
-    ``alive``, stated sigmas ``sig_p`` s, gunshot-rated ``gun_p``), its window (:func:`seed_window`, the pair gates ``pair_ns[s0]``), the
-    best source from triples with its ``n_nbrs`` nearest sensors that have detections
-    (:func:`seed_hypotheses`, scored first on ``n_near``), and the candidate there
+    ``alive``, stated sigmas ``sig_p`` s, gunshot-rated ``gun_p``), its window
+    (:func:`seed_window`, the pair gates ``pair_ns[s0]``), the best source from triples
+    with its ``n_nbrs`` nearest sensors that have detections (:func:`_best_source`; for
+    a gunshot-rated seed first from the gunshot-rated detections alone), and the
+    candidate there
     (:func:`candidate_at`, window ``half_window_s + gate_s``, chance rates from the
     detection histories ``hist_t, hist_off`` and ``gun_t, gun_off`` covering
     ``seen_from..seen_to`` ns).
@@ -907,41 +969,23 @@ def search_seeds(seeds, tp, sp, alive, sig_p, gun_p, span_ns, pair_ns, max_searc
             out_status[q] = SEED_FEW
             out_count[q] = n_sens
             continue
-        order = nbr_order[s0]
-        nb = np.empty(n_nbrs, dtype=np.int64)
-        near = np.empty(n_near, dtype=np.int64)
-        m_nb = 0
-        m_near = 0
-        for i in range(order.shape[0]):
-            s = order[i]
-            if offsets[s + 1] > offsets[s]:
-                if m_nb < n_nbrs:
-                    nb[m_nb] = s
-                    m_nb += 1
-                if m_near < n_near:
-                    near[m_near] = s
-                    m_near += 1
-                if m_nb == n_nbrs and m_near == n_near:
-                    break
-        if n_nbrs < 2 or m_nb < 2:
-            out_status[q] = SEED_NO_TRIPLE
+        st = SEED_NO_TRIPLE
+        if gun_p[k]:
+            # A seed the node rated a gunshot: its triples first from the gunshot-rated
+            # detections alone (few, on a fireworks night, where the full window's
+            # chance triples can outscore a shot whose arrivals it crowds).
+            tg, og = _labelled(js, t, offsets, gun_p)
+            st, cnt, x, y = _best_source(s0, tg, og, sx, sy, sz, z_src, c, wx, wy, half_window_s, seed_region_m,
+                                         x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs, max_per_sensor, n_near, n_full,
+                                         d_min, cell_m, pair_ns, min_count)
+        if st != SEED_CANDIDATE:
+            st, cnt, x, y = _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, seed_region_m,
+                                         x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs, max_per_sensor, n_near, n_full,
+                                         d_min, cell_m, pair_ns, min_count)
+        if st != SEED_CANDIDATE:
+            out_status[q] = st
+            out_count[q] = cnt
             continue
-        ox = np.zeros(1)
-        oy = np.zeros(1)
-        ocnt = np.zeros(1, dtype=np.int64)
-        ocost = np.zeros(1)
-        n = seed_hypotheses(sx, sy, sz, z_src, s0, nb[:m_nb], t, offsets, c, wx, wy, half_window_s, seed_region_m,
-                            x_lo, x_hi, y_lo, y_hi, max_per_sensor, near[:m_near], n_full, d_min, cell_m, pair_ns,
-                            ox, oy, ocnt, ocost)
-        if n == 0:
-            out_status[q] = SEED_NO_TRIPLE
-            continue
-        if ocnt[0] < min_count:
-            out_status[q] = SEED_WEAK
-            out_count[q] = ocnt[0]
-            continue
-        x = ox[0]
-        y = oy[0]
         n_c, tau0, prob = candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, sz, c, wx, wy,
                                        half_window_s + gate_s, hist_t, hist_off, gun_t, gun_off, seen_from, seen_to,
                                        min_count, out_cand[q])
