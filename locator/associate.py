@@ -1168,7 +1168,7 @@ class Associator:
             self.stats.unassociated += len(keep) - self.cfg.max_pending
             keep = keep[-self.cfg.max_pending:]
         self.pending = keep
-        if len(self._fed_at) + len(self._memo) + len(self._failed) > 6 * len(keep) + 1000:
+        if len(self._fed_at) + len(self._memo) + len(self._failed) > 4 * len(keep) + 100:
             # What detections no longer pending left behind (taken by shots, expired).
             live = {d.key for d in keep}
             for book in (self._fed_at, self._memo, self._failed):

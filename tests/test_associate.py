@@ -336,3 +336,26 @@ def test_overloaded_search_takes_gunshot_seeds_first(monkeypatch):
         found[first], false = _guns_found(list({e.event_id: e for e in out}.values()), truth)
         assert false == []
     assert found[True] >= 10 and found[False] <= 7, found
+
+
+def test_label_chance_uses_the_rate_of_gunshot_rated_detections():
+    """Twelve sensors in a ring around a source, each reporting 10 impulses a second of
+    which 0.1 a second it rates gunshots: twelve detections within +-20 ms of their
+    predicted arrivals (nine beyond the fit's three unknowns) happen by chance with
+    p ~ 0.004 at that rate, too often for a shot (the threshold is 1e-4); ten of them
+    gunshot-rated, at their own rate, is far beyond chance. With none gunshot-rated the
+    test is the all-detection one alone; with both, the smaller doubled (two tests)."""
+    from shotnet.locator import kernels
+
+    ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    sx, sy, sz = 500 * np.cos(ang), 500 * np.sin(ang), np.zeros(12)
+    sens = np.arange(12, dtype=np.int64)
+    r_all, r_gun = np.full(12, 10.0), np.full(12, 0.1)
+    none = np.zeros(12, dtype=np.bool_)
+    ten = np.array([True] * 10 + [False] * 2)
+    p_all = kernels.chance_tail(0.0, 0.0, 0.0, sx, sy, sz, sens, 0.02, r_all, 12 - 3)
+    assert 1e-3 < p_all < 1e-2
+    assert kernels.label_chance(0.0, 0.0, 0.0, sx, sy, sz, sens, none, 0.02, r_all, r_gun, 3) == p_all
+    p_gun = kernels.chance_tail(0.0, 0.0, 0.0, sx, sy, sz, sens[ten], 0.02, r_gun, 10 - 3)
+    both = kernels.label_chance(0.0, 0.0, 0.0, sx, sy, sz, sens, ten, 0.02, r_all, r_gun, 3)
+    assert both == pytest.approx(2 * p_gun) and both < 1e-12
