@@ -48,6 +48,20 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _pending(port: int) -> float:
+    """The locator's association backlog (detections waiting), from its metrics endpoint."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("shotnet_locator_pending_detections "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _rss_mb(pid: int) -> float:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -69,7 +83,6 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
     lay = grid_layout(nodes)
     save_layout(lay, work / "sensors.geojson")
     ext = float(np.abs(lay.enu_m[:, :2]).max())
-    rng = np.random.default_rng(seed)
     n_imp = int(rate * duration_s)
     cfg = StreamConfig(lookalike_fraction=1.0, false_per_sensor_per_s=0.05, hearing_m=1200.0)
     dets, truth, _ = make_stream(lay, n_imp, duration_s, cfg, seed=seed, extent_m=ext)
@@ -82,14 +95,15 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
     for d in allr:
         stream.append(dataclasses.replace(d, seq=seq.setdefault(d.sensor_id, 0)))
         seq[d.sensor_id] += 1
-    bind, pub = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
+    bind, pub, metrics = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}", _port()
     t_start = time.time_ns() + 3 * NS_PER_S
     shift = t_start - stream[0].t_ns
     stream = [dataclasses.replace(d, t_ns=d.t_ns + shift) for d in stream]
     gtruth = [dataclasses.replace(g, t_ns=g.t_ns + shift) for g in gtruth]
     loc = subprocess.Popen([sys.executable, "-m", "shotnet", "locator", "run", "--sensors",
                             str(work / "sensors.geojson"), "--bind", bind, "--pub", pub, "--store",
-                            str(work / "loc.sqlite"), "--temperature-c", "18", "--quiet"],
+                            str(work / "loc.sqlite"), "--temperature-c", "18", "--metrics-port", str(metrics),
+                            "--quiet"],
                            stdout=subprocess.PIPE, stderr=open(work / "locator.log", "w"), text=True)
     assert loc.stdout.readline().startswith("{")
     ctx = zmq.Context()
@@ -108,11 +122,11 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
                 s.poll(0)
             if time.monotonic() >= next_sample:
                 backlog = sum(s.depth for s in senders.values())
-                samples.append(((now - t_start) / NS_PER_S, backlog, _rss_mb(loc.pid)))
+                samples.append(((now - t_start) / NS_PER_S, backlog, _rss_mb(loc.pid), _pending(metrics)))
                 next_sample += 1.0
                 if verbose:
                     print(f"  t={samples[-1][0]:5.1f} s  sent {k:6d}  unacknowledged {backlog:5d}  "
-                          f"locator RSS {samples[-1][2]:.0f} MB", flush=True)
+                          f"awaiting association {samples[-1][3]:6.0f}  locator RSS {samples[-1][2]:.0f} MB", flush=True)
             time.sleep(0.002)
         end = time.monotonic() + 15.0
         while time.monotonic() < end and sum(s.depth for s in senders.values()):
@@ -158,10 +172,12 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
     half = len(samples) // 2
     return {"nodes": nodes, "detections": len(stream), "duration_s": duration_s,
             "rate_det_per_s": len(stream) / duration_s, "stored": stored, "unacked_after_drain": left,
-            "backlog_max": max(b for _, b, _ in samples), "backlog_last": samples[-1][1],
-            "backlog_first_half_max": max((b for _, b, _ in samples[:half]), default=0),
-            "backlog_second_half_max": max((b for _, b, _ in samples[half:]), default=0),
-            "rss_first_mb": samples[min(3, len(samples) - 1)][2], "rss_max_mb": max(r for _, _, r in samples),
+            "backlog_max": max(b for _, b, _, _ in samples), "backlog_last": samples[-1][1],
+            "backlog_first_half_max": max((b for _, b, _, _ in samples[:half]), default=0),
+            "backlog_second_half_max": max((b for _, b, _, _ in samples[half:]), default=0),
+            "pending_first_half_max": float(np.nanmax([p for *_, p in samples[:half]] or [np.nan])),
+            "pending_second_half_max": float(np.nanmax([p for *_, p in samples[half:]] or [np.nan])),
+            "rss_first_mb": samples[min(3, len(samples) - 1)][2], "rss_max_mb": max(r for _, _, r, _ in samples),
             "gunshots": len(gtruth), "gunshots_located": found,
             "gunshot_error_median_m": float(np.median(errs)) if errs else None,
             "events": len(events), "workdir": str(work)}
@@ -179,6 +195,7 @@ def main(argv=None) -> int:
     print(f"{r['nodes']} nodes, {r['rate_det_per_s']:.0f} detections/s for {r['duration_s']:.0f} s: "
           f"{r['stored']}/{r['detections']} stored, {r['unacked_after_drain']} unacknowledged after the drain; "
           f"backlog max {r['backlog_first_half_max']} (first half) vs {r['backlog_second_half_max']} (second half); "
+          f"awaiting association max {r['pending_first_half_max']:.0f} vs {r['pending_second_half_max']:.0f}; "
           f"locator RSS {r['rss_first_mb']:.0f} -> {r['rss_max_mb']:.0f} MB; hidden gunshots located "
           f"{r['gunshots_located']}/{r['gunshots']} (median error {r['gunshot_error_median_m']} m)")
     try:
@@ -187,7 +204,8 @@ def main(argv=None) -> int:
 
         record(f"fireworks night under load: {r['nodes']} nodes over real sockets, {r['rate_det_per_s']:.0f} "
                f"detections/s for {r['duration_s']:.0f} s", f"{r['stored']}/{r['detections']} stored, "
-               f"unacknowledged backlog max {r['backlog_max']}, locator RSS {r['rss_first_mb']:.0f}->"
+               f"unacknowledged backlog max {r['backlog_max']}, awaiting association max "
+               f"{r['pending_first_half_max']:.0f} / {r['pending_second_half_max']:.0f} (first / second half), locator RSS {r['rss_first_mb']:.0f}->"
                f"{r['rss_max_mb']:.0f} MB, hidden gunshots located {r['gunshots_located']}/{r['gunshots']}")
     except ImportError:
         pass
