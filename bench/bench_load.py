@@ -126,7 +126,8 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
                 next_sample += 1.0
                 if verbose:
                     print(f"  t={samples[-1][0]:5.1f} s  sent {k:6d}  unacknowledged {backlog:5d}  "
-                          f"awaiting association {samples[-1][3]:6.0f}  locator RSS {samples[-1][2]:.0f} MB", flush=True)
+                          f"awaiting association {samples[-1][3]:6.0f}  locator RSS {samples[-1][2]:.0f} MB",
+                          flush=True)
             time.sleep(0.002)
         end = time.monotonic() + 15.0
         while time.monotonic() < end and sum(s.depth for s in senders.values()):
@@ -205,8 +206,8 @@ def main(argv=None) -> int:
         record(f"fireworks night under load: {r['nodes']} nodes over real sockets, {r['rate_det_per_s']:.0f} "
                f"detections/s for {r['duration_s']:.0f} s", f"{r['stored']}/{r['detections']} stored, "
                f"unacknowledged backlog max {r['backlog_max']}, awaiting association max "
-               f"{r['pending_first_half_max']:.0f} / {r['pending_second_half_max']:.0f} (first / second half), locator RSS {r['rss_first_mb']:.0f}->"
-               f"{r['rss_max_mb']:.0f} MB, hidden gunshots located {r['gunshots_located']}/{r['gunshots']}")
+               f"{r['pending_first_half_max']:.0f} / {r['pending_second_half_max']:.0f} (first / second half), "
+               f"locator RSS {r['rss_first_mb']:.0f}->{r['rss_max_mb']:.0f} MB, hidden gunshots located {r['gunshots_located']}/{r['gunshots']}")
     except ImportError:
         pass
     return 0

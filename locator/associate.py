@@ -235,8 +235,9 @@ class _Batch:
         count = np.zeros(n, dtype=np.int64)
         x, y, tau0, prob = np.zeros(n), np.zeros(n), np.zeros(n), np.ones(n)
         cand = np.zeros((n, n_sens), dtype=np.int64)
-        kernels.search_seeds(ks, self.tp, self.sp, self.alive, sig_p, gun_p, a.shot_span_ns, a._pair_ns, int(cfg.max_search), a._spx,
-                             a._spy, a._spz, float(a.z_src), float(a.c), float(a.wind[0]), float(a.wind[1]),
+        kernels.search_seeds(ks, self.tp, self.sp, self.alive, sig_p, gun_p, a.shot_span_ns, a._pair_ns,
+                             int(cfg.max_search), a._spx, a._spy, a._spz, float(a.z_src), float(a.c),
+                             float(a.wind[0]), float(a.wind[1]),
                              a._hyp_window_s(), float(cfg.seed_region_m), *a._box, a._nbr_order,
                              int(cfg.hyp_neighbours), int(cfg.hyp_per_sensor), int(cfg.hyp_near), int(cfg.hyp_full),
                              a._d_min, float(cfg.coarse_cell_m), float(cfg.gate_s), *hist, int(cfg.min_sensors),
@@ -264,10 +265,9 @@ class _Batch:
         x0, y0, w = found
         buf = np.zeros(len(a.layout), dtype=np.int64)
         n, tau0, prob = kernels.candidate_at(x0, y0, float(a.z_src), k, self.tp, self.sp, self._sig, self._gun, js,
-                                             t, offsets,
-                                             a._spx, a._spy, a._spz, float(a.c), float(a.wind[0]),
-                                             float(a.wind[1]), float(w + cfg.gate_s), *hist,
-                                             int(cfg.min_sensors), buf)
+                                             t, offsets, a._spx, a._spy, a._spz, float(a.c), float(a.wind[0]),
+                                             float(a.wind[1]), float(w + cfg.gate_s), *hist, int(cfg.min_sensors),
+                                             buf)
         return kernels.SEED_CANDIDATE, int(n), x0, y0, float(tau0), float(prob), [self.pend[j] for j in buf[:n]]
 
 
@@ -739,11 +739,6 @@ class Associator:
                 break
         b = int(np.lexsort((cost_f[h], -cnt_f[h]))[0])
         return float(bx[b]), float(by[b]), hw
-
-    def _travel_s(self, x: float, y: float) -> np.ndarray:
-        """Travel time (s) from ``(x, y, z_src)`` to every sensor, wind to first order."""
-        d = self.pos - np.array([x, y, self.z_src])
-        return np.linalg.norm(d, axis=1) / self.c - (d[:, 0] * self.wind[0] + d[:, 1] * self.wind[1]) / self.c**2
 
     def _heard_by_nearer(self, sol: Solution, t0_ns: int, now_ns: int, dets: list[Detection]) -> bool:
         """Check that sensors nearer than the farthest one used heard the shot.

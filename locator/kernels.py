@@ -702,9 +702,10 @@ def seed_window(tp, sp, alive, k, span_ns, pair_ns_to_seed, max_search, n_sensor
     """The detections that can belong to the same shot as the seed ``k`` (the pending
     detections' times ``tp`` (ns, ascending) and sensor indices ``sp``, those still
     pending marked ``alive``): later ones, at other sensors, within ``span_ns`` and the
-    pair gate ``pair_ns_to_seed[sensor]``, at most ``max_search``. Returns ``(indices into tp, their times in s after the seed, offsets)``,
-    grouped by sensor (``offsets[s]:offsets[s + 1]``) with ascending times within each (a
-    stable counting sort), and the number of distinct sensors including the seed's."""
+    pair gate ``pair_ns_to_seed[sensor]``, at most ``max_search``. Returns ``(indices
+    into tp, their times in s after the seed, offsets)``, grouped by sensor
+    (``offsets[s]:offsets[s + 1]``) with ascending times within each (a stable counting
+    sort), and the number of distinct sensors including the seed's."""
     s0 = sp[k]
     t_seed = tp[k]
     n = tp.shape[0]
