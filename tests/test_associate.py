@@ -289,7 +289,8 @@ def test_gunshots_hidden_in_dense_fireworks_are_located():
     """Fifteen fireworks a second: every sensor reports about ten impulses a second, so
     a chance alignment of a dozen sensors is common and the chance test on all
     detections rejects most shots. The nodes rate few detections gunshots: the same test
-    on the gunshot-rated ones alone, at their own (low) rate, still locates the hidden
+    on the gunshot-rated ones alone, at their own (low) rate, and a gunshot-rated seed's
+    triples formed from gunshot-rated detections first, still locate the hidden
     gunshots. Nodes whose classifier says nothing (every p_gunshot 0.4) lose most of
     them; no gunshot-labelled event appears where no gun was fired."""
     import dataclasses
