@@ -205,11 +205,16 @@ class _Batch:
         self._gun: np.ndarray | None = None
 
     def take(self, keys: list[str]) -> list[int]:
-        """These are no longer pending. Returns their times (ns)."""
+        """These are no longer pending. Returns the times (ns) of those that were."""
         self._index()
-        idx = [self._pos[k] for k in keys if k in self._pos]
+        idx = [i for i in (self._pos.get(k) for k in keys) if i is not None and self.alive[i]]
         self.alive[idx] = False
         return self.tp[idx].tolist()
+
+    def gone(self, d: Detection) -> bool:
+        """Whether a shot found during this search took ``d``."""
+        self._index()
+        return not self.alive[self._pos[d.key]]
 
     def _index(self) -> None:
         if self._pos is None:
@@ -570,8 +575,7 @@ class Associator:
             todo.sort(key=lambda d: d.p_gunshot < 0.5)      # stable: time order within each
         self._behind = False
         results: dict[str, tuple] = {}  # seed key -> its search, until used
-        taken: set[str] = set()     # detections shots found this step took
-        lost: list[int] = []        # their times, until the searches they affect are dropped
+        lost: list[int] = []        # times of detections shots took, until the searches they affect are dropped
         self._taken = []
         try:
             for q, d in enumerate(todo):
@@ -579,7 +583,7 @@ class Associator:
                     self.stats.budget_exhausted += 1
                     self._behind = True
                     break
-                if d.key in skip or d.key in taken:
+                if d.key in skip or cur.gone(d):
                     continue
                 until = explained(d.t_ns, self.idx[d.sensor_id])
                 if until is not None:
@@ -596,7 +600,7 @@ class Associator:
                         del results[key]
                 if d.key not in results:
                     nxt = (p for p in itertools.islice(todo, q, None)
-                           if p.key not in results and p.key not in taken and p.key not in skip and
+                           if p.key not in results and not cur.gone(p) and p.key not in skip and
                            (p is d or explained(p.t_ns, self.idx[p.sensor_id]) is None))
                     results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
                 known = self.wind_known
@@ -607,17 +611,17 @@ class Associator:
                     # done this step keep the one they started with.)
                     results.clear()
                 if self._taken:
-                    fresh = [key for key in self._taken if key not in taken]
-                    taken.update(fresh)
-                    lost += cur.take(fresh)
+                    lost += cur.take(self._taken)
                     self._taken = []
                 if ev is not None:
                     out.append(ev)
                     explained = self._explained_by_open()
         finally:
+            # (The pending list is the batch's: a search only takes detections out.)
+            cur.take(self._taken)
             self._taken = None
-            if taken:
-                self.pending = [d for d in self.pending if d.key not in taken]
+            if not cur.alive.all():
+                self.pending = [d for d, live in zip(cur.pend, cur.alive) if live]
         return out
 
     def _search_seed(self, seed: Detection, found: tuple, now_ns: int, skip: set[str]) -> Event | None:
@@ -818,8 +822,8 @@ class Associator:
         if got is None:
             got = self._rate_cache[b] = np.zeros((2, len(self.layout)))
             t_all, off_all, t_gun, off_gun = self._flat_history()
-            kernels.rate_rows(t_all, off_all, b, self._seen_from, self._seen_to, got[0:1])
-            kernels.rate_rows(t_gun, off_gun, b, self._seen_from, self._seen_to, got[1:2])
+            kernels.rate_row(t_all, off_all, b, self._seen_from, self._seen_to, got[0])
+            kernels.rate_row(t_gun, off_gun, b, self._seen_from, self._seen_to, got[1])
         return got[0], got[1]
 
     def _flat_history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

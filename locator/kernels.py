@@ -846,7 +846,7 @@ def candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, s
     median sigma times three as the window and three detections free for the fit's
     unknowns (the solve can only drop detections and widen the window, so a candidate
     failing it cannot pass the test after its fit); 1.0 with fewer than ``min_count``.
-    Chance rates are the sensors' rates around the emission time (:func:`_rate_row`),
+    Chance rates are the sensors' rates around the emission time (:func:`rate_row`),
     of all detections from the histories ``hist_t, hist_off`` and of gunshot-rated ones
     (``gun_p`` marks the pending ones) from ``gun_t, gun_off``, both covering
     ``seen_from..seen_to`` ns."""
@@ -854,7 +854,7 @@ def candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, s
     tau0 = -_travel1(sx, sy, sz, s0, x, y, z_src, c, wx, wy)
     sec = (tp[k] + np.int64(tau0 * 1e9)) // 1_000_000_000
     r = np.empty(sx.shape[0])
-    _rate_row(hist_t, hist_off, sec, seen_from, seen_to, r)
+    rate_row(hist_t, hist_off, sec, seen_from, seen_to, r)
     chosen = choose_candidate(x, y, z_src, s0, tau0, sx, sy, sz, c, wx, wy, t, offsets, w_s, r, min_count)
     n = chosen.shape[0] + 1
     out_cand[0] = k
@@ -870,7 +870,7 @@ def candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, s
         sig[i] = sig_p[out_cand[i]]
         gun[i] = gun_p[out_cand[i]]
     r_gun = np.empty(sx.shape[0])
-    _rate_row(gun_t, gun_off, sec, seen_from, seen_to, r_gun)
+    rate_row(gun_t, gun_off, sec, seen_from, seen_to, r_gun)
     return n, tau0, label_chance(x, y, z_src, sx, sy, sz, sens, gun, 3.0 * np.median(sig), r, r_gun, 3)
 
 
@@ -999,7 +999,7 @@ def search_seeds(seeds, tp, sp, alive, sig_p, gun_p, span_ns, pair_ns, max_searc
 
 
 @numba.njit(cache=True, nogil=True)
-def _rate_row(hist_t, hist_off, sec, seen_from, seen_to, out):
+def rate_row(hist_t, hist_off, sec, seen_from, seen_to, out):
     """Each sensor's detection rate (per s) over the 20 s around the epoch second
     ``sec`` (clipped to ``[seen_from, seen_to]`` ns, the span the histories cover) into
     ``out[sensor]``; ``hist_t[hist_off[s]:hist_off[s + 1]]`` are sensor ``s``'s detection
@@ -1011,9 +1011,3 @@ def _rate_row(hist_t, hist_off, sec, seen_from, seen_to, out):
         h = hist_t[hist_off[s]:hist_off[s + 1]]
         out[s] = (np.searchsorted(h, hi, side="right") - np.searchsorted(h, lo, side="left")) / span
 
-
-@numba.njit(cache=True, nogil=True)
-def rate_rows(hist_t, hist_off, s_lo, seen_from, seen_to, out):
-    """:func:`_rate_row` for the seconds ``s_lo + i`` into ``out[i]``."""
-    for i in range(out.shape[0]):
-        _rate_row(hist_t, hist_off, s_lo + i, seen_from, seen_to, out[i])
