@@ -313,6 +313,7 @@ class Associator:
         self.open: list[_Open] = []
         self._open_gen = 0                # counts changes to the open events (_open_table)
         self._open_tab: tuple | None = None
+        self._recent_tab: tuple | None = None   # the same for recent (None: rebuild)
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
         self.stats = AssocStats()
         lo = self.pos[:, :2].min(axis=0) - cfg.margin_m
@@ -492,40 +493,49 @@ class Associator:
                     out.append(ev)
                 back += [d for d in joined if d.key not in kept]
             (self.recent if closing else still).append(op)
+        n_recent = len(self.recent)
+        closed = len(self.open) - len(still)
         self.open = still
         self._open_gen += 1
         if back:                            # not kept: pending again (tried with that event)
             self.pending = sorted(self.pending + back, key=lambda d: d.t_ns)
         self.recent = [op for op in self.recent if now_ns == NOW_INFINITE or now_ns - op.t0_ns < 120 * NS_PER_S]
+        if closed or len(self.recent) != n_recent:
+            self._recent_tab = None
         return out
 
     def _within_hearing(self, op: _Open, best: dict[str, int], gate_ns: np.ndarray) -> dict[str, int]:
         """Of the detections matching an open event's predicted arrivals (sensor ->
-        pending index), those within the disc around it where its matched count (its
-        own sensors, those waiting to join, and these) is least likely by chance
-        (:func:`kernels.significant_radius`, never inside its farthest own sensor).
-        Beyond hearing range every match is chance, and on a crowded night chance
-        matches are common: a far event would take detections that belong to a shot
-        near them."""
+        pending index), those within hearing range (:meth:`_hearing_radius`; cached
+        per event version and match)."""
         dist = op.arrivals[5]
         used = [self.idx[d.sensor_id] for d in op.dets]
-        r_used = float(dist[used].max())
         mine = sorted(self.idx[sid] for sid in best)
-        if dist[mine].max() <= r_used:
+        if dist[mine].max() <= dist[used].max():
             return best
         key = (op.event.version, len(op.waiting), tuple(mine))
         if op.hearing is None or op.hearing[0] != key:
-            matched = np.zeros(len(dist), dtype=np.bool_)
-            matched[used] = True
-            matched[[self.idx[d.sensor_id] for d in op.waiting]] = True
-            matched[mine] = True
-            g = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S) / NS_PER_S
-            p = -np.expm1(-self._rates(op.t0_ns)[0] * 2.0 * g)
-            op.hearing = (key, kernels.significant_radius(dist, matched, p, r_used, int(self.cfg.min_sensors), 3))
+            matched = used + [self.idx[d.sensor_id] for d in op.waiting] + mine
+            op.hearing = (key, self._hearing_radius(dist, used, matched, gate_ns, op.t0_ns))
         r_keep = op.hearing[1]
         if r_keep < 0:
             return best
         return {sid: i for sid, i in best.items() if dist[self.idx[sid]] <= r_keep}
+
+    def _hearing_radius(self, dist: np.ndarray, used: list[int], matched: list[int], gate_ns: np.ndarray,
+                        t0_ns: int) -> float:
+        """The radius (m) of the disc around a shot where its matched count (its own
+        sensors ``used``, and the others whose detections match its predicted
+        arrivals) is least likely by chance (:func:`kernels.significant_radius`, never
+        inside its farthest own sensor; -1: keep every match). Beyond hearing range
+        every match is chance, and on a crowded night chance matches are common: a far
+        shot would take detections that belong to a shot near them."""
+        r_used = float(dist[used].max())
+        hit = np.zeros(len(dist), dtype=np.bool_)
+        hit[matched] = True
+        g = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S) / NS_PER_S
+        p = -np.expm1(-self._rates(t0_ns)[0] * 2.0 * g)
+        return kernels.significant_radius(dist, hit, p, r_used, int(self.cfg.min_sensors), 3)
 
     def _forget_stale_seeds(self) -> None:
         """Count new detections into each remembered seed's window."""
@@ -604,7 +614,7 @@ class Associator:
                            (p is d or explained(p.t_ns, self.idx[p.sensor_id]) is None))
                     results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
                 known = self.wind_known
-                ev = self._search_seed(d, results.pop(d.key)[:-1], now_ns, skip)
+                ev = self._search_seed(d, results.pop(d.key)[:-1], now_ns, skip, cur)
                 if self.wind_known != known:
                     # The first wind estimate narrows the search windows: search again.
                     # (Later estimates move the regional wind a little; the searches
@@ -624,10 +634,11 @@ class Associator:
                 self.pending = [d for d, live in zip(cur.pend, cur.alive) if live]
         return out
 
-    def _search_seed(self, seed: Detection, found: tuple, now_ns: int, skip: set[str]) -> Event | None:
-        """The checks and the solve for a seed searched by :meth:`_Batch.run`: ``found``
-        is ``(status, count, x m, y m, emission offset s, chance pre-test, candidate
-        detections)``."""
+    def _search_seed(self, seed: Detection, found: tuple, now_ns: int, skip: set[str],
+                     cur: _Batch) -> Event | None:
+        """The checks and the solve for a seed searched by :meth:`_Batch.run` (``cur``):
+        ``found`` is ``(status, count, x m, y m, emission offset s, chance pre-test,
+        candidate detections)``."""
         cfg = self.cfg
         status, count, x0, y0, tau0, prob, cand = found
         if status == kernels.SEED_FEW:
@@ -701,12 +712,48 @@ class Associator:
             self.stats.echoes += 1
             self._consume({d.key for d in mine})
             return None
+        sol, mine, t0_ns, aerial = self._with_earlier_arrivals(sol, mine, t0_ns, aerial, cur)
         ev = self._make_event(sol, mine, t0_ns, aerial)
         self._consume({d.key for d in mine})
         close_at = t0_ns + int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
         self._add_open(_Open(ev, sol, mine, close_at, t0_ns))
         self.stats.events += 1
         return ev
+
+    def _with_earlier_arrivals(self, sol: Solution, mine: list[Detection], t0_ns: int, aerial: bool,
+                               cur: _Batch) -> tuple:
+        """A new shot's fit, before its first version is published, with the pending
+        detections earlier than its own that arrive where it predicts (at most one per
+        sensor, the nearest its prediction, within hearing range: the rules an open
+        event joins by). A search may reach a shot from a later arrival while its first
+        arrival waits to be searched again, and the event is named after its first
+        arrival: two locators on one stream, stepping at different moments, must
+        publish each shot under one id. (Later arrivals join at the next step.)
+        Returns the fit with them if it keeps more detections, else the fit given."""
+        pred, gate, _, _, dist = self._predict(sol, t0_ns, mine)
+        live = np.flatnonzero(cur.alive[:int(np.searchsorted(cur.tp, min(d.t_ns for d in mine)))])
+        miss = np.abs(cur.tp[live] - pred[cur.sp[live]])
+        ok = miss <= gate[cur.sp[live]]
+        if not ok.any():
+            return sol, mine, t0_ns, aerial
+        have = {d.key for d in mine}
+        best: dict[int, int] = {}                   # sensor -> batch index nearest its prediction
+        for i, m in sorted(zip(live[ok].tolist(), miss[ok].tolist()), key=lambda im: im[1], reverse=True):
+            if cur.pend[i].key not in have:
+                best[int(cur.sp[i])] = i
+        if not best:
+            return sol, mine, t0_ns, aerial
+        used = [self.idx[d.sensor_id] for d in mine]
+        if dist[list(best)].max() > dist[used].max():
+            r_keep = self._hearing_radius(dist, used, used + list(best), gate, t0_ns)
+            if r_keep >= 0:
+                best = {s: i for s, i in best.items() if dist[s] <= r_keep}
+        extra = [cur.pend[i] for i in sorted(best.values())]
+        fit = self._fit(mine + extra, (sol.x_m, sol.y_m)) if extra else None
+        if fit is None or len(fit[1]) <= len(mine):
+            return sol, mine, t0_ns, aerial
+        self.stats.attached += len(fit[1]) - len(mine)
+        return fit
 
     def _grid_search(self, s0: int, t: np.ndarray, offsets: np.ndarray):
         """The anchored grid search (:func:`kernels.seed_coherence`) over the seed's
@@ -841,27 +888,31 @@ class Associator:
 
     def _arrivals(self, op: _Open) -> tuple[np.ndarray, np.ndarray]:
         """An open event's predicted arrival (ns) at every sensor and how far (ns) a
-        detection may sit from it to join (the gate, 3 sigma of the prediction from the
-        solution's covariance, the wind). Sensors it already uses get -1 and 0 (never
-        match). Cached per event version."""
-        if op.arrivals is not None and op.arrivals[0] == op.event.version:
-            return op.arrivals[1], op.arrivals[2]
-        v = np.array([op.sol.x_m, op.sol.y_m, op.sol.z_m]) - self.pos
-        dist = np.linalg.norm(v, axis=1)
-        pred = op.t0_ns + (dist / self.c * NS_PER_S).astype(np.int64)
-        jac = np.column_stack([v[:, 0] / (self.c * dist), v[:, 1] / (self.c * dist), np.ones(len(dist))])
-        k = [0, 1, op.sol.ndim]                     # x, y, emission time (a 3-D solution has z at 2)
-        sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, op.sol.cov[np.ix_(k, k)], jac), 0.0))
-        gate = self._gate_s(dist, sd_pred) * NS_PER_S
-        used = [self.idx[d.sensor_id] for d in op.dets]
-        # For _explained_by_open: the shot's arrivals at its own sensors and at those no
-        # farther than they are (beyond, its arrivals are not heard, and on a crowded
-        # night every detection would be near some far event's prediction).
-        far = dist > dist[used].max()
-        op.arrivals = (op.event.version, pred.copy(), gate.copy(), np.where(far, -NOW_INFINITE, pred), gate, dist)
-        op.arrivals[1][used] = -1
-        op.arrivals[2][used] = 0.0
+        detection may sit from it to join (:meth:`_predict`). Cached per event version."""
+        if op.arrivals is None or op.arrivals[0] != op.event.version:
+            op.arrivals = (op.event.version,) + self._predict(op.sol, op.t0_ns, op.dets)
         return op.arrivals[1], op.arrivals[2]
+
+    def _predict(self, sol: Solution, t0_ns: int, dets: list[Detection]) -> tuple:
+        """A solution's predicted arrival (ns) at every sensor and its gate (ns: 3 sigma
+        of the prediction from the solution's covariance, and the wind); sensors
+        ``dets`` use get -1 and 0 (never match). Then, for :meth:`_explained_by_open`,
+        the arrivals at its own sensors and at those no farther than they are (beyond,
+        its arrivals are not heard, and on a crowded night every detection would be
+        near some far event's prediction), all gates, and the distances (m)."""
+        v = np.array([sol.x_m, sol.y_m, sol.z_m]) - self.pos
+        dist = np.linalg.norm(v, axis=1)
+        pred = t0_ns + (dist / self.c * NS_PER_S).astype(np.int64)
+        jac = np.column_stack([v[:, 0] / (self.c * dist), v[:, 1] / (self.c * dist), np.ones(len(dist))])
+        k = [0, 1, sol.ndim]                        # x, y, emission time (a 3-D solution has z at 2)
+        sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, sol.cov[np.ix_(k, k)], jac), 0.0))
+        gate = self._gate_s(dist, sd_pred) * NS_PER_S
+        used = [self.idx[d.sensor_id] for d in dets]
+        far = dist > dist[used].max()
+        own_pred, own_gate = pred.copy(), gate.copy()
+        own_pred[used] = -1
+        own_gate[used] = 0.0
+        return own_pred, own_gate, np.where(far, -NOW_INFINITE, pred), gate, dist
 
     def _explained_by_open(self):
         """A test of whether a detection (time ns, sensor index) is the arrival, early by
@@ -898,11 +949,12 @@ class Associator:
             self.pending = [d for d in self.pending if d.key not in keys]
 
     def _is_echo(self, sol: Solution, t0_ns: int, n_sensors: int) -> bool:
-        for op in self.open + self.recent[-50:]:
-            dt = (t0_ns - op.t0_ns) / NS_PER_S
-            if 0 < dt <= self.cfg.echo_window_s and \
-                    math.hypot(op.sol.x_m - sol.x_m, op.sol.y_m - sol.y_m) <= self.cfg.echo_radius_m and \
-                    n_sensors < 0.5 * len(op.dets):
+        """Whether an open or closed event up to ``echo_window_s`` earlier, within
+        ``echo_radius_m``, used more than twice ``n_sensors``."""
+        for t0, ex, ey, _, n in (self._open_table(), self._recent_table()):
+            dt = t0_ns - t0
+            if np.any((dt > 0) & (dt <= self.cfg.echo_window_s * NS_PER_S) & (n_sensors < 0.5 * n) &
+                      (np.hypot(ex - sol.x_m, ey - sol.y_m) <= self.cfg.echo_radius_m)):
                 return True
         return False
 
@@ -919,33 +971,45 @@ class Associator:
         return self._shot_at(x, y, t0_ns, self.cfg.coarse_cell_m)
 
     def _shot_at(self, x: float, y: float, t0_ns: int, radius_m: float, recent: bool = False) -> _Open | None:
-        """The first open event (then, with ``recent``, of the last 50 closed ones)
+        """The first open event (then, with ``recent``, the closed one nearest in time)
         within ``same_shot_s`` of ``t0_ns`` and within ``same_shot_m`` + ``radius_m`` +
         its own ellipse's major semi-axis of (x, y)."""
-        t0, ex, ey, major = self._open_table()
-        hit = np.flatnonzero((np.abs(t0 - t0_ns) <= self.cfg.same_shot_s * NS_PER_S) &
-                             (np.hypot(ex - x, ey - y) <= self.cfg.same_shot_m + radius_m + major))
+        def hits(table):
+            t0, ex, ey, major, _ = table
+            return np.flatnonzero((np.abs(t0 - t0_ns) <= self.cfg.same_shot_s * NS_PER_S) &
+                                  (np.hypot(ex - x, ey - y) <= self.cfg.same_shot_m + radius_m + major))
+        hit = hits(self._open_table())
         if hit.size:
             return self.open[int(hit[0])]
-        for op in self.recent[-50:] if recent else ():
-            if abs(op.t0_ns - t0_ns) <= self.cfg.same_shot_s * NS_PER_S and \
-                    math.hypot(op.sol.x_m - x, op.sol.y_m - y) <= \
-                    self.cfg.same_shot_m + radius_m + op.event.ellipse95_m.major:
-                return op
+        if recent:
+            table = self._recent_table()
+            hit = hits(table)
+            if hit.size:
+                return self.recent[int(hit[np.argmin(np.abs(table[0][hit] - t0_ns))])]
         return None
 
     def _add_open(self, op: _Open) -> None:
         self.open.append(op)
         self._open_gen += 1
 
-    def _open_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The open events' emission times (ns), positions (m) and ellipses' major
-        semi-axes (m), rebuilt when they change."""
+    def _open_table(self) -> tuple[np.ndarray, ...]:
+        """The open events' emission times (ns), positions (m), ellipses' major
+        semi-axes (m) and detection counts, rebuilt when they change."""
         if self._open_tab is None or self._open_tab[0] != self._open_gen:
-            self._open_tab = (self._open_gen, np.array([op.t0_ns for op in self.open], dtype=np.int64),
-                              np.array([op.sol.x_m for op in self.open]), np.array([op.sol.y_m for op in self.open]),
-                              np.array([op.event.ellipse95_m.major for op in self.open]))
+            self._open_tab = (self._open_gen,) + self._table(self.open)
         return self._open_tab[1:]
+
+    def _recent_table(self) -> tuple[np.ndarray, ...]:
+        """:meth:`_open_table` for the closed events (``recent``, in its order)."""
+        if self._recent_tab is None:
+            self._recent_tab = self._table(self.recent)
+        return self._recent_tab
+
+    @staticmethod
+    def _table(ops: list[_Open]) -> tuple[np.ndarray, ...]:
+        return (np.array([op.t0_ns for op in ops], dtype=np.int64), np.array([op.sol.x_m for op in ops]),
+                np.array([op.sol.y_m for op in ops]), np.array([op.event.ellipse95_m.major for op in ops]),
+                np.array([len(op.dets) for op in ops], dtype=np.int64))
 
     def _merge(self, op: _Open, cand: list[Detection]) -> Event | None:
         have = {d.sensor_id for d in op.dets}
@@ -970,6 +1034,7 @@ class Associator:
             self._consume(keep)
         op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
         self._open_gen += 1
+        self._recent_tab = None         # (a closed event may grow too: _same_shot)
         self.stats.updates += 1
         return ev, sum(d.key in keep for d in extra)
 
@@ -1181,6 +1246,7 @@ class Associator:
         self.recent += self.open
         self.open = []
         self._open_gen += 1
+        self._recent_tab = None
         return out
 
 
