@@ -712,48 +712,39 @@ class Associator:
             self.stats.echoes += 1
             self._consume({d.key for d in mine})
             return None
-        sol, mine, t0_ns, aerial = self._with_earlier_arrivals(sol, mine, t0_ns, aerial, cur)
-        ev = self._make_event(sol, mine, t0_ns, aerial)
+        first = self._first_arrival(sol, mine, t0_ns, cur)
+        ev = self._make_event(sol, mine, t0_ns, aerial, event_id=_event_id([first.key]))
         self._consume({d.key for d in mine})
         close_at = t0_ns + int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
         self._add_open(_Open(ev, sol, mine, close_at, t0_ns))
         self.stats.events += 1
         return ev
 
-    def _with_earlier_arrivals(self, sol: Solution, mine: list[Detection], t0_ns: int, aerial: bool,
-                               cur: _Batch) -> tuple:
-        """A new shot's fit, before its first version is published, with the pending
-        detections earlier than its own that arrive where it predicts (at most one per
-        sensor, the nearest its prediction, within hearing range: the rules an open
-        event joins by). A search may reach a shot from a later arrival while its first
-        arrival waits to be searched again, and the event is named after its first
-        arrival: two locators on one stream, stepping at different moments, must
-        publish each shot under one id. (Later arrivals join at the next step.)
-        Returns the fit with them if it keeps more detections, else the fit given."""
-        pred, gate, _, _, dist = self._predict(sol, t0_ns, mine)
-        live = np.flatnonzero(cur.alive[:int(np.searchsorted(cur.tp, min(d.t_ns for d in mine)))])
+    def _first_arrival(self, sol: Solution, mine: list[Detection], t0_ns: int, cur: _Batch) -> Detection:
+        """The detection a new shot is named after: its first arrival. A search may reach
+        a shot from a later arrival while the first waits to be searched again (it
+        joins the event at the next step), so the earliest pending detection that
+        arrives where the solution predicts (within the gate an open event attaches
+        by, nearest the prediction at its sensor) counts too, if earlier than the fit's
+        own: two locators on one stream, stepping at different moments, must publish
+        each shot under one id."""
+        first = min(mine, key=lambda d: (d.t_ns, d.sensor_id))
+        n = int(np.searchsorted(cur.tp, first.t_ns))
+        if n == 0:
+            return first
+        pred, gate = self._predict(sol, t0_ns, mine)[:2]
+        live = np.flatnonzero(cur.alive[:n])
         miss = np.abs(cur.tp[live] - pred[cur.sp[live]])
-        ok = miss <= gate[cur.sp[live]]
-        if not ok.any():
-            return sol, mine, t0_ns, aerial
-        have = {d.key for d in mine}
-        best: dict[int, int] = {}                   # sensor -> batch index nearest its prediction
-        for i, m in sorted(zip(live[ok].tolist(), miss[ok].tolist()), key=lambda im: im[1], reverse=True):
-            if cur.pend[i].key not in have:
-                best[int(cur.sp[i])] = i
-        if not best:
-            return sol, mine, t0_ns, aerial
-        used = [self.idx[d.sensor_id] for d in mine]
-        if dist[list(best)].max() > dist[used].max():
-            r_keep = self._hearing_radius(dist, used, used + list(best), gate, t0_ns)
-            if r_keep >= 0:
-                best = {s: i for s, i in best.items() if dist[s] <= r_keep}
-        extra = [cur.pend[i] for i in sorted(best.values())]
-        fit = self._fit(mine + extra, (sol.x_m, sol.y_m)) if extra else None
-        if fit is None or len(fit[1]) <= len(mine):
-            return sol, mine, t0_ns, aerial
-        self.stats.attached += len(fit[1]) - len(mine)
-        return fit
+        ok = np.flatnonzero(miss <= gate[cur.sp[live]])
+        if ok.size == 0:
+            return first
+        # Per sensor the detection nearest its prediction; of those, the earliest.
+        best: dict[int, tuple[int, int]] = {}       # sensor -> (miss ns, batch index)
+        for i, m in zip(live[ok].tolist(), miss[ok].tolist()):
+            s = int(cur.sp[i])
+            if s not in best or m < best[s][0]:
+                best[s] = (m, i)
+        return min((cur.pend[i] for _, i in best.values()), key=lambda d: (d.t_ns, d.sensor_id))
 
     def _grid_search(self, s0: int, t: np.ndarray, offsets: np.ndarray):
         """The anchored grid search (:func:`kernels.seed_coherence`) over the seed's
@@ -1061,9 +1052,9 @@ class Associator:
                                cnt, cost)
         return cnt, cost
 
-    def _solve(self, dets: list[Detection], xy0, event_id: str | None = None, version: int = 1,
-               incident_id: str | None = None):
-        """Fit ``dets`` and make the event: (event, solution, emission time ns), or Nones."""
+    def _solve(self, dets: list[Detection], xy0, event_id: str, version: int, incident_id: str | None = None):
+        """Fit ``dets`` and make that event's ``version``: (event, solution, emission time
+        ns), or Nones."""
         fit = self._fit(dets, xy0)
         if fit is None:
             return None, None, None
@@ -1117,12 +1108,9 @@ class Associator:
                 self.wind_known = True
 
     def _make_event(self, sol: Solution, used: list[Detection], t0_ns: int, aerial: bool,
-                    event_id: str | None = None, version: int = 1, incident_id: str | None = None) -> Event:
-        """The event for a fit that is published (a new shot or a new version): its id
-        and its incident."""
-        if event_id is None:
-            first = min(used, key=lambda d: (d.t_ns, d.sensor_id))
-            event_id = _event_id([first.key])
+                    event_id: str, version: int = 1, incident_id: str | None = None) -> Event:
+        """The event for a fit that is published (a new shot, ``version`` 1, or a new
+        version), in its incident (found for a new shot)."""
         if incident_id is None:
             incident_id = self._incident_for(event_id, t0_ns, sol.x_m, sol.y_m)
         lat, lon, alt = self.layout.frame.to_geodetic(sol.x_m, sol.y_m, sol.z_m)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from shotnet.locator.associate import AssocConfig, Associator, locate_stream
+from shotnet.locator.associate import AssocConfig, Associator, _event_id, locate_stream
 from shotnet.sensor.contract import NS_PER_S, detection_to_json
 from shotnet.sensor.scene import truth_records
 
@@ -256,30 +256,32 @@ def test_backlog_searched_over_many_budgeted_steps(city_scene, city_detections):
 def _replay(layout, stream, rng, latency_s=(0.2, 0.22), step_s=(0.03, 0.12)):
     """One locator's view of a live stream: each detection fed at its onset plus a
     latency drawn from ``latency_s``, steps at intervals drawn from ``step_s``.
-    Returns the first version of each event by id."""
+    Returns the first and the last version of each event by id."""
     a = Associator(layout, AssocConfig(temperature_c=18.0, estimate_wind=False))
     lat = rng.uniform(*latency_s, len(stream))
     arrivals = sorted((d.t_ns + int(s * NS_PER_S), k) for k, (d, s) in enumerate(zip(stream, lat)))
-    first, j, now = {}, 0, arrivals[0][0]
+    first, last, j, now = {}, {}, 0, arrivals[0][0]
     while j < len(arrivals) or now < arrivals[-1][0] + 3 * NS_PER_S:
         while j < len(arrivals) and arrivals[j][0] <= now:
             a.feed(stream[arrivals[j][1]])
             j += 1
         for ev in a.step(now):
             first.setdefault(ev.event_id, ev)
+            last[ev.event_id] = ev
         now += int(rng.uniform(*step_s) * NS_PER_S)
     for ev in a.flush():
         first.setdefault(ev.event_id, ev)
-    return first
+        last[ev.event_id] = ev
+    return first, last
 
 
 def test_event_ids_do_not_depend_on_when_the_locator_steps():
     """Two locators on one stream step at different moments (active-active). A search
     may reach a shot from a later arrival while its first arrival waits to be searched
-    again; the first version must still take the first arrival, which names the
-    event, so both publish each shot under one id."""
+    again (it joins at the next step); the event is still named after its first
+    arrival, so both publish each shot under one id."""
     from shotnet.locator.synthetic import StreamConfig, make_stream
-    from shotnet.sensor.acoustics import speed_of_sound_m_per_s
+    from shotnet.sensor.acoustics import speed_of_sound_m_per_s, travel_time_s
     from shotnet.sensor.scene import default_layout
     lay = default_layout()
     cfg = StreamConfig(late_fraction=0.0, false_per_sensor_per_s=0.0, lookalike_fraction=0.0, survey_sigma_m=0.0,
@@ -287,16 +289,17 @@ def test_event_ids_do_not_depend_on_when_the_locator_steps():
     dets, truth, _ = make_stream(lay, 6, 6.0, cfg, seed=4)
     stream = sorted(dets, key=lambda d: d.t_ns)
     runs = [_replay(lay, stream, np.random.default_rng(k)) for k in range(6)]
-    assert len(runs[0]) == 6
-    for r in runs[1:]:
-        assert set(r) == set(runs[0])
+    assert len(runs[0][0]) == 6
+    for first, last in runs[1:]:
+        assert set(first) == set(last) == set(runs[0][0])
     c = speed_of_sound_m_per_s(cfg.temperature_c)
-    for ev in runs[0].values():
-        # The first version holds the shot's first arrival.
+    for ev in runs[0][1].values():
+        # Named after the shot's first arrival, which the event holds.
         tr = min(truth, key=lambda t: abs(t.t_ns - ev.t_ns))
-        dist = dict(zip(lay.ids, np.hypot(lay.enu_m[:, 0] - tr.e_m, lay.enu_m[:, 1] - tr.n_m)))
-        arrivals = [d for d in stream if abs(d.t_ns - tr.t_ns - dist[d.sensor_id] / c * NS_PER_S) < 0.005 * NS_PER_S]
-        assert min(arrivals, key=lambda d: d.t_ns).key in ev.detections
+        travel = dict(zip(lay.ids, travel_time_s(np.array([tr.e_m, tr.n_m, tr.u_m]), lay.enu_m, c, (0.0, 0.0))))
+        arrivals = [d for d in stream if abs(d.t_ns - tr.t_ns - travel[d.sensor_id] * NS_PER_S) < 0.002 * NS_PER_S]
+        first = min(arrivals, key=lambda d: d.t_ns)
+        assert first.key in ev.detections and ev.event_id == _event_id([first.key])
 
 
 def _fireworks_night(rate_per_s, duration_s, n_guns, seed=11):
