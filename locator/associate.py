@@ -62,6 +62,7 @@ import hashlib
 import itertools
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -151,7 +152,7 @@ class _Open:
     close_at_ns: int
     t0_ns: int
     tried: set = field(default_factory=set)
-    arrivals: tuple | None = None     # (version, predicted arrival ns, gate ns, ...) per sensor
+    arrivals: tuple | None = None     # (version, predicted arrival ns, gate ns, ...): _predict
     waiting: list = field(default_factory=list)   # joined, not yet solved with it
     hearing: tuple | None = None      # (what it was computed for, radius m): _within_hearing
 
@@ -496,7 +497,8 @@ class Associator:
         n_recent = len(self.recent)
         closed = len(self.open) - len(still)
         self.open = still
-        self._open_gen += 1
+        if closed:
+            self._open_gen += 1
         if back:                            # not kept: pending again (tried with that event)
             self.pending = sorted(self.pending + back, key=lambda d: d.t_ns)
         self.recent = [op for op in self.recent if now_ns == NOW_INFINITE or now_ns - op.t0_ns < 120 * NS_PER_S]
@@ -508,10 +510,9 @@ class Associator:
         """Of the detections matching an open event's predicted arrivals (sensor ->
         pending index), those within hearing range (:meth:`_hearing_radius`; cached
         per event version and match)."""
-        dist = op.arrivals[5]
-        used = [self.idx[d.sensor_id] for d in op.dets]
+        dist, used, dist_list, r_used = op.arrivals[5:9]
         mine = sorted(self.idx[sid] for sid in best)
-        if dist[mine].max() <= dist[used].max():
+        if max(dist_list[k] for k in mine) <= r_used:
             return best
         key = (op.event.version, len(op.waiting), tuple(mine))
         if op.hearing is None or op.hearing[0] != key:
@@ -890,7 +891,8 @@ class Associator:
         ``dets`` use get -1 and 0 (never match). Then, for :meth:`_explained_by_open`,
         the arrivals at its own sensors and at those no farther than they are (beyond,
         its arrivals are not heard, and on a crowded night every detection would be
-        near some far event's prediction), all gates, and the distances (m)."""
+        near some far event's prediction), all gates, the distances (m) (also as a
+        list), the sensor indices of ``dets`` and the farthest of them (m)."""
         v = np.array([sol.x_m, sol.y_m, sol.z_m]) - self.pos
         dist = np.linalg.norm(v, axis=1)
         pred = t0_ns + (dist / self.c * NS_PER_S).astype(np.int64)
@@ -899,11 +901,12 @@ class Associator:
         sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, sol.cov[np.ix_(k, k)], jac), 0.0))
         gate = self._gate_s(dist, sd_pred) * NS_PER_S
         used = [self.idx[d.sensor_id] for d in dets]
-        far = dist > dist[used].max()
+        r_used = float(dist[used].max())
+        far = dist > r_used
         own_pred, own_gate = pred.copy(), gate.copy()
         own_pred[used] = -1
         own_gate[used] = 0.0
-        return own_pred, own_gate, np.where(far, -NOW_INFINITE, pred), gate, dist
+        return own_pred, own_gate, np.where(far, -NOW_INFINITE, pred), gate, dist, used, dist.tolist(), r_used
 
     def _explained_by_open(self):
         """A test of whether a detection (time ns, sensor index) is the arrival, early by
@@ -923,9 +926,8 @@ class Associator:
 
         def explained(t_ns: int, s: int) -> int | None:
             """The clock at which the last event explaining it closes, or None."""
-            r = t_ns - pred[:, s]
-            hit = (r >= -gate[:, s]) & (r <= gate[:, s] + late)
-            return int(close[hit].max()) if hit.any() else None
+            until = kernels.explained_until(pred, gate, close, s, t_ns, late)
+            return None if until < 0 else int(until)
         return explained
 
     def _consume(self, keys: set[str]) -> None:
@@ -943,9 +945,8 @@ class Associator:
         """Whether an open or closed event up to ``echo_window_s`` earlier, within
         ``echo_radius_m``, used more than twice ``n_sensors``."""
         for t0, ex, ey, _, n in (self._open_table(), self._recent_table()):
-            dt = t0_ns - t0
-            if np.any((dt > 0) & (dt <= self.cfg.echo_window_s * NS_PER_S) & (n_sensors < 0.5 * n) &
-                      (np.hypot(ex - sol.x_m, ey - sol.y_m) <= self.cfg.echo_radius_m)):
+            if kernels.louder_before(t0, ex, ey, n, t0_ns, sol.x_m, sol.y_m, self.cfg.echo_window_s * NS_PER_S,
+                                     self.cfg.echo_radius_m, n_sensors):
                 return True
         return False
 
@@ -965,18 +966,17 @@ class Associator:
         """The first open event (then, with ``recent``, the closed one nearest in time)
         within ``same_shot_s`` of ``t0_ns`` and within ``same_shot_m`` + ``radius_m`` +
         its own ellipse's major semi-axis of (x, y)."""
-        def hits(table):
+        def hit(table, first):
             t0, ex, ey, major, _ = table
-            return np.flatnonzero((np.abs(t0 - t0_ns) <= self.cfg.same_shot_s * NS_PER_S) &
-                                  (np.hypot(ex - x, ey - y) <= self.cfg.same_shot_m + radius_m + major))
-        hit = hits(self._open_table())
-        if hit.size:
-            return self.open[int(hit[0])]
+            return kernels.event_near(t0, ex, ey, major, t0_ns, float(x), float(y), self.cfg.same_shot_s * NS_PER_S,
+                                      self.cfg.same_shot_m + radius_m, first)
+        i = hit(self._open_table(), True)
+        if i >= 0:
+            return self.open[i]
         if recent:
-            table = self._recent_table()
-            hit = hits(table)
-            if hit.size:
-                return self.recent[int(hit[np.argmin(np.abs(table[0][hit] - t0_ns))])]
+            i = hit(self._recent_table(), False)
+            if i >= 0:
+                return self.recent[i]
         return None
 
     def _add_open(self, op: _Open) -> None:
@@ -1104,7 +1104,8 @@ class Associator:
             sd = np.sqrt(np.maximum(np.diag(sol.cov)[sol.ndim + 1:sol.ndim + 3], 1e-6))
             if np.all(sd < 3.0) and np.hypot(*sol.wind_m_per_s) < 25.0:
                 self._winds.append(sol.wind_m_per_s)
-                self.wind = np.median(np.asarray(self._winds), axis=0)
+                self.wind = np.array([statistics.median(w[0] for w in self._winds),
+                                      statistics.median(w[1] for w in self._winds)])
                 self.wind_known = True
 
     def _make_event(self, sol: Solution, used: list[Detection], t0_ns: int, aerial: bool,

@@ -207,7 +207,16 @@ def _nearest(t_sorted, lo, hi, p):
 
 @numba.njit(cache=True, nogil=True)
 def _nearest_residual(t_sorted, lo, hi, p):
-    """|t - p| for the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``; inf if empty."""
+    """|t - p| for the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``; inf if empty.
+    (A short run is scanned: cheaper than the binary search's unpredictable branches.)"""
+    if hi - lo <= 16:
+        r = np.inf
+        for i in range(lo, hi):
+            d = t_sorted[i] - p
+            if d >= 0.0:
+                return min(r, d)
+            r = -d
+        return r
     return _nearest(t_sorted, lo, hi, p)[1]
 
 
@@ -1011,3 +1020,48 @@ def rate_row(hist_t, hist_off, sec, seen_from, seen_to, out):
         h = hist_t[hist_off[s]:hist_off[s + 1]]
         out[s] = (np.searchsorted(h, hi, side="right") - np.searchsorted(h, lo, side="left")) / span
 
+
+
+@numba.njit(cache=True, nogil=True)
+def explained_until(pred, gate, close, s, t_ns, late_ns):
+    """Whether a detection at sensor ``s`` at ``t_ns`` (ns) is an open event's arrival:
+    for each event ``e`` its predicted arrival ``pred[e, s]`` (ns) and gate ``gate[e, s]``
+    (ns), the detection at most the gate early or the gate plus ``late_ns`` late. Returns
+    the latest ``close[e]`` (ns) of the events it matches, or -1 if none."""
+    until = -1
+    for e in range(pred.shape[0]):
+        r = t_ns - pred[e, s]
+        if r >= -gate[e, s] and r <= gate[e, s] + late_ns and close[e] > until:
+            until = close[e]
+    return until
+
+
+@numba.njit(cache=True, nogil=True)
+def event_near(t0, ex, ey, major, t0_ns, x, y, max_dt_ns, radius_m, first):
+    """The event (of those with emission times ``t0`` ns, positions ``ex, ey`` m and
+    ellipse major semi-axes ``major`` m) within ``max_dt_ns`` of ``t0_ns`` and within
+    ``radius_m + major`` of ``(x, y)``: with ``first`` the first such, else the nearest
+    in time (the first of equals). -1 if none."""
+    best = -1
+    best_dt = 0
+    for i in range(t0.shape[0]):
+        dt = abs(t0[i] - t0_ns)
+        if dt <= max_dt_ns and math.hypot(ex[i] - x, ey[i] - y) <= radius_m + major[i]:
+            if first:
+                return i
+            if best < 0 or dt < best_dt:
+                best = i
+                best_dt = dt
+    return best
+
+
+@numba.njit(cache=True, nogil=True)
+def louder_before(t0, ex, ey, n, t0_ns, x, y, window_ns, radius_m, n_sensors):
+    """Whether an event (emission times ``t0`` ns, positions ``ex, ey`` m, detection
+    counts ``n``) emitted up to ``window_ns`` before ``t0_ns``, within ``radius_m`` of
+    ``(x, y)``, used more than twice ``n_sensors``."""
+    for i in range(t0.shape[0]):
+        dt = t0_ns - t0[i]
+        if dt > 0 and dt <= window_ns and n_sensors < 0.5 * n[i] and math.hypot(ex[i] - x, ey[i] - y) <= radius_m:
+            return True
+    return False

@@ -165,6 +165,20 @@ def test_coherence_kernel_matches_a_direct_count(rng):
         assert cost[g] == pytest.approx(sum(best.values()), abs=1e-12)
 
 
+def test_nearest_residual_scans_short_runs_and_searches_long_ones(rng):
+    """The kernels' nearest-time lookup (a scan up to 16 times, a binary search beyond)
+    against brute force, with ties and an empty run."""
+    from shotnet.locator import kernels
+
+    for n in list(range(0, 20)) + [40, 200]:
+        t = np.sort(np.round(rng.uniform(0, 1, n), 3))          # rounded: repeated times
+        for p in np.concatenate([rng.uniform(-0.2, 1.2, 30), t[:5]]):
+            want = np.abs(t - p).min() if n else np.inf
+            assert kernels._nearest_residual(t, 0, n, p) == want
+            if n > 2:
+                assert kernels._nearest_residual(t, 1, n - 1, p) == np.abs(t[1:-1] - p).min()
+
+
 def test_no_events_from_a_fireworks_rate_of_unrelated_impulses():
     """Every sensor hears four impulses a second that no other sensor hears: by chance,
     groups of 6-11 sensors line up within a few ms again and again (about 140 such
