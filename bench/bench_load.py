@@ -198,7 +198,8 @@ def main(argv=None) -> int:
           f"backlog max {r['backlog_first_half_max']} (first half) vs {r['backlog_second_half_max']} (second half); "
           f"awaiting association max {r['pending_first_half_max']:.0f} vs {r['pending_second_half_max']:.0f}; "
           f"locator RSS {r['rss_first_mb']:.0f} -> {r['rss_max_mb']:.0f} MB; hidden gunshots located "
-          f"{r['gunshots_located']}/{r['gunshots']} (median error {r['gunshot_error_median_m']} m)")
+          f"{r['gunshots_located']}/{r['gunshots']}" + (f" (median error {r['gunshot_error_median_m']:.2f} m)"
+                                                        if r['gunshot_error_median_m'] is not None else ""))
     try:
         sys.path.insert(0, os.path.dirname(__file__))
         from _record import record
