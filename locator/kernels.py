@@ -1021,13 +1021,12 @@ def rate_row(hist_t, hist_off, sec, seen_from, seen_to, out):
         out[s] = (np.searchsorted(h, hi, side="right") - np.searchsorted(h, lo, side="left")) / span
 
 
-
 @numba.njit(cache=True, nogil=True)
 def explained_until(pred, gate, close, s, t_ns, late_ns):
-    """Whether a detection at sensor ``s`` at ``t_ns`` (ns) is an open event's arrival:
-    for each event ``e`` its predicted arrival ``pred[e, s]`` (ns) and gate ``gate[e, s]``
-    (ns), the detection at most the gate early or the gate plus ``late_ns`` late. Returns
-    the latest ``close[e]`` (ns) of the events it matches, or -1 if none."""
+    """Until when (ns) a detection at sensor ``s`` at ``t_ns`` (ns) is explained as an
+    open event's arrival: the latest ``close[e]`` of the events ``e`` whose predicted
+    arrival ``pred[e, s]`` (ns) it follows by at least ``-gate[e, s]`` and at most
+    ``gate[e, s] + late_ns`` (ns); -1 if it matches none."""
     until = -1
     for e in range(pred.shape[0]):
         r = t_ns - pred[e, s]
