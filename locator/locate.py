@@ -56,11 +56,12 @@ class Solution:
     wind_m_per_s: tuple[float, float] = (0.0, 0.0)
     wind_estimated: bool = False
 
-    @property
+    # (Computed once: a solution is immutable, and the association asks several times.)
+    @functools.cached_property
     def n_used(self) -> int:
         return int(self.used.sum())
 
-    @property
+    @functools.cached_property
     def residual_rms_s(self) -> float:
         r = self.residuals_s[self.used]
         return float(np.sqrt(np.mean(r * r))) if len(r) else float("nan")
