@@ -322,7 +322,8 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     ``half_window_s`` of the predicted arrival, then the sum of those residuals (s).
 
     Two passes: every source is first scored on ``near`` (the sensors nearest the seed's,
-    which hear a real shot seeded there); only the ``n_full`` best of those (all if
+    which hear a real shot seeded there; the triple's own two detections count without a
+    lookup: the source predicts their times exactly); only the ``n_full`` best of those (all if
     ``n_full`` <= 0) are then scored on every sensor, best first, each pass stopping once
     a source cannot beat the one kept (in the first pass: cannot enter the best
     ``n_full``, ties going to the earlier). In a crowded window most triples are chance
@@ -343,6 +344,9 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
         if s != s0 and offsets[s + 1] > offsets[s]:
             busy[n_busy] = s
             n_busy += 1
+    in_near = np.zeros(n_sens, dtype=np.int64)
+    for i in range(n_near):
+        in_near[near[i]] = 1
     max_roots = 2 * max_per_sensor * max_per_sensor * n_nb * (n_nb - 1) // 2 + 1
     rx = np.empty(max_roots)
     ry = np.empty(max_roots)
@@ -420,11 +424,17 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                         dx = sx[s0] - x
                         dy = sy[s0] - y
                         off = r0 / c - (dx * wx + dy * wy) / (c * c)
-                        part = 1
+                        # The seed and the triple's own two detections are hits by
+                        # construction (the source predicts their times exactly).
+                        part = 1 + in_near[a] + in_near[b]
+                        left = n_near - in_near[a] - in_near[b]
                         for i in range(n_near):
-                            if part + n_near - i <= bar:
+                            if part + left <= bar:
                                 break
                             s = near[i]
+                            if s == a or s == b:
+                                continue
+                            left -= 1
                             p = _travel1(sx, sy, sz, s, x, y, z_src, c, wx, wy) - off
                             if _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p) <= half_window_s:
                                 part += 1

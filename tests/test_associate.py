@@ -134,9 +134,12 @@ def test_triples_place_the_source_in_closed_form(rng):
         # The pair gate: sensor spacing over c, the wind, 20 ms.
         pair_ns = ((np.linalg.norm(s[:, None, :2] - s[None, :, :2], axis=2) / c * (1 + 6.0 / c) + 0.02) * 1e9
                    ).astype(np.int64)
+        # First-pass sensors: the triples' own, or others only (a triple's two
+        # detections count as hits without a lookup only where they are among them).
+        near = nbrs if trial % 4 < 2 else nbrs[2:]
         m = kernels.seed_hypotheses(*(np.ascontiguousarray(s[:, k]) for k in range(3)), z_src, s0, nbrs, times, off,
                                     c, wind[0], wind[1], 0.002, 400.0, -1500.0, 1500.0, -1500.0, 1500.0, 12,
-                                    nbrs, full, d_min, 10.0, pair_ns, ox, oy, ocnt, ocost)
+                                    near, full, d_min, 10.0, pair_ns, ox, oy, ocnt, ocost)
         assert m >= 1 and ocnt[0] == n
         assert np.hypot(ox[0] - src[0], oy[0] - src[1]) < 0.5
         assert m == 1 or ocnt[1] < n or np.hypot(ox[1] - ox[0], oy[1] - oy[0]) >= 10.0
