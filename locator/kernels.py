@@ -323,11 +323,11 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
 
     Two passes: every source is first scored on ``near`` (the sensors nearest the seed's,
     which hear a real shot seeded there; the triple's own two detections count without a
-    lookup: the source predicts their times exactly); only the ``n_full`` best of those (all if
-    ``n_full`` <= 0) are then scored on every sensor, best first, each pass stopping once
-    a source cannot beat the one kept (in the first pass: cannot enter the best
-    ``n_full``, ties going to the earlier). In a crowded window most triples are chance
-    and this saves most of the scoring.
+    lookup: the source predicts their times exactly); only the ``n_full`` best of those
+    (all if ``n_full`` <= 0) are then scored on every sensor, best first, each pass
+    stopping once a source cannot beat the one kept (in the first pass: cannot enter the
+    best ``n_full``, ties going to the earlier). In a crowded window most triples are
+    chance and this saves most of the scoring.
 
     Writes the best few distinct sources (count descending, cost ascending, at least
     10 m apart) into ``out_*`` (length k) and returns how many were written.
