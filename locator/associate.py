@@ -15,7 +15,8 @@ One step:
    order is tried as the first arrival of a shot, once sound could have reached the
    ``min_sensors - 1`` sensors nearest its own. The detections that can belong to the
    same shot are those within one shot-span after it that pass the pair gate
-   (``|t_i - t_seed| <= |p_i - p_seed| / c`` + tolerance). A detection that an open
+   (``|t_i - t_seed| <= |p_i - p_seed| / c`` + tolerance); when there are more than
+   ``max_search``, those of the sensors nearest the seed's. A detection that an open
    event already explains (its arrival at a sensor no farther than those it uses, or
    that arrival's echo) is not tried as a seed while the event is open. Sources come
    first from triples: the seed and one detection at each of two of its nearest sensors
@@ -130,7 +131,8 @@ class AssocConfig:
     same_shot_m: float = 15.0            # ...are one shot and get merged
     max_pending: int = 20000             # oldest pending detections beyond this are expired
     update_growth: float = 0.5           # re-solve an open event once it has gained this fraction
-    max_search: int = 2000               # detections considered by one search
+    max_search: int = 2000               # detections considered by one search (a crowded
+                                         # window is filled from the seed's nearest sensors)
     overload_gunshots_first: bool = True  # when the search falls behind, seeds the nodes
                                          # rate likelier gunshots than not go first
     test_mode: bool = False              # events are marked as tests (calibration)
@@ -264,7 +266,7 @@ class _Batch:
         a, cfg = self.a, self.a.cfg
         s0 = int(self.sp[k])
         js, t, offsets, _ = kernels.seed_window(self.tp, self.sp, self.alive, k, a.shot_span_ns, a._pair_ns[s0],
-                                                int(cfg.max_search), len(a.layout))
+                                                int(cfg.max_search), len(a.layout), a._nbr_order[s0])
         found = a._grid_search(s0, t, offsets)
         if isinstance(found, int):
             return kernels.SEED_WEAK, found, 0.0, 0.0, 0.0, 1.0, []

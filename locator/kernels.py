@@ -717,14 +717,19 @@ def significant_radius(dist, matched, p, r_min, min_count, n_free):
 
 
 @numba.njit(cache=True, nogil=True)
-def seed_window(tp, sp, alive, k, span_ns, pair_ns_to_seed, max_search, n_sensors):
+def seed_window(tp, sp, alive, k, span_ns, pair_ns_to_seed, max_search, n_sensors, nearest_first):
     """The detections that can belong to the same shot as the seed ``k`` (the pending
     detections' times ``tp`` (ns, ascending) and sensor indices ``sp``, those still
     pending marked ``alive``): later ones, at other sensors, within ``span_ns`` and the
-    pair gate ``pair_ns_to_seed[sensor]``, at most ``max_search``. Returns ``(indices
-    into tp, their times in s after the seed, offsets)``, grouped by sensor
-    (``offsets[s]:offsets[s + 1]``) with ascending times within each (a stable counting
-    sort), and the number of distinct sensors including the seed's."""
+    pair gate ``pair_ns_to_seed[sensor]``, at most ``max_search``. When there are more,
+    whole sensors are taken in the order ``nearest_first`` (the seed sensor's others,
+    nearest first) while they fit: the nearest sensors decide whether a shot was there
+    (its triples, its first scoring), and the earliest ``max_search`` of a crowded night
+    would hold every far sensor's detections of the first second and none of the near
+    sensors' later arrivals. Returns ``(indices into tp, their times in s after the
+    seed, offsets)``, grouped by sensor (``offsets[s]:offsets[s + 1]``) with ascending
+    times within each (a stable counting sort), and the number of distinct sensors
+    including the seed's."""
     s0 = sp[k]
     t_seed = tp[k]
     n = tp.shape[0]
@@ -739,6 +744,34 @@ def seed_window(tp, sp, alive, k, span_ns, pair_ns_to_seed, max_search, n_sensor
             m += 1
             counts[s + 1] += 1
         j += 1
+    if m == max_search and j < n and tp[j] - t_seed <= span_ns:
+        # Too crowded to take everything: count each sensor's share of the whole window,
+        # then take the nearest sensors whole.
+        share = np.zeros(n_sensors, dtype=np.int64)
+        for q in range(m):
+            share[sp[sel[q]]] += 1
+        end = j
+        while end < n and tp[end] - t_seed <= span_ns:
+            s = sp[end]
+            if s != s0 and alive[end] and tp[end] - t_seed <= pair_ns_to_seed[s]:
+                share[s] += 1
+            end += 1
+        take = np.zeros(n_sensors, dtype=np.bool_)
+        total = 0
+        for i in range(nearest_first.shape[0]):
+            s = nearest_first[i]
+            if total + share[s] > max_search:
+                break
+            take[s] = True
+            total += share[s]
+        m = 0
+        counts[:] = 0
+        for j in range(k + 1, end):
+            s = sp[j]
+            if take[s] and alive[j] and tp[j] - t_seed <= pair_ns_to_seed[s]:
+                sel[m] = j
+                m += 1
+                counts[s + 1] += 1
     n_sens = 1
     for s in range(n_sensors):
         if counts[s + 1] > 0:
@@ -967,7 +1000,8 @@ def search_seeds(seeds, tp, sp, alive, sig_p, gun_p, span_ns, pair_ns, max_searc
     """Search many seeds at once (in parallel): for each pending detection ``seeds[q]``
     (an index into the pending times ``tp`` ns, ascending, sensors ``sp``, still pending
     ``alive``, stated sigmas ``sig_p`` s, gunshot-rated ``gun_p``), its window
-    (:func:`seed_window`, the pair gates ``pair_ns[s0]``), the best source from triples
+    (:func:`seed_window`, the pair gates ``pair_ns[s0]``, crowded windows filled from the
+    nearest sensors ``nbr_order[s0]``), the best source from triples
     with its ``n_nbrs`` nearest sensors that have detections (:func:`_best_source`; for
     a gunshot-rated seed first from the gunshot-rated detections alone), and the
     candidate there
@@ -983,7 +1017,8 @@ def search_seeds(seeds, tp, sp, alive, sig_p, gun_p, span_ns, pair_ns, max_searc
     for q in prange(seeds.shape[0]):
         k = seeds[q]
         s0 = sp[k]
-        js, t, offsets, n_sens = seed_window(tp, sp, alive, k, span_ns, pair_ns[s0], max_search, sx.shape[0])
+        js, t, offsets, n_sens = seed_window(tp, sp, alive, k, span_ns, pair_ns[s0], max_search, sx.shape[0],
+                                             nbr_order[s0])
         out_prob[q] = 1.0
         if n_sens < min_count:
             out_status[q] = SEED_FEW
