@@ -449,8 +449,9 @@ class Associator:
         return np.sqrt(s * s + self.cfg.model_sigma_s**2 + (self.cfg.survey_sigma_m / self.c) ** 2)
 
     def _attach_pending(self, now_ns: int) -> list[Event]:
-        """Pending detections that arrive where an open event predicts join it: every
-        pending detection against every open event in one array operation. A joining
+        """Pending detections that arrive where an open event predicts join it (every
+        open event's predicted arrival at each sensor against that sensor's pending
+        detections: :func:`kernels.arrival_matches`). A joining
         detection waits with its event (no longer a seed) until the event has gained
         half as many again, or closes; then the event is re-solved once (a shot
         heard by fifty sensors would otherwise be re-solved fifty times)."""
@@ -461,20 +462,20 @@ class Associator:
             p_s = np.array([self.idx[d.sensor_id] for d in self.pending], dtype=np.int64)
             pred = np.stack([self._arrivals(op)[0] for op in self.open])    # (events, sensors)
             gate = np.stack([self._arrivals(op)[1] for op in self.open])
-            miss = np.abs(p_t[None, :] - pred[:, p_s])                     # (events, pending)
-            hits = miss <= gate[:, p_s]
-            for e in np.flatnonzero(hits.any(axis=1)):
+            ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
+            bounds = np.searchsorted(ev, np.arange(len(self.open) + 1))
+            for e in np.flatnonzero(np.diff(bounds)):
                 op = self.open[e]
                 # (The event's own sensors never match: _arrivals gives them no window.)
                 have = {d.sensor_id for d in op.waiting}
                 best: dict[str, int] = {}           # per sensor, the detection nearest the prediction
-                for i in np.flatnonzero(hits[e]):
+                nearest: dict[str, int] = {}        # ...and how near (ns)
+                for i, m in zip(idx[bounds[e]:bounds[e + 1]].tolist(), miss[bounds[e]:bounds[e + 1]].tolist()):
                     d = self.pending[i]
                     if d.sensor_id in have or d.key in op.tried or d.key in held:
                         continue
-                    j = best.get(d.sensor_id)
-                    if j is None or miss[e, i] < miss[e, j]:
-                        best[d.sensor_id] = int(i)
+                    if d.sensor_id not in best or m < nearest[d.sensor_id]:
+                        best[d.sensor_id], nearest[d.sensor_id] = i, m
                 if best:
                     best = self._within_hearing(op, best, gate[e])
                 joined = [self.pending[i] for i in sorted(best.values())]

@@ -1109,3 +1109,73 @@ def louder_before(t0, ex, ey, n, t0_ns, x, y, window_ns, radius_m, n_sensors):
         if dt > 0 and dt <= window_ns and n_sensors < 0.5 * n[i] and math.hypot(ex[i] - x, ey[i] - y) <= radius_m:
             return True
     return False
+
+
+@numba.njit(cache=True, nogil=True)
+def arrival_matches(p_t, p_s, pred, gate, n_sensors):
+    """Every pair of an open event ``e`` and a pending detection ``i`` (time ``p_t[i]`` ns,
+    ascending; sensor ``p_s[i]``) that sits within ``gate[e, s]`` (ns) of the event's
+    predicted arrival ``pred[e, s]`` (ns) at its sensor: ``|t - pred| <= gate``. The
+    pending detections are grouped by sensor, so each (event, sensor) costs one binary
+    search instead of a pass over every pending detection. Returns ``(events, pending
+    indices, |t - pred| ns)``, ordered by event, then pending index."""
+    n = p_t.shape[0]
+    off = np.zeros(n_sensors + 1, dtype=np.int64)
+    for i in range(n):
+        off[p_s[i] + 1] += 1
+    for s in range(n_sensors):
+        off[s + 1] += off[s]
+    by_sensor = np.empty(n, dtype=np.int64)     # pending indices, by sensor, in time order
+    fill = off[:n_sensors].copy()
+    for i in range(n):
+        s = p_s[i]
+        by_sensor[fill[s]] = i
+        fill[s] += 1
+    cap = 256
+    out_e = np.empty(cap, dtype=np.int64)
+    out_i = np.empty(cap, dtype=np.int64)
+    out_m = np.empty(cap, dtype=np.int64)
+    m = 0
+    for e in range(pred.shape[0]):
+        first = m
+        for s in range(n_sensors):
+            lo = off[s]
+            hi = off[s + 1]
+            if lo == hi:
+                continue
+            p = pred[e, s]
+            g = gate[e, s]
+            # The first detection no more than the gate early ...
+            a = lo
+            b = hi
+            while a < b:
+                c = (a + b) >> 1
+                if p - p_t[by_sensor[c]] <= g:
+                    b = c
+                else:
+                    a = c + 1
+            # ... then those no more than the gate late.
+            while a < hi and p_t[by_sensor[a]] - p <= g:
+                if m == cap:
+                    cap *= 2
+                    out_e = _grown(out_e, cap)
+                    out_i = _grown(out_i, cap)
+                    out_m = _grown(out_m, cap)
+                i = by_sensor[a]
+                out_e[m] = e
+                out_i[m] = i
+                out_m[m] = abs(p_t[i] - p)
+                m += 1
+                a += 1
+        if m - first > 1:
+            order = np.argsort(out_i[first:m])
+            out_i[first:m] = out_i[first:m][order]
+            out_m[first:m] = out_m[first:m][order]
+    return out_e[:m], out_i[:m], out_m[:m]
+
+
+@numba.njit(cache=True, nogil=True)
+def _grown(a, n):
+    out = np.empty(n, dtype=a.dtype)
+    out[:a.shape[0]] = a
+    return out

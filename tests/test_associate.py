@@ -196,6 +196,27 @@ def test_a_crowded_seed_window_keeps_the_sensors_nearest_the_seed(rng):
     assert all(c in (0, whole[k]) for k, c in enumerate(counts))
 
 
+def test_arrival_matches_equal_every_event_against_every_pending_detection(rng):
+    """The attach step's matching kernel (a binary search per event and sensor) against
+    the plain comparison of every pending detection with every open event, including
+    the events' own sensors (prediction -1, gate 0: never a match) and gates that
+    overflow its first output buffer."""
+    from shotnet.locator import kernels
+
+    n_sens, n_pend, n_ev = 12, 400, 30
+    p_t = np.sort(rng.integers(0, 5 * 10**9, n_pend)).astype(np.int64)
+    p_s = rng.integers(0, n_sens, n_pend).astype(np.int64)
+    pred = rng.integers(0, 5 * 10**9, (n_ev, n_sens)).astype(np.int64)
+    gate = rng.uniform(0, 4e8, (n_ev, n_sens))
+    pred[:, :2], gate[:, :2] = -1, 0.0
+    ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, n_sens)
+    all_miss = np.abs(p_t[None, :] - pred[:, p_s])
+    want_e, want_i = np.nonzero(all_miss <= gate[:, p_s])        # by event, then pending index
+    assert len(want_e) > 256
+    assert np.array_equal(ev, want_e) and np.array_equal(idx, want_i)
+    assert np.array_equal(miss, all_miss[want_e, want_i])
+
+
 def test_nearest_residual_scans_short_runs_and_searches_long_ones(rng):
     """The kernels' nearest-time lookup (a scan up to 16 times, a binary search beyond)
     against brute force, with ties and an empty run."""
