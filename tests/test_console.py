@@ -102,14 +102,20 @@ def _heartbeats(stack, layout):
 
 
 def _send_round(stack, senders=None):
-    """One node connection per sensor id (a ROUTER refuses a second one with the same id)."""
+    """One node connection per sensor id (a ROUTER refuses a second one with the same id),
+    each polled until its detection is acknowledged, resending as a node does: a new
+    connection made just after the previous test closed one with the same id can be
+    refused until the locator has seen that one go (a CI run once lost 4 of 24)."""
     dets = stack["dets"]
     shift = time.time_ns() - NS_PER_S - min(d.t_ns for d in dets)
     senders = senders if senders is not None else {}
     for d in dets:
-        s = senders.get(d.sensor_id) or DetectionSender(stack["svc"].endpoint, d.sensor_id, ctx=stack["ctx"])
+        s = senders.get(d.sensor_id) or DetectionSender(stack["svc"].endpoint, d.sensor_id, ctx=stack["ctx"],
+                                                        resend_s=0.5)
         senders[d.sensor_id] = s
         s.send(dataclasses.replace(d, t_ns=d.t_ns + shift))
+    for s in senders.values():
+        assert s.drain(10.0), f"{s.spool.depth()} detection(s) never acknowledged"
     return senders
 
 
