@@ -28,18 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def grid_layout(n: int, spacing_m: float = 300.0):
-    from shotnet.sensor.geodesy import LocalFrame
-    from shotnet.sensor.layout import SensorLayout
-
-    k = int(np.ceil(np.sqrt(n)))
-    xs = (np.arange(k) - (k - 1) / 2) * spacing_m
-    gx, gy = np.meshgrid(xs, xs)
-    e, nn = gx.ravel()[:n], gy.ravel()[:n]
-    frame = LocalFrame(41.85, -87.68, 180.0)
-    lat, lon, alt = frame.to_geodetic(e, nn, np.full(n, 8.0))
-    return SensorLayout.from_arrays([f"N{i:03d}" for i in range(n)], lat, lon, alt, np.full(n, 180.0))
+from shotnet.locator.synthetic import grid_layout
 
 
 def _port() -> int:

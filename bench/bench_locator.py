@@ -25,7 +25,7 @@ import numpy as np
 from _record import record
 from shotnet.locator.associate import AssocConfig, Associator, locate_stream
 from shotnet.locator.locate import crlb_position_cov
-from shotnet.locator.synthetic import StreamConfig, make_stream, score
+from shotnet.locator.synthetic import StreamConfig, grid_layout, make_stream, score
 from shotnet.sensor.acoustics import speed_of_sound_m_per_s
 from shotnet.sensor.scene import default_layout
 
@@ -128,8 +128,6 @@ def big_city(rate_per_s, duration_s, seed):
     """A city of 196 sensors 300 m apart (as bench/bench_load.py) on a fireworks night:
     every impulse is heard by ~50 sensors, ~1,000 detections per second. Replayed through
     the live code path; how fast against real time, and how many impulses located."""
-    from bench_load import grid_layout
-
     lay = grid_layout(196)
     ext = float(np.abs(lay.enu_m[:, :2]).max())
     cfg = StreamConfig(lookalike_fraction=1.0, false_per_sensor_per_s=0.05, hearing_m=1200.0)

@@ -53,6 +53,20 @@ class TrueShot:
     n_heard: int
 
 
+def grid_layout(n: int, spacing_m: float = 300.0) -> SensorLayout:
+    """``n`` sensors on a square grid ``spacing_m`` apart, centred on a Chicago frame, 8 m
+    up on 180 m ground: the large city of the load and dense-night studies."""
+    from shotnet.sensor.geodesy import LocalFrame
+
+    k = int(np.ceil(np.sqrt(n)))
+    xs = (np.arange(k) - (k - 1) / 2) * spacing_m
+    gx, gy = np.meshgrid(xs, xs)
+    e, nn = gx.ravel()[:n], gy.ravel()[:n]
+    frame = LocalFrame(41.85, -87.68, 180.0)
+    lat, lon, alt = frame.to_geodetic(e, nn, np.full(n, 8.0))
+    return SensorLayout.from_arrays([f"N{i:03d}" for i in range(n)], lat, lon, alt, np.full(n, 180.0))
+
+
 def perturbed_layout(layout: SensorLayout, sigma_m: float, rng: np.random.Generator) -> SensorLayout:
     """The layout the locator believes: each sensor off by N(0, sigma) m per horizontal axis."""
     if sigma_m <= 0:

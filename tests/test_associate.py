@@ -407,15 +407,9 @@ def test_a_dense_night_on_a_large_array_is_located():
     window held the far sensors' detections of the first second and none of the nearest
     sensors' later arrivals, whose triples find a shot: about half located (304 of 600).
     Filled from the seed's nearest sensors, nearly all, and no false event."""
-    from shotnet.locator.synthetic import StreamConfig, make_stream, score
-    from shotnet.sensor.geodesy import LocalFrame
-    from shotnet.sensor.layout import SensorLayout
+    from shotnet.locator.synthetic import StreamConfig, grid_layout, make_stream, score
 
-    xs = (np.arange(14) - 6.5) * 300.0
-    gx, gy = np.meshgrid(xs, xs)
-    frame = LocalFrame(41.85, -87.68, 180.0)
-    lat, lon, alt = frame.to_geodetic(gx.ravel(), gy.ravel(), np.full(196, 8.0))
-    lay = SensorLayout.from_arrays([f"N{i:03d}" for i in range(196)], lat, lon, alt, np.full(196, 180.0))
+    lay = grid_layout(196)
     cfg = StreamConfig(lookalike_fraction=1.0, false_per_sensor_per_s=0.05, hearing_m=1200.0)
     dets, truth, loc_layout = make_stream(lay, 600, 10.0, cfg, seed=3, extent_m=1950.0)
     assert len(dets) / 10.0 > 2000
