@@ -333,11 +333,15 @@ class LocatorService:
         if not ok:
             return
         new = self.store.add_detections([d for _, d in ok]) if self.store else [True] * len(ok)
+        # Acknowledge after the store has it (and again for a duplicate: the node may have
+        # missed the first ack): one ack per node per batch, with every seq of that node.
+        acks: dict[bytes, list[int]] = {}
+        for ident, det in ok:
+            acks.setdefault(ident, []).append(det.seq)
+        for ident, seqs in acks.items():
+            self.router.send_multipart([ident] + encode(KIND_ACK, {"seqs": seqs}))
+        self.stats.acked += len(ok)
         for (ident, det), is_new in zip(ok, new):
-            # Acknowledge after the store has it (and again for a duplicate: the node may
-            # have missed the first ack).
-            self.router.send_multipart([ident] + encode(KIND_ACK, {"seqs": [det.seq]}))
-            self.stats.acked += 1
             if not is_new:
                 self.stats.duplicates += 1
                 self.metrics.messages.labels("duplicate").inc()
