@@ -206,6 +206,7 @@ class _Batch:
         self._pos: dict[str, int] | None = None
         self._sig: np.ndarray | None = None
         self._gun: np.ndarray | None = None
+        self._by: tuple | None = None     # the detections grouped by sensor (kernels.by_sensor)
 
     def take(self, keys: list[str]) -> list[int]:
         """These are no longer pending. Returns the times (ns) of those that were."""
@@ -243,7 +244,9 @@ class _Batch:
         count = np.zeros(n, dtype=np.int64)
         x, y, tau0, prob = np.zeros(n), np.zeros(n), np.zeros(n), np.ones(n)
         cand = np.zeros((n, n_sens), dtype=np.int64)
-        kernels.search_seeds(ks, self.tp, self.sp, self.alive, sig_p, gun_p, a.shot_span_ns, a._pair_ns,
+        if self._by is None:
+            self._by = kernels.by_sensor(self.sp, n_sens)
+        kernels.search_seeds(ks, self.tp, self.sp, *self._by, self.alive, sig_p, gun_p, a.shot_span_ns, a._pair_ns,
                              int(cfg.max_search), a._spx, a._spy, a._spz, float(a.z_src), float(a.c),
                              float(a.wind[0]), float(a.wind[1]),
                              a._hyp_window_s(), float(cfg.seed_region_m), *a._box, a._nbr_order,
@@ -265,8 +268,8 @@ class _Batch:
         """Where no triple could be formed: the anchored grid search decides."""
         a, cfg = self.a, self.a.cfg
         s0 = int(self.sp[k])
-        js, t, offsets, _ = kernels.seed_window(self.tp, self.sp, self.alive, k, a.shot_span_ns, a._pair_ns[s0],
-                                                int(cfg.max_search), len(a.layout), a._nbr_order[s0])
+        js, t, offsets, _ = kernels.seed_window_by_sensor(self.tp, self.alive, k, s0, *self._by, a._pair_ns[s0],
+                                                          int(cfg.max_search), len(a.layout), a._nbr_order[s0])
         found = a._grid_search(s0, t, offsets)
         if isinstance(found, int):
             return kernels.SEED_WEAK, found, 0.0, 0.0, 0.0, 1.0, []
@@ -349,7 +352,11 @@ class Associator:
         self._pair_ns = ((pair_m / self.c * (1 + cfg.max_wind_m_per_s / self.c) + slack_s) * NS_PER_S).astype(np.int64)
         self.shot_span_ns = int(self._pair_ns.max())
         # Each sensor's others, nearest first.
-        self._nbr_order = np.ascontiguousarray(np.argsort(pair_m, axis=1, kind="stable")[:, 1:], dtype=np.int64)
+        # (Not simply argsort's [1:]: two sensors at one place would tie with the sensor
+        # itself, and its row would then hold it and miss the other.)
+        order = np.argsort(pair_m, axis=1, kind="stable")
+        self._nbr_order = np.ascontiguousarray(np.array([row[row != k] for k, row in enumerate(order)],
+                                                        dtype=np.int64).reshape(len(layout), len(layout) - 1))
         self._box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
         # A seed is first searched once sound from anywhere in its region has had time to
         # reach min_sensors - 1 other sensors (those nearest the seed's sensor, whose pair

@@ -791,6 +791,88 @@ def seed_window(tp, sp, alive, k, span_ns, pair_ns_to_seed, max_search, n_sensor
 
 
 @numba.njit(cache=True, nogil=True)
+def by_sensor(sp, n_sensors):
+    """The pending detections grouped by sensor: ``(indices, offsets)``, sensor ``s``'s
+    at ``indices[offsets[s]:offsets[s + 1]]``, ascending (so in time order, as ``sp``'s
+    detections are)."""
+    off = np.zeros(n_sensors + 1, dtype=np.int64)
+    for i in range(sp.shape[0]):
+        off[sp[i] + 1] += 1
+    for s in range(n_sensors):
+        off[s + 1] += off[s]
+    idx = np.empty(sp.shape[0], dtype=np.int64)
+    fill = off[:n_sensors].copy()
+    for i in range(sp.shape[0]):
+        s = sp[i]
+        idx[fill[s]] = i
+        fill[s] += 1
+    return idx, off
+
+
+@numba.njit(cache=True, nogil=True)
+def seed_window_by_sensor(tp, alive, k, s0, idx, off, pair_ns_to_seed, max_search, n_sensors, nearest_first):
+    """:func:`seed_window` from the detections grouped by sensor (:func:`by_sensor`
+    ``idx, off``; the seed ``k`` is at sensor ``s0``): the same window, found by two
+    binary searches per sensor, nearest first, and a scan of what it takes. A crowded
+    night's window spans tens of thousands of detections, which :func:`seed_window`
+    scans whole to learn each sensor's share; this stops at the first sensor that does
+    not fit. ``nearest_first`` must hold every other sensor (and may hold ``s0``)."""
+    t_seed = tp[k]
+    lo = np.zeros(n_sensors, dtype=np.int64)
+    hi = np.zeros(n_sensors, dtype=np.int64)
+    cnt = np.zeros(n_sensors, dtype=np.int64)
+    total = 0
+    for i in range(nearest_first.shape[0]):
+        s = nearest_first[i]
+        if s == s0:
+            continue
+        a = off[s]
+        b = off[s + 1]
+        while a < b:                          # the first after the seed
+            m = (a + b) // 2
+            if idx[m] <= k:
+                a = m + 1
+            else:
+                b = m
+        start = a
+        lim = t_seed + pair_ns_to_seed[s]
+        b = off[s + 1]
+        while a < b:                          # ...and the first beyond the pair gate
+            m = (a + b) // 2
+            if tp[idx[m]] <= lim:
+                a = m + 1
+            else:
+                b = m
+        c = 0
+        for p in range(start, a):
+            if alive[idx[p]]:
+                c += 1
+        if total + c > max_search:
+            break                             # too crowded: the nearer sensors whole
+        lo[s] = start
+        hi[s] = a
+        cnt[s] = c
+        total += c
+    offsets = np.zeros(n_sensors + 1, dtype=np.int64)
+    n_sens = 1
+    for s in range(n_sensors):
+        offsets[s + 1] = offsets[s] + cnt[s]
+        if cnt[s] > 0:
+            n_sens += 1
+    js = np.empty(total, dtype=np.int64)
+    t = np.empty(total)
+    q = 0
+    for s in range(n_sensors):
+        for p in range(lo[s], hi[s]):
+            i = idx[p]
+            if alive[i]:
+                js[q] = i
+                t[q] = (tp[i] - t_seed) / 1e9
+                q += 1
+    return js, t, offsets, n_sens
+
+
+@numba.njit(cache=True, nogil=True)
 def choose_candidate(x, y, z_src, s0, tau0, sx, sy, sz, c, wx, wy, t_sorted, offsets, w_s, rates, min_count):
     """The detections of a candidate shot at ``(x, y, z_src)`` seeded at sensor ``s0``,
     emitted ``tau0`` s after the seed's time (``-`` its travel time to ``s0``).
@@ -993,15 +1075,16 @@ def _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, se
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def search_seeds(seeds, tp, sp, alive, sig_p, gun_p, span_ns, pair_ns, max_search, sx, sy, sz, z_src, c, wx, wy,
-                 half_window_s, seed_region_m, x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs, max_per_sensor, n_near,
+def search_seeds(seeds, tp, sp, by_idx, by_off, alive, sig_p, gun_p, span_ns, pair_ns, max_search, sx, sy, sz,
+                 z_src, c, wx, wy, half_window_s, seed_region_m, x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs, max_per_sensor, n_near,
                  n_full, d_min, cell_m, gate_s, hist_t, hist_off, gun_t, gun_off, seen_from, seen_to, min_count,
                  out_status, out_count, out_x, out_y, out_tau0, out_prob, out_cand):
     """Search many seeds at once (in parallel): for each pending detection ``seeds[q]``
-    (an index into the pending times ``tp`` ns, ascending, sensors ``sp``, still pending
-    ``alive``, stated sigmas ``sig_p`` s, gunshot-rated ``gun_p``), its window
-    (:func:`seed_window`, the pair gates ``pair_ns[s0]``, crowded windows filled from the
-    nearest sensors ``nbr_order[s0]``), the best source from triples
+    (an index into the pending times ``tp`` ns, ascending, sensors ``sp``, grouped by
+    sensor ``by_idx, by_off`` (:func:`by_sensor`), still pending ``alive``, stated sigmas
+    ``sig_p`` s, gunshot-rated ``gun_p``), its window (:func:`seed_window_by_sensor`, the
+    pair gates ``pair_ns[s0]``, crowded windows filled from the nearest sensors
+    ``nbr_order[s0]``), the best source from triples
     with its ``n_nbrs`` nearest sensors that have detections (:func:`_best_source`; for
     a gunshot-rated seed first from the gunshot-rated detections alone), and the
     candidate there
@@ -1017,8 +1100,8 @@ def search_seeds(seeds, tp, sp, alive, sig_p, gun_p, span_ns, pair_ns, max_searc
     for q in prange(seeds.shape[0]):
         k = seeds[q]
         s0 = sp[k]
-        js, t, offsets, n_sens = seed_window(tp, sp, alive, k, span_ns, pair_ns[s0], max_search, sx.shape[0],
-                                             nbr_order[s0])
+        js, t, offsets, n_sens = seed_window_by_sensor(tp, alive, k, s0, by_idx, by_off, pair_ns[s0], max_search,
+                                                       sx.shape[0], nbr_order[s0])
         out_prob[q] = 1.0
         if n_sens < min_count:
             out_status[q] = SEED_FEW

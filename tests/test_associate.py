@@ -196,6 +196,41 @@ def test_a_crowded_seed_window_keeps_the_sensors_nearest_the_seed(rng):
     assert all(c in (0, whole[k]) for k, c in enumerate(counts))
 
 
+def test_the_window_by_sensor_equals_the_time_ordered_scan(rng):
+    """The search's window (binary searches in each sensor's detections, nearest sensor
+    first) against :func:`kernels.seed_window` (a scan in time order of the whole span):
+    the same detections in the same order, for seeds anywhere in the batch, with taken
+    (dead) detections, equal times, windows that fit, that just fit and that overflow,
+    and a sensor at the same place as the seed's (its row of neighbours from
+    Associator._nbr_order holds it, never the seed's own)."""
+    from shotnet.locator import kernels
+
+    n_sens = 12
+    pos = rng.uniform(0, 2000, (n_sens, 2))
+    pos[5] = pos[3]                                        # two sensors at one place
+    pair = (np.linalg.norm(pos[:, None] - pos[None], axis=2) / 343 * 1e9).astype(np.int64) + 20_000_000
+    lay_order = np.argsort(np.linalg.norm(pos[:, None] - pos[None], axis=2), axis=1, kind="stable")
+    nbr = np.array([row[row != k] for k, row in enumerate(lay_order)], dtype=np.int64)
+    n = 3000
+    tp = np.sort(rng.integers(0, 20 * 10**9, n)).astype(np.int64)
+    tp[100:110] = tp[100]                                  # equal times across the seed
+    sp = rng.integers(0, n_sens, n).astype(np.int64)
+    alive = rng.random(n) > 0.2
+    idx, off = kernels.by_sensor(sp, n_sens)
+    checked = overflowed = 0
+    for max_search in (30, 60, 200, 5000):
+        for k in list(rng.integers(0, n, 60)) + list(range(100, 110)):
+            s0 = int(sp[k])
+            a = kernels.seed_window(tp, sp, alive, k, int(pair.max()), pair[s0], max_search, n_sens, nbr[s0])
+            b = kernels.seed_window_by_sensor(tp, alive, k, s0, idx, off, pair[s0], max_search, n_sens, nbr[s0])
+            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+            assert a[3] == b[3]
+            checked += 1
+            overflowed += len(b[0]) < np.sum(alive[k + 1:] & (sp[k + 1:] != s0) &
+                                             (tp[k + 1:] - tp[k] <= pair[s0][sp[k + 1:]]))
+    assert checked == 280 and overflowed > 50
+
+
 def test_arrival_matches_equal_every_event_against_every_pending_detection(rng):
     """The attach step's matching kernel (a binary search per event and sensor) against
     the plain comparison of every pending detection with every open event, including
