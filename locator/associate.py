@@ -156,7 +156,7 @@ class _Open:
     tried: set = field(default_factory=set)
     arrivals: tuple | None = None     # (version, predicted arrival ns, gate ns, ...): _predict
     waiting: list = field(default_factory=list)   # joined, not yet solved with it
-    hearing: tuple | None = None      # (what it was computed for, radius m): _within_hearing
+    hearing: tuple | None = None      # (what it was computed for, radius m): _choose_attached
 
 
 @dataclass
@@ -471,23 +471,10 @@ class Associator:
             gate = np.stack([self._arrivals(op)[1] for op in self.open])
             ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
             bounds = np.searchsorted(ev, np.arange(len(self.open) + 1))
-            for e in np.flatnonzero(np.diff(bounds)):
-                op = self.open[e]
-                # (The event's own sensors never match: _arrivals gives them no window.)
-                have = {d.sensor_id for d in op.waiting}
-                best: dict[str, int] = {}           # per sensor, the detection nearest the prediction
-                nearest: dict[str, int] = {}        # ...and how near (ns)
-                for i, m in zip(idx[bounds[e]:bounds[e + 1]].tolist(), miss[bounds[e]:bounds[e + 1]].tolist()):
-                    d = self.pending[i]
-                    if d.sensor_id in have or d.key in op.tried or d.key in held:
-                        continue
-                    if d.sensor_id not in best or m < nearest[d.sensor_id]:
-                        best[d.sensor_id], nearest[d.sensor_id] = i, m
-                if best:
-                    best = self._within_hearing(op, best, gate[e])
-                joined = [self.pending[i] for i in sorted(best.values())]
-                op.waiting += joined
-                held.update(d.key for d in joined)
+            evs = np.flatnonzero(np.diff(bounds))
+            if len(evs):
+                held = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs], bounds[evs + 1],
+                                             p_s, gate[evs])
             if held:
                 self._consume(held)
         still = []
@@ -496,13 +483,16 @@ class Associator:
             closing = now_ns >= op.close_at_ns
             if op.waiting and (closing or len(op.waiting) >= max(1, int(self.cfg.update_growth * len(op.dets)))):
                 joined, op.waiting = op.waiting, []
-                op.tried.update(d.key for d in joined)
                 ev, n_kept = self._grow(op, joined, consume=False)
                 kept = set(ev.detections) if ev is not None else set()
                 if ev is not None:
                     self.stats.attached += n_kept
                     out.append(ev)
-                back += [d for d in joined if d.key not in kept]
+                # Tried with this event: those it did not keep are pending again (those it
+                # kept are its own and never pending again).
+                rejected = [d for d in joined if d.key not in kept]
+                op.tried.update(d.key for d in rejected)
+                back += rejected
             (self.recent if closing else still).append(op)
         n_recent = len(self.recent)
         closed = len(self.open) - len(still)
@@ -516,37 +506,61 @@ class Associator:
             self._recent_tab = None
         return out
 
-    def _within_hearing(self, op: _Open, best: dict[str, int], gate_ns: np.ndarray) -> dict[str, int]:
-        """Of the detections matching an open event's predicted arrivals (sensor ->
-        pending index), those within hearing range (:meth:`_hearing_radius`; cached
-        per event version and match)."""
-        dist, used, dist_list, r_used = op.arrivals[5:9]
-        mine = sorted(self.idx[sid] for sid in best)
-        if max(dist_list[k] for k in mine) <= r_used:
-            return best
-        key = (op.event.version, len(op.waiting), tuple(mine))
-        if op.hearing is None or op.hearing[0] != key:
-            matched = used + [self.idx[d.sensor_id] for d in op.waiting] + mine
-            op.hearing = (key, self._hearing_radius(dist, used, matched, gate_ns, op.t0_ns))
-        r_keep = op.hearing[1]
-        if r_keep < 0:
-            return best
-        return {sid: i for sid, i in best.items() if dist[self.idx[sid]] <= r_keep}
-
-    def _hearing_radius(self, dist: np.ndarray, used: list[int], matched: list[int], gate_ns: np.ndarray,
-                        t0_ns: int) -> float:
-        """The radius (m) of the disc around a shot where its matched count (its own
-        sensors ``used``, and the others whose detections match its predicted
-        arrivals) is least likely by chance (:func:`kernels.significant_radius`, never
-        inside its farthest own sensor; -1: keep every match). Beyond hearing range
-        every match is chance, and on a crowded night chance matches are common: a far
-        shot would take detections that belong to a shot near them."""
-        r_used = float(dist[used].max())
-        hit = np.zeros(len(dist), dtype=np.bool_)
-        hit[matched] = True
-        g = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S) / NS_PER_S
-        p = -np.expm1(-self._rates(t0_ns)[0] * 2.0 * g)
-        return kernels.significant_radius(dist, hit, p, r_used, int(self.cfg.min_sensors), 3)
+    def _choose_attached(self, ops: list[_Open], idx: np.ndarray, miss: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                         p_s: np.ndarray, gate_ns: np.ndarray) -> set[str]:
+        """Of the pending detections matching open events' predicted arrivals (``ops``,
+        in order, each with its pairs ``idx[lo:hi]``, pending indices, ``miss`` ns from
+        the prediction; ``gate_ns`` their gates), those that join (:func:`kernels.attach_choose`):
+        per sensor the one nearest the prediction, not yet tried with the event nor
+        taken by an earlier one, within hearing range. Beyond hearing range every
+        match is chance, and on a crowded night chance matches are common: a far shot
+        would take detections that belong to a shot near them. So a match beyond the
+        event's farthest own sensor joins only within the disc around the shot where
+        its matched count (its own sensors, the waiting ones and these) is least likely
+        by chance (:func:`kernels.significant_radius`, never inside its farthest own
+        sensor; cached per event version and match). Joined detections wait with their
+        event; returns their keys."""
+        n_ev = len(ops)
+        pos = None
+        have_s, tried_i, used_s, cache_mine = [], [], [], []
+        have_off, tried_off, used_off, cache_off = (np.zeros(n_ev + 1, dtype=np.int64) for _ in range(4))
+        cache_ok = np.zeros(n_ev, dtype=np.bool_)
+        cache_r = np.zeros(n_ev)
+        for j, op in enumerate(ops):
+            have_s += [self.idx[d.sensor_id] for d in op.waiting]
+            have_off[j + 1] = len(have_s)
+            if op.tried:
+                if pos is None:
+                    pos = {d.key: i for i, d in enumerate(self.pending)}
+                tried_i += sorted(i for i in (pos.get(k) for k in op.tried) if i is not None)
+            tried_off[j + 1] = len(tried_i)
+            used_s += op.arrivals[6]
+            used_off[j + 1] = len(used_s)
+            h = op.hearing
+            if h is not None and h[0][0] == op.event.version and h[0][1] == len(op.waiting):
+                cache_ok[j] = True
+                cache_mine += h[0][2]
+                cache_r[j] = h[1]
+            cache_off[j + 1] = len(cache_mine)
+        dist = np.stack([op.arrivals[5] for op in ops])
+        r_used = np.array([op.arrivals[8] for op in ops])
+        rates = np.stack([self._rates(op.t0_ns)[0] for op in ops])
+        i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
+        join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
+            idx, miss, lo, hi, p_s, np.zeros(len(p_s), dtype=np.bool_), have_off, i64(have_s), tried_off,
+            i64(tried_i), used_off, i64(used_s), dist, r_used, gate_ns, rates, float(self.cfg.gate_s),
+            float(self._wind_sd()), float(self.c**2), int(self.cfg.min_sensors), cache_ok, cache_off,
+            i64(cache_mine), cache_r)
+        held: set[str] = set()
+        for j in np.flatnonzero(computed):
+            op = ops[j]
+            op.hearing = ((op.event.version, len(op.waiting), tuple(mine[mine_off[j]:mine_off[j + 1]].tolist())),
+                          float(radius[j]))
+        for j in np.flatnonzero(np.diff(join_off)):
+            joined = [self.pending[i] for i in join[join_off[j]:join_off[j + 1]].tolist()]
+            ops[j].waiting += joined
+            held.update(d.key for d in joined)
+        return held
 
     def _forget_stale_seeds(self) -> None:
         """Count new detections into each remembered seed's window."""

@@ -1258,6 +1258,120 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
 
 
 @numba.njit(cache=True, nogil=True)
+def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tried_i, used_off, used_s, dist, r_used,
+                  gate, rates, gate_s, wind_sd, c2, min_count, cache_ok, cache_off, cache_mine, cache_r):
+    """The attach step's choice, for each open event ``j`` with matches (its pairs from
+    :func:`arrival_matches` at ``idx[lo[j]:hi[j]]``, pending indices, ``miss`` ns from
+    the prediction; events in order): per sensor the pending detection nearest the
+    prediction, leaving out the sensors it already waits on (``have``), the detections
+    it has tried (``tried``, sorted pending indices) and those an earlier event took
+    this step (``held``, updated here); then only those within hearing range: all, if
+    none is farther than its farthest own sensor ``r_used[j]`` (m; ``dist[j]`` the
+    distances, m); else those within the radius of the most significant disc
+    (:func:`significant_radius` of its own sensors ``used``, the waiting ones and the
+    matched ones, chance per sensor ``1 - exp(-rate * 2 g)`` at ``rates[j]`` per s,
+    ``g`` the gate ``gate[j]`` ns, or for its own sensors ``gate_s + wind_sd d / c2``
+    s), reusing the radius cached for the same matched sensors when ``cache_ok[j]``
+    (``cache_mine``, ``cache_r``). The CSR pairs ``*_off, *_s/_i`` are per event.
+
+    Returns ``(joined pending indices, their offsets per event, matched sensors, their
+    offsets, radius, computed)``: where ``computed[j]`` the radius was computed for
+    those matched sensors (the caller caches it)."""
+    n_ev = lo.shape[0]
+    n_sens = dist.shape[1]
+    best_i = np.full(n_sens, -1, dtype=np.int64)
+    best_m = np.zeros(n_sens, dtype=np.int64)
+    mark = np.zeros(n_sens, dtype=np.int64)
+    touched = np.empty(n_sens, dtype=np.int64)
+    join = np.empty(hi[n_ev - 1] - lo[0] if n_ev else 0, dtype=np.int64)
+    join_off = np.zeros(n_ev + 1, dtype=np.int64)
+    mine_all = np.empty(hi[n_ev - 1] - lo[0] if n_ev else 0, dtype=np.int64)
+    mine_off = np.zeros(n_ev + 1, dtype=np.int64)
+    radius = np.full(n_ev, -1.0)
+    computed = np.zeros(n_ev, dtype=np.bool_)
+    hit = np.zeros(n_sens, dtype=np.bool_)
+    p = np.empty(n_sens)
+    n_join = 0
+    n_mine = 0
+    for j in range(n_ev):
+        for q in range(have_off[j], have_off[j + 1]):
+            mark[have_s[q]] = j + 1
+        n_t = 0
+        for q in range(lo[j], hi[j]):
+            i = idx[q]
+            s = p_s[i]
+            if mark[s] == j + 1 or held[i]:
+                continue
+            a = tried_off[j]
+            b = tried_off[j + 1]
+            while a < b:
+                c = (a + b) >> 1
+                if tried_i[c] < i:
+                    a = c + 1
+                else:
+                    b = c
+            if a < tried_off[j + 1] and tried_i[a] == i:
+                continue
+            if best_i[s] < 0:
+                touched[n_t] = s
+                n_t += 1
+                best_i[s] = i
+                best_m[s] = miss[q]
+            elif miss[q] < best_m[s]:
+                best_i[s] = i
+                best_m[s] = miss[q]
+        mine = np.sort(touched[:n_t])
+        for q in range(n_t):
+            mine_all[n_mine + q] = mine[q]
+        n_mine += n_t
+        mine_off[j + 1] = n_mine
+        r_keep = -1.0
+        if n_t > 0:
+            far = 0.0
+            for q in range(n_t):
+                far = max(far, dist[j, mine[q]])
+            if far > r_used[j]:
+                same = cache_ok[j] and cache_off[j + 1] - cache_off[j] == n_t
+                if same:
+                    for q in range(n_t):
+                        if cache_mine[cache_off[j] + q] != mine[q]:
+                            same = False
+                            break
+                if same:
+                    r_keep = cache_r[j]
+                else:
+                    hit[:] = False
+                    r_own = 0.0
+                    for q in range(used_off[j], used_off[j + 1]):
+                        hit[used_s[q]] = True
+                        r_own = max(r_own, dist[j, used_s[q]])
+                    for q in range(have_off[j], have_off[j + 1]):
+                        hit[have_s[q]] = True
+                    for q in range(n_t):
+                        hit[mine[q]] = True
+                    for s in range(n_sens):
+                        g = gate[j, s]
+                        if not g > 0:
+                            g = (gate_s + 3.0 * 0.0 + wind_sd * dist[j, s] / c2) * 1e9
+                        p[s] = -math.expm1(-(rates[j, s] * 2.0) * (g / 1e9))
+                    r_keep = significant_radius(dist[j], hit, p, r_own, min_count, 3)
+                    computed[j] = True
+                radius[j] = r_keep
+        start = n_join
+        for q in range(n_t):
+            s = mine[q]
+            if r_keep < 0 or dist[j, s] <= r_keep:
+                join[n_join] = best_i[s]
+                n_join += 1
+            best_i[s] = -1
+        join[start:n_join] = np.sort(join[start:n_join])
+        for q in range(start, n_join):
+            held[join[q]] = True
+        join_off[j + 1] = n_join
+    return join[:n_join], join_off, mine_all[:n_mine], mine_off, radius, computed
+
+
+@numba.njit(cache=True, nogil=True)
 def _grown(a, n):
     out = np.empty(n, dtype=a.dtype)
     out[:a.shape[0]] = a

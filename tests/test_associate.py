@@ -231,6 +231,81 @@ def test_the_window_by_sensor_equals_the_time_ordered_scan(rng):
     assert checked == 280 and overflowed > 50
 
 
+def test_the_attach_choice_equals_its_plain_statement(rng):
+    """kernels.attach_choose (the attach step's choice, events in order) against the rule
+    written plainly: per event, per sensor the match nearest the prediction among those
+    not at a sensor it waits on, not tried with it, not taken by an earlier event; all
+    of them when none is beyond its farthest own sensor, else those within the most
+    significant disc (the cached radius when the matched sensors are the same)."""
+    from shotnet.locator import kernels
+
+    n_sens, n_pend, n_ev = 30, 400, 25
+    p_s = rng.integers(0, n_sens, n_pend).astype(np.int64)
+    dist = rng.uniform(50, 3000, (n_ev, n_sens))
+    gate = np.where(rng.random((n_ev, n_sens)) < 0.2, 0.0, rng.uniform(5e6, 2e7, (n_ev, n_sens)))
+    rates = rng.uniform(0.1, 5.0, (n_ev, n_sens))
+    used = [list(rng.choice(n_sens, rng.integers(5, 9), replace=False)) for _ in range(n_ev)]
+    r_used = np.array([dist[j, u].max() for j, u in enumerate(used)])
+    have = [list(rng.choice(n_sens, rng.integers(0, 3), replace=False)) for _ in range(n_ev)]
+    pairs = [np.sort(rng.choice(n_pend, rng.integers(0, 40), replace=False)) for _ in range(n_ev)]
+    miss = [rng.integers(0, 3, len(p)) * 1_000_000 for p in pairs]       # ties at a sensor happen
+    tried = [sorted(rng.choice(p, min(len(p), 2), replace=False).tolist()) if len(p) else [] for p in pairs]
+    cache = [None] * n_ev
+
+    def plain():
+        held, joins, radii = set(), [], {}
+        for j in range(n_ev):
+            best, near = {}, {}
+            for i, m in zip(pairs[j].tolist(), miss[j].tolist()):
+                s = int(p_s[i])
+                if s in have[j] or i in tried[j] or i in held:
+                    continue
+                if s not in best or m < near[s]:
+                    best[s], near[s] = i, m
+            mine = sorted(best)
+            if mine and max(dist[j, mine]) > r_used[j]:
+                if cache[j] is not None and cache[j][0] == tuple(mine):
+                    r = cache[j][1]
+                else:
+                    hit = np.zeros(n_sens, dtype=np.bool_)
+                    hit[used[j] + have[j] + mine] = True
+                    g = np.where(gate[j] > 0, gate[j], (0.01 + 1.5 * dist[j] / 343.0**2) * 1e9) / 1e9
+                    r = kernels.significant_radius(dist[j], hit, -np.expm1(-rates[j] * 2.0 * g), r_used[j], 5, 3)
+                    radii[j] = (tuple(mine), r)
+                best = {s: i for s, i in best.items() if r < 0 or dist[j, s] <= r}
+            joins.append(sorted(best.values()))
+            held.update(best.values())
+        return joins, radii
+
+    def kernel():
+        i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
+        off = lambda ls: np.cumsum([0] + [len(x) for x in ls]).astype(np.int64)     # noqa: E731
+        lo = np.cumsum([0] + [len(p) for p in pairs])[:-1].astype(np.int64)
+        hi = lo + [len(p) for p in pairs]
+        ok = np.array([c is not None for c in cache])
+        mine_c = [list(c[0]) if c is not None else [] for c in cache]
+        join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
+            i64(np.concatenate(pairs)), i64(np.concatenate(miss)), lo, hi, p_s, np.zeros(n_pend, dtype=np.bool_),
+            off(have), i64(sum(have, [])), off(tried), i64(sum(tried, [])), off(used), i64(sum(used, [])), dist,
+            r_used, gate, rates, 0.01, 1.5, 343.0**2, 5, ok, off(mine_c), i64(sum(mine_c, [])),
+            np.array([c[1] if c is not None else 0.0 for c in cache]))
+        joins = [join[join_off[j]:join_off[j + 1]].tolist() for j in range(n_ev)]
+        radii = {j: (tuple(mine[mine_off[j]:mine_off[j + 1]].tolist()), radius[j]) for j in np.flatnonzero(computed)}
+        return joins, radii
+
+    want, want_r = plain()
+    got, got_r = kernel()
+    assert got == want and got_r.keys() == want_r.keys()
+    assert all(got_r[j][0] == want_r[j][0] and got_r[j][1] == want_r[j][1] for j in want_r)
+    assert sum(map(len, want)) > 50 and len(want_r) > 3
+    # A cached radius for the same matched sensors is used as it is (here: keep none beyond).
+    cache[:] = [(m, 0.0) for m, _ in (want_r.get(j, ((), 0.0)) for j in range(n_ev))]
+    want2, want2_r = plain()
+    got2, got2_r = kernel()
+    assert got2 == want2 and got2_r.keys() == want2_r.keys() and want2 != want
+    assert set(want_r) - set(want2_r)           # some events took their cached radius
+
+
 def test_arrival_matches_equal_every_event_against_every_pending_detection(rng):
     """The attach step's matching kernel (a binary search per event and sensor) against
     the plain comparison of every pending detection with every open event, including
