@@ -319,6 +319,7 @@ class Associator:
         self.open: list[_Open] = []
         self._open_gen = 0                # counts changes to the open events (_open_table)
         self._open_tab: tuple | None = None
+        self._arr_tab: dict | None = None        # the open events' predicted arrivals (_open_arrivals)
         self._recent_tab: tuple | None = None   # the same for recent (None: rebuild)
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
         self.stats = AssocStats()
@@ -467,8 +468,7 @@ class Associator:
         if self.open and self.pending:
             p_t = np.array([d.t_ns for d in self.pending], dtype=np.int64)
             p_s = np.array([self.idx[d.sensor_id] for d in self.pending], dtype=np.int64)
-            pred = np.stack([self._arrivals(op)[0] for op in self.open])    # (events, sensors)
-            gate = np.stack([self._arrivals(op)[1] for op in self.open])
+            pred, gate = self._open_arrivals()[:2]                           # (events, sensors)
             ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
             bounds = np.searchsorted(ev, np.arange(len(self.open) + 1))
             evs = np.flatnonzero(np.diff(bounds))
@@ -902,12 +902,13 @@ class Associator:
             self._flat = tuple(flat)
         return self._flat
 
-    def _arrivals(self, op: _Open) -> tuple[np.ndarray, np.ndarray]:
-        """An open event's predicted arrival (ns) at every sensor and how far (ns) a
-        detection may sit from it to join (:meth:`_predict`). Cached per event version."""
+    def _arrivals_all(self, op: _Open) -> tuple:
+        """``(version,) +`` :meth:`_predict` of an open event: its predicted arrival (ns)
+        at every sensor and how far (ns) a detection may sit from it to join, and the
+        rest. Cached per event version."""
         if op.arrivals is None or op.arrivals[0] != op.event.version:
             op.arrivals = (op.event.version,) + self._predict(op.sol, op.t0_ns, op.dets)
-        return op.arrivals[1], op.arrivals[2]
+        return op.arrivals
 
     def _predict(self, sol: Solution, t0_ns: int, dets: list[Detection]) -> tuple:
         """A solution's predicted arrival (ns) at every sensor and its gate (ns: 3 sigma
@@ -932,6 +933,40 @@ class Associator:
         own_gate[used] = 0.0
         return own_pred, own_gate, np.where(far, -NOW_INFINITE, pred), gate, dist, used, dist.tolist(), r_used
 
+    def _open_arrivals(self) -> tuple[np.ndarray, ...]:
+        """The open events' rows of :meth:`_predict`, as matrices (events in ``open``'s
+        order, by sensor): own predicted arrivals and gates (the attach step), arrivals
+        and gates for :meth:`_explained_by_open`, and the events' closing times (ns).
+        Kept between calls: a new event adds its row, a new version rewrites its own,
+        and only a change in which events are open rebuilds them (with a thousand open
+        events in a dense city, stacking every row anew for each new event cost more
+        than the search it served)."""
+        tab = self._arr_tab
+        n = len(self.open)
+        if tab is None or len(tab["ops"]) > n or any(a is not b for a, b in zip(tab["ops"], self.open)):
+            cap = max(64, 2 * n)
+            tab = self._arr_tab = {"ops": [], "ver": [], "close": np.empty(cap, dtype=np.int64),
+                                   "m": [np.empty((cap, len(self.layout)), dtype=t)
+                                         for t in (np.int64, np.float64, np.int64, np.float64)]}
+        ops, ver, m = tab["ops"], tab["ver"], tab["m"]
+        if n > m[0].shape[0]:
+            cap = 2 * n
+            tab["m"] = m = [np.concatenate([a, np.empty((cap - a.shape[0], a.shape[1]), dtype=a.dtype)]) for a in m]
+            tab["close"] = np.concatenate([tab["close"], np.empty(cap - len(tab["close"]), dtype=np.int64)])
+        for k, op in enumerate(self.open):
+            if k < len(ops) and ver[k] == op.event.version:
+                continue
+            arr = self._arrivals_all(op)
+            for a, row in zip(m, (arr[1], arr[2], arr[3], arr[4])):
+                a[k] = row
+            tab["close"][k] = op.close_at_ns
+            if k < len(ops):
+                ver[k] = op.event.version
+            else:
+                ops.append(op)
+                ver.append(op.event.version)
+        return tuple(a[:n] for a in m) + (tab["close"][:n],)
+
     def _explained_by_open(self):
         """A test of whether a detection (time ns, sensor index) is the arrival, early by
         at most the gate or late by at most ``late_allowance_s`` more, of a shot already
@@ -941,11 +976,7 @@ class Associator:
         new shot there is found from its other sensors' detections."""
         if not self.open:
             return lambda t_ns, s: None
-        for op in self.open:
-            self._arrivals(op)
-        pred = np.stack([op.arrivals[3] for op in self.open])
-        gate = np.stack([op.arrivals[4] for op in self.open])
-        close = np.array([op.close_at_ns for op in self.open], dtype=np.int64)
+        pred, gate, close = self._open_arrivals()[2:]
         late = self.cfg.late_allowance_s * NS_PER_S
 
         def explained(t_ns: int, s: int) -> int | None:
