@@ -7,9 +7,12 @@ A grid of ``--nodes`` sensors over a city (300 m apart) hears a fireworks-night 
 detections, and ``--gunshots`` real gunshots hidden in it. Every node is a real DEALER
 socket with its own spool; the locator is ``shotnet locator run`` in its own process
 (real ROUTER, real SQLite store). The stream is played in real time. Reported: the
-detection rate, the acknowledgement backlog over time (does it grow?), the locator's
-resident memory over time (does it stay bounded?), and how many hidden gunshots were
-located, and where.
+detection rate, the acknowledgement backlog over time (does it grow?), the association's
+search lag over time (does the search keep up? from the locator's metrics endpoint: how
+long past its planned search the oldest unsearched detection is), the detections pending
+association (held by design until sound has crossed the city, so they grow with the
+rate up to a plateau), the locator's resident memory over time (does it stay bounded?),
+and how many hidden gunshots were located, and where.
 """
 
 from __future__ import annotations
@@ -31,24 +34,36 @@ import numpy as np
 from shotnet.locator.synthetic import grid_layout
 
 
+# The search keeps up when no seed waits past its planned search by more than a few
+# steps' budgets (the service's step searches for at most 1 s; seeds ripen meanwhile).
+# Falling behind shows as a lag that grows for as long as the night lasts.
+KEEPS_UP_LAG_S = 3.0
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _pending(port: int) -> float:
-    """The locator's association backlog (detections waiting), from its metrics endpoint."""
+def _metrics(port: int) -> tuple[float, float]:
+    """From the locator's metrics endpoint: the detections pending association (held by
+    design until sound has crossed the city, so it grows with the rate) and the search
+    lag (s: how long past its planned search the oldest unsearched detection is; 0 when
+    the association keeps up)."""
     import urllib.request
 
+    got = {}
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5) as r:
             for line in r.read().decode().splitlines():
-                if line.startswith("shotnet_locator_pending_detections "):
-                    return float(line.split()[1])
+                name, _, value = line.partition(" ")
+                if name in ("shotnet_locator_pending_detections", "shotnet_locator_search_lag_seconds"):
+                    got[name] = float(value)
     except OSError:
         pass
-    return float("nan")
+    return (got.get("shotnet_locator_pending_detections", float("nan")),
+            got.get("shotnet_locator_search_lag_seconds", float("nan")))
 
 
 def _rss_mb(pid: int) -> float:
@@ -111,12 +126,12 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
                 s.poll(0)
             if time.monotonic() >= next_sample:
                 backlog = sum(s.depth for s in senders.values())
-                samples.append(((now - t_start) / NS_PER_S, backlog, _rss_mb(loc.pid), _pending(metrics)))
+                samples.append(((now - t_start) / NS_PER_S, backlog, _rss_mb(loc.pid), *_metrics(metrics)))
                 next_sample += 1.0
                 if verbose:
                     print(f"  t={samples[-1][0]:5.1f} s  sent {k:6d}  unacknowledged {backlog:5d}  "
-                          f"awaiting association {samples[-1][3]:6.0f}  locator RSS {samples[-1][2]:.0f} MB",
-                          flush=True)
+                          f"awaiting association {samples[-1][3]:6.0f}  search lag {samples[-1][4]:5.1f} s  "
+                          f"locator RSS {samples[-1][2]:.0f} MB", flush=True)
             time.sleep(0.002)
         end = time.monotonic() + 15.0
         while time.monotonic() < end and sum(s.depth for s in senders.values()):
@@ -162,12 +177,15 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
     half = len(samples) // 2
     return {"nodes": nodes, "detections": len(stream), "duration_s": duration_s,
             "rate_det_per_s": len(stream) / duration_s, "stored": stored, "unacked_after_drain": left,
-            "backlog_max": max(b for _, b, _, _ in samples), "backlog_last": samples[-1][1],
-            "backlog_first_half_max": max((b for _, b, _, _ in samples[:half]), default=0),
-            "backlog_second_half_max": max((b for _, b, _, _ in samples[half:]), default=0),
-            "pending_first_half_max": float(np.nanmax([p for *_, p in samples[:half]] or [np.nan])),
-            "pending_second_half_max": float(np.nanmax([p for *_, p in samples[half:]] or [np.nan])),
-            "rss_first_mb": samples[min(3, len(samples) - 1)][2], "rss_max_mb": max(r for _, _, r, _ in samples),
+            "backlog_max": max(b for _, b, *_ in samples), "backlog_last": samples[-1][1],
+            "backlog_first_half_max": max((b for _, b, *_ in samples[:half]), default=0),
+            "backlog_second_half_max": max((b for _, b, *_ in samples[half:]), default=0),
+            "pending_first_half_max": float(np.nanmax([x[3] for x in samples[:half]] or [np.nan])),
+            "pending_second_half_max": float(np.nanmax([x[3] for x in samples[half:]] or [np.nan])),
+            "lag_first_half_max_s": float(np.nanmax([x[4] for x in samples[:half]] or [np.nan])),
+            "lag_second_half_max_s": float(np.nanmax([x[4] for x in samples[half:]] or [np.nan])),
+            "lag_last_s": samples[-1][4],
+            "rss_first_mb": samples[min(3, len(samples) - 1)][2], "rss_max_mb": max(x[2] for x in samples),
             "gunshots": len(gtruth), "gunshots_located": found,
             "gunshot_error_median_m": float(np.median(errs)) if errs else None,
             "events": len(events), "workdir": str(work)}
@@ -186,6 +204,8 @@ def main(argv=None) -> int:
           f"{r['stored']}/{r['detections']} stored, {r['unacked_after_drain']} unacknowledged after the drain; "
           f"backlog max {r['backlog_first_half_max']} (first half) vs {r['backlog_second_half_max']} (second half); "
           f"awaiting association max {r['pending_first_half_max']:.0f} vs {r['pending_second_half_max']:.0f}; "
+          f"search lag max {r['lag_first_half_max_s']:.1f} s vs {r['lag_second_half_max_s']:.1f} s "
+          f"({'keeps up' if r['lag_second_half_max_s'] <= KEEPS_UP_LAG_S else 'falls behind'}); "
           f"locator RSS {r['rss_first_mb']:.0f} -> {r['rss_max_mb']:.0f} MB; hidden gunshots located "
           f"{r['gunshots_located']}/{r['gunshots']}" + (f" (median error {r['gunshot_error_median_m']:.2f} m)"
                                                         if r['gunshot_error_median_m'] is not None else ""))
@@ -196,7 +216,8 @@ def main(argv=None) -> int:
         record(f"fireworks night under load: {r['nodes']} nodes over real sockets, {r['rate_det_per_s']:.0f} "
                f"detections/s for {r['duration_s']:.0f} s", f"{r['stored']}/{r['detections']} stored, "
                f"unacknowledged backlog max {r['backlog_max']}, awaiting association max "
-               f"{r['pending_first_half_max']:.0f} / {r['pending_second_half_max']:.0f} (first / second half), "
+               f"{r['pending_first_half_max']:.0f} / {r['pending_second_half_max']:.0f} and search lag max "
+               f"{r['lag_first_half_max_s']:.1f} / {r['lag_second_half_max_s']:.1f} s (first / second half), "
                f"locator RSS {r['rss_first_mb']:.0f}->{r['rss_max_mb']:.0f} MB, hidden gunshots located {r['gunshots_located']}/{r['gunshots']}")
     except ImportError:
         pass

@@ -314,6 +314,12 @@ class Associator:
         self._rate_cache: dict[int, np.ndarray] = {}  # second -> per-sensor rates, this step
         self._taken: list[str] | None = None     # detections shots took, during a search
         self._behind = False                     # the last step's search ran out of time
+        # How far behind the search is (s): at the last step, how long past its first
+        # planned search (its time plus _first_search_ns) the oldest seed not yet
+        # searched was; 0 when every ripe seed was searched. The pending list is no
+        # measure of that: it holds, by design, every detection no shot has taken until
+        # sound has crossed the array (seconds of the stream).
+        self.search_lag_s = 0.0
         self.search_chunk = 16                   # seeds searched together (in parallel)
         self.seen: set[str] = set()
         self.open: list[_Open] = []
@@ -599,6 +605,7 @@ class Associator:
         likelier gunshots than not go first: a dispatcher needs those; fireworks are
         searched with the time left."""
         out: list[Event] = []
+        self.search_lag_s = 0.0
         if not self.pending:
             return out
         skip: set[str] = set()      # members of a candidate waiting to mature, this step
@@ -617,6 +624,10 @@ class Associator:
                 if deadline is not None and time.perf_counter() > deadline:
                     self.stats.budget_exhausted += 1
                     self._behind = True
+                    left = [p for p in itertools.islice(todo, q, None) if not cur.gone(p) and p.key not in skip]
+                    if left and now_ns != NOW_INFINITE:
+                        due = min(p.t_ns + int(self._first_search_ns[self.idx[p.sensor_id]]) for p in left)
+                        self.search_lag_s = max(0.0, (now_ns - due) / NS_PER_S)
                     break
                 if d.key in skip or cur.gone(d):
                     continue

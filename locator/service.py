@@ -165,6 +165,9 @@ class Metrics:
         self.events = Counter("shotnet_locator_events_total", "Events published, by label and kind",
                               ["label", "kind"], registry=r)
         self.pending = Gauge("shotnet_locator_pending_detections", "Detections waiting for association", registry=r)
+        self.search_lag = Gauge("shotnet_locator_search_lag_seconds",
+                                "How long past its planned search the oldest unsearched detection is (0: keeping up)",
+                                registry=r)
         self.latency = Histogram("shotnet_locator_alert_latency_seconds",
                                  "Wall time from the estimated shot to the first publication",
                                  buckets=(0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 20), registry=r)
@@ -503,6 +506,7 @@ class LocatorService:
                     log.exception("association step failed")
                 self.metrics.step.observe(time.perf_counter() - t0)
                 self.metrics.pending.set(len(self.assoc.pending))
+                self.metrics.search_lag.set(self.assoc.search_lag_s)
                 next_step = time.monotonic() + self.step_s
             else:
                 time.sleep(min(0.005, next_step - now))
