@@ -183,17 +183,24 @@ def lm_solve_many(px, py, pz, t, sigma, x0, c, z_src, max_iter, out_params, out_
 
 
 @numba.njit(cache=True, nogil=True)
-def _nearest(t_sorted, lo, hi, p):
-    """``(index, |t - p|)`` of the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``;
-    ``(-1, inf)`` if empty."""
+def _first_at_least(v, lo, hi, x):
+    """The first index in ``lo..hi`` where the ascending ``v`` is ``>= x`` (``hi`` if none)."""
     a = lo
     b = hi
     while a < b:
         m = (a + b) >> 1
-        if t_sorted[m] < p:
+        if v[m] < x:
             a = m + 1
         else:
             b = m
+    return a
+
+
+@numba.njit(cache=True, nogil=True)
+def _nearest(t_sorted, lo, hi, p):
+    """``(index, |t - p|)`` of the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``;
+    ``(-1, inf)`` if empty."""
+    a = _first_at_least(t_sorted, lo, hi, p)
     best = -1
     r = np.inf
     if a < hi:
@@ -1302,14 +1309,7 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
             s = p_s[i]
             if mark[s] == j + 1 or held[i]:
                 continue
-            a = tried_off[j]
-            b = tried_off[j + 1]
-            while a < b:
-                c = (a + b) >> 1
-                if tried_i[c] < i:
-                    a = c + 1
-                else:
-                    b = c
+            a = _first_at_least(tried_i, tried_off[j], tried_off[j + 1], i)
             if a < tried_off[j + 1] and tried_i[a] == i:
                 continue
             if best_i[s] < 0:
