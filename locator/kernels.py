@@ -736,7 +736,9 @@ def seed_window(tp, sp, alive, k, span_ns, pair_ns_to_seed, max_search, n_sensor
     sensors' later arrivals. Returns ``(indices into tp, their times in s after the
     seed, offsets)``, grouped by sensor (``offsets[s]:offsets[s + 1]``) with ascending
     times within each (a stable counting sort), and the number of distinct sensors
-    including the seed's."""
+    including the seed's. (The search uses :func:`seed_window_by_sensor`, the same window
+    found faster; this scan in time order states it plainly, and the tests hold the
+    other to it.)"""
     s0 = sp[k]
     t_seed = tp[k]
     n = tp.shape[0]
