@@ -515,6 +515,35 @@ def _guns_found(events, truth, label="gunshot"):
     return found, [ev for ev in mine if not any(near(ev, tr) for tr in truth)]
 
 
+def test_the_open_events_arrival_table_equals_stacking_them_anew():
+    """Associator._open_arrivals keeps the open events' predicted arrivals as matrices
+    between steps (a new event adds its row, a new version rewrites its own, a change in
+    which events are open rebuilds). Through a fireworks night, at every step, they
+    equal the rows stacked anew from each open event's current version, and so do the
+    closing times; new events, new versions and closings all happen on the way."""
+    from shotnet.locator.synthetic import StreamConfig, make_stream
+    from shotnet.sensor.scene import default_layout
+
+    cfg = StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2)
+    dets, _, loc_layout = make_stream(default_layout(), 150, 30.0, cfg, seed=5)
+    a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
+    last, checked, versions, closed = None, 0, 0, 0
+    for d in dets:
+        if last is None or d.t_ns - last >= 100_000_000:
+            n_open = len(a.open)
+            versions += sum(ev.version > 1 for ev in a.step(d.t_ns))
+            closed += n_open > len(a.open)
+            last = d.t_ns
+            if a.open:
+                got = a._open_arrivals()
+                want = [np.stack([a._arrivals_all(op)[k] for op in a.open]) for k in (1, 2, 3, 4)]
+                want.append(np.array([op.close_at_ns for op in a.open], dtype=np.int64))
+                assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want))
+                checked += 1
+        a.feed(d)
+    assert checked > 100 and versions > 10 and closed > 10
+
+
 def test_a_dense_night_on_a_large_array_is_located():
     """196 sensors 300 m apart, 60 impulses a second each heard by ~50 of them: ~2,300
     detections a second, so every seed's window (all detections within the array's
