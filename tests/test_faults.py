@@ -164,7 +164,8 @@ def test_fireworks_night_load_short(tmp_path):
     assert r["stored"] == r["detections"] and r["unacked_after_drain"] == 0, r
     assert r["backlog_second_half_max"] <= 2 * r["backlog_first_half_max"] + 100, r
     # The association keeps up (read from the locator's metrics endpoint): no seed waits
-    # past its planned search by more than a step's budget, and what it holds stays small.
+    # past its planned search by more than a few steps' budgets (bench_load.KEEPS_UP_LAG_S),
+    # and what it holds stays small.
     assert r["lag_second_half_max_s"] <= 3.0, r
     assert r["pending_second_half_max"] < 5000, r
     assert r["rss_max_mb"] - r["rss_first_mb"] < 150, r
