@@ -835,14 +835,7 @@ def seed_window_by_sensor(tp, alive, k, s0, idx, off, pair_ns_to_seed, max_searc
         s = nearest_first[i]
         if s == s0:
             continue
-        a = off[s]
-        b = off[s + 1]
-        while a < b:                          # the first after the seed
-            m = (a + b) // 2
-            if idx[m] <= k:
-                a = m + 1
-            else:
-                b = m
+        a = _first_at_least(idx, off[s], off[s + 1], k + 1)    # the first after the seed
         start = a
         lim = t_seed + pair_ns_to_seed[s]
         b = off[s + 1]
@@ -1085,8 +1078,9 @@ def _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, se
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def search_seeds(seeds, tp, sp, by_idx, by_off, alive, sig_p, gun_p, span_ns, pair_ns, max_search, sx, sy, sz,
-                 z_src, c, wx, wy, half_window_s, seed_region_m, x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs, max_per_sensor, n_near,
-                 n_full, d_min, cell_m, gate_s, hist_t, hist_off, gun_t, gun_off, seen_from, seen_to, min_count,
+                 z_src, c, wx, wy, half_window_s, seed_region_m, x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs,
+                 max_per_sensor, n_near, n_full, d_min, cell_m, gate_s, hist_t, hist_off, gun_t, gun_off, seen_from,
+                 seen_to, min_count,
                  out_status, out_count, out_x, out_y, out_tau0, out_prob, out_cand):
     """Search many seeds at once (in parallel): for each pending detection ``seeds[q]``
     (an index into the pending times ``tp`` ns, ascending, sensors ``sp``, grouped by
@@ -1211,18 +1205,7 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
     pending detections are grouped by sensor, so each (event, sensor) costs one binary
     search instead of a pass over every pending detection. Returns ``(events, pending
     indices, |t - pred| ns)``, ordered by event, then pending index."""
-    n = p_t.shape[0]
-    off = np.zeros(n_sensors + 1, dtype=np.int64)
-    for i in range(n):
-        off[p_s[i] + 1] += 1
-    for s in range(n_sensors):
-        off[s + 1] += off[s]
-    by_sensor = np.empty(n, dtype=np.int64)     # pending indices, by sensor, in time order
-    fill = off[:n_sensors].copy()
-    for i in range(n):
-        s = p_s[i]
-        by_sensor[fill[s]] = i
-        fill[s] += 1
+    grouped, off = by_sensor(p_s, n_sensors)     # pending indices, by sensor, in time order
     cap = 256
     out_e = np.empty(cap, dtype=np.int64)
     out_i = np.empty(cap, dtype=np.int64)
@@ -1242,18 +1225,18 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
             b = hi
             while a < b:
                 c = (a + b) >> 1
-                if p - p_t[by_sensor[c]] <= g:
+                if p - p_t[grouped[c]] <= g:
                     b = c
                 else:
                     a = c + 1
             # ... then those no more than the gate late.
-            while a < hi and p_t[by_sensor[a]] - p <= g:
+            while a < hi and p_t[grouped[a]] - p <= g:
                 if m == cap:
                     cap *= 2
                     out_e = _grown(out_e, cap)
                     out_i = _grown(out_i, cap)
                     out_m = _grown(out_m, cap)
-                i = by_sensor[a]
+                i = grouped[a]
                 out_e[m] = e
                 out_i[m] = i
                 out_m[m] = abs(p_t[i] - p)
@@ -1354,7 +1337,7 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
                     for s in range(n_sens):
                         g = gate[j, s]
                         if not g > 0:
-                            g = (gate_s + 3.0 * 0.0 + wind_sd * dist[j, s] / c2) * 1e9
+                            g = (gate_s + wind_sd * dist[j, s] / c2) * 1e9
                         p[s] = -math.expm1(-(rates[j, s] * 2.0) * (g / 1e9))
                     r_keep = significant_radius(dist[j], hit, p, r_own, min_count, 3)
                     computed[j] = True
