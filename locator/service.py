@@ -41,6 +41,7 @@ import dataclasses
 import faulthandler
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -572,6 +573,15 @@ def config_toml(svc: ServiceConfig, assoc: AssocConfig) -> str:
 
 
 def main(argv=None) -> int:
+    # The search kernel's OpenMP workers sleep between calls instead of spinning: a
+    # spinning worker burns most of a core (the association thread calls the kernel
+    # every few ms, with Python work between), which on a shared machine the ingest
+    # thread and everything else on it need. bench/bench_load.py, 196 nodes on this
+    # 2-core machine: search lag max 4.2-5.8 s instead of 7.1-7.3 s at 1,591 detections/s.
+    # (A batch replay with cores to spare is a little faster spinning: shotnet locate
+    # leaves the default.) Set before the first kernel call, when libgomp reads it; an
+    # OMP_WAIT_POLICY already set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ap = argparse.ArgumentParser(prog="shotnet locator run", description="Run the locator service.")
     ap.add_argument("--config", help="locator.toml ([locator] and [association] tables)")
     ap.add_argument("--sensors", help="sensor layout (GeoJSON); overrides the config")
