@@ -11,8 +11,9 @@ detection rate, the acknowledgement backlog over time (does it grow?), the assoc
 search lag over time (does the search keep up? from the locator's metrics endpoint: how
 long past its planned search the oldest unsearched detection is), the detections pending
 association (held by design until sound has crossed the city, so they grow with the
-rate up to a plateau), the locator's resident memory over time (does it stay bounded?),
-and how many hidden gunshots were located, and where.
+rate up to a plateau), the locator's resident memory over time (its association
+process's included: does it stay bounded?), and how many hidden gunshots were located,
+and where.
 """
 
 from __future__ import annotations
@@ -67,10 +68,20 @@ def _metrics(port: int) -> tuple[float, float]:
 
 
 def _rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory (MB) of a process and its descendants (the locator's association
+    process)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in open(f"/proc/{p}/task/{task}/children").read().split()]
+        except OSError:
+            continue
+    return total if total else float("nan")
 
 
 def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: int = 7, workdir: str | None = None,
