@@ -469,59 +469,25 @@ class LocatorService:
 
     # ------------------------------------------------------------------ loop
     def run(self, duration_s: float | None = None) -> ServiceStats:
-        """Ingest on this thread, associate on another (or in a process of its own),
+        """Ingest on this thread, associate on another (or in a process of its own, whose
+        PUB frames and metrics come back here: one PUB socket, one metrics endpoint),
         until stopped or ``duration_s``."""
         end = time.monotonic() + duration_s if duration_s else None
         self._inbox = collections.deque()
-        if self._link is not None:
-            return self._run_with_process(end)
-        self._assoc_thread = threading.Thread(target=self._associate, args=(end,), name="association", daemon=True)
-        self._assoc_thread.start()
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
-        try:
-            while not self._stop and (end is None or time.monotonic() < end):
-                ready = dict(poller.poll(50))
-                if ready.get(self.monitor):
-                    self._read_monitor()
-                if ready.get(self.router):
-                    batch, keys = [], []
-                    while len(batch) < 1000:
-                        try:
-                            frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        batch.append([f.bytes for f in frames])
-                        keys.append(frames[-1].get("User-Id").encode() if self.key_owner is not None else None)
-                    self.handle_batch(batch, keys if self.key_owner is not None else None)
-                if time.monotonic() >= self._next_health:
-                    self.node_health()
-                    self._next_health = time.monotonic() + 1.0
-        finally:
-            self._stop_assoc = True
-            self._assoc_thread.join()
-            self._assoc_thread = None
-            # Whatever arrived after the association thread's last look is fed now.
-            while self._inbox:
-                self.assoc.feed(self._inbox.popleft())
-            self._inbox = None
-            while self._outbox and self.pub is not None:
-                self.pub.send_multipart(self._outbox.popleft())
-        return self.stats
-
-    def _run_with_process(self, end: float | None) -> ServiceStats:
-        """Ingest here; the association process gets every new detection, and its PUB
-        frames and metrics come back here (one PUB socket, one metrics endpoint)."""
         link = self._link
-        link.start()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
-        poller.register(link.sock, zmq.POLLIN)
+        if link is not None:
+            link.start()
+            poller.register(link.sock, zmq.POLLIN)
+        else:
+            self._assoc_thread = threading.Thread(target=self._associate, args=(end,), name="association",
+                                                  daemon=True)
+            self._assoc_thread.start()
         try:
             while not self._stop and (end is None or time.monotonic() < end):
-                ready = dict(poller.poll(20))
+                ready = dict(poller.poll(20 if link is not None else 50))
                 if ready.get(self.monitor):
                     self._read_monitor()
                 if ready.get(self.router):
@@ -534,13 +500,25 @@ class LocatorService:
                         batch.append([f.bytes for f in frames])
                         keys.append(frames[-1].get("User-Id").encode() if self.key_owner is not None else None)
                     self.handle_batch(batch, keys if self.key_owner is not None else None)
-                link.pump(self._inbox)
+                if link is not None:
+                    link.pump(self._inbox)
                 if time.monotonic() >= self._next_health:
                     self.node_health()
-                    link.check()
+                    if link is not None:
+                        link.check()
                     self._next_health = time.monotonic() + 1.0
         finally:
-            link.stop(self._inbox)
+            if link is not None:
+                link.stop(self._inbox)
+            else:
+                self._stop_assoc = True
+                self._assoc_thread.join()
+                self._assoc_thread = None
+                # Whatever arrived after the association thread's last look is fed now.
+                while self._inbox:
+                    self.assoc.feed(self._inbox.popleft())
+                while self._outbox and self.pub is not None:
+                    self.pub.send_multipart(self._outbox.popleft())
             self._inbox = None
         return self.stats
 
@@ -554,19 +532,7 @@ class LocatorService:
                 self.pub.send_multipart(self._outbox.popleft())
             now = time.monotonic()
             if now >= next_step:
-                t0 = time.perf_counter()
-                try:
-                    for ev in self.assoc.step(self.clock_ns(), budget_s=self.step_budget_s):
-                        self.publish(ev)
-                except Exception:                       # never let one bad step stop alerts
-                    log.exception("association step failed")
-                self.metrics.step.observe(time.perf_counter() - t0)
-                self.metrics.pending.set(len(self.assoc.pending))
-                self.metrics.search_lag.set(self.assoc.search_lag_s)
-                # A step that ran out of its budget left ripe seeds unsearched: the next
-                # one starts at once (waiting a step_s after each budget lost a tenth of
-                # the search on an overloaded night).
-                next_step = time.monotonic() + (0.0 if self.assoc.search_lag_s > 0 else self.step_s)
+                next_step = time.monotonic() + self._step_and_publish()
             else:
                 time.sleep(min(0.005, next_step - now))
 
@@ -577,11 +543,26 @@ class LocatorService:
             return dict(self._link.assoc_stats, process_restarts=self._link.restarts)
         return dataclasses.asdict(self.assoc.stats)
 
-    def close(self, max_flush: int = 500, flush_budget_s: float = 5.0) -> None:
-        """Stop: search what is pending (for at most ``flush_budget_s``) and publish,
-        unless more than ``max_flush`` detections are waiting (an overloaded night): they
-        are all in the store, and the next start replays them, so shutting down stays
-        quick."""
+    def _step_and_publish(self) -> float:
+        """One association step (its search stops after ``step_budget_s``), its events
+        published, its metrics set. Returns the wait (s) before the next: ``step_s``, or
+        none when this one ran out of its budget and left ripe seeds unsearched (waiting
+        a step after each budget lost a tenth of the search on an overloaded night)."""
+        t0 = time.perf_counter()
+        try:
+            for ev in self.assoc.step(self.clock_ns(), budget_s=self.step_budget_s):
+                self.publish(ev)
+        except Exception:                       # never let one bad step stop alerts
+            log.exception("association step failed")
+        self.metrics.step.observe(time.perf_counter() - t0)
+        self.metrics.pending.set(len(self.assoc.pending))
+        self.metrics.search_lag.set(self.assoc.search_lag_s)
+        return 0.0 if self.assoc.search_lag_s > 0 else self.step_s
+
+    def _final_flush(self, max_flush: int, flush_budget_s: float) -> None:
+        """Search what is pending (for at most ``flush_budget_s``) and publish, unless more
+        than ``max_flush`` detections are waiting (an overloaded night): they are all in
+        the store, and the next start replays them, so shutting down stays quick."""
         if len(self.assoc.pending) <= max_flush:
             t0 = time.monotonic()
             for ev in self.assoc.flush(budget_s=flush_budget_s):
@@ -591,6 +572,11 @@ class LocatorService:
         else:
             log.warning("stopping with %d detections not yet associated: stored, replayed at the next start",
                         len(self.assoc.pending))
+
+    def close(self, max_flush: int = 500, flush_budget_s: float = 5.0) -> None:
+        """Stop: the final search (:meth:`_final_flush`; with an association process, that
+        process did it), then every socket and file closed."""
+        self._final_flush(max_flush, flush_budget_s)
         if self.webhook:
             self.webhook.close()
         if self.events_fh:
@@ -693,7 +679,7 @@ def _association_main(endpoint: str, layout: SensorLayout, cfg: AssocConfig, sto
     svc.events_fh = open(events_path, "a") if events_path else None
     svc.on_event = None if quiet else (lambda ev: print(alert_line(ev), flush=True))
     svc.clock_ns = time.time_ns
-    svc.step_s, svc.sender = step_s, sender
+    svc.step_s, svc.step_budget_s, svc.sender = step_s, step_budget_s, sender
     svc.webhook = Webhook(webhook_url) if webhook_url else None
     svc.metrics = _MetricsRelay()
     svc.stats = ServiceStats()
@@ -725,23 +711,9 @@ def _association_main(endpoint: str, layout: SensorLayout, cfg: AssocConfig, sto
                     stopping = True
         if stopping or time.monotonic() < next_step:
             continue
-        t0 = time.perf_counter()
-        try:
-            for ev in svc.assoc.step(svc.clock_ns(), budget_s=step_budget_s):
-                svc.publish(ev)
-        except Exception:                       # never let one bad step stop alerts
-            log.exception("association step failed")
-        svc.metrics.step.observe(time.perf_counter() - t0)
-        svc.metrics.pending.set(len(svc.assoc.pending))
-        svc.metrics.search_lag.set(svc.assoc.search_lag_s)
+        next_step = time.monotonic() + svc._step_and_publish()
         report()
-        next_step = time.monotonic() + (0.0 if svc.assoc.search_lag_s > 0 else step_s)    # as _associate
-    if len(svc.assoc.pending) <= max_flush:
-        for ev in svc.assoc.flush(budget_s=flush_budget_s):
-            svc.publish(ev)
-    else:
-        log.warning("stopping with %d detections not yet associated: stored, replayed at the next start",
-                    len(svc.assoc.pending))
+    svc._final_flush(max_flush, flush_budget_s)
     report()
     if svc.webhook:
         svc.webhook.close()

@@ -129,7 +129,8 @@ def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(tmp_path, city_scen
 
 
 def _children(pid):
-    return [int(c) for t in os.listdir(f"/proc/{pid}/task") for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+    return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+            for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
 
 
 def _alive(pid):
