@@ -753,17 +753,25 @@ class _AssociationLink:
         self.ready = False
         self.done = False
         self.restarts = 0
+        self.target = _association_main
+        self._started = 0.0                # monotonic time of the last start
+        self._quick_deaths = 0             # deaths in a row within QUICK_DEATH_S of a start
+        self._restart_at: float | None = None
         self.assoc_stats: dict = {}
         self._base = {"published": 0, "alerts": 0}     # counted by association processes that ended
         self._last = {"published": 0, "alerts": 0}
+
+    QUICK_DEATH_S = 10.0       # a process that dies sooner after its start waits to be started again
+    MAX_RESTART_DELAY_S = 30.0
 
     def start(self) -> None:
         import multiprocessing
 
         self.ready = self.done = False
         self.proc = multiprocessing.get_context("spawn").Process(
-            target=_association_main, kwargs=dict(self.args, parent_pid=os.getpid()), name="shotnet-association",
+            target=self.target, kwargs=dict(self.args, parent_pid=os.getpid()), name="shotnet-association",
             daemon=True)
+        self._started = time.monotonic()
         self.proc.start()
 
     def _handle(self, frames: list[bytes]) -> None:
@@ -802,13 +810,25 @@ class _AssociationLink:
                 inbox.extendleft(reversed(dets))          # its queue is full: later
 
     def check(self) -> None:
-        """Start the association process again if it died (it replays the store)."""
-        if self.proc is not None and not self.proc.is_alive():
-            log.error("the association process exited (code %s): starting it again", self.proc.exitcode)
-            self.restarts += 1
+        """Start the association process again if it died (it replays the store): at
+        once, unless it died within ``QUICK_DEATH_S`` of its start, when it waits 2, 4,
+        8 ... s (at most ``MAX_RESTART_DELAY_S``) so that a process that cannot start (a
+        store it cannot read) does not take a core spawning itself."""
+        if self.proc is None or self.proc.is_alive():
+            return
+        now = time.monotonic()
+        if self._restart_at is None:
+            self._quick_deaths = self._quick_deaths + 1 if now - self._started < self.QUICK_DEATH_S else 0
+            delay = min(self.MAX_RESTART_DELAY_S, 2.0 ** self._quick_deaths) if self._quick_deaths else 0.0
+            log.error("the association process exited (code %s): starting it again in %.0f s",
+                      self.proc.exitcode, delay)
+            self._restart_at = now + delay
             for k in self._base:
                 self._base[k] += self._last[k]
             self._last = {"published": 0, "alerts": 0}
+        if now >= self._restart_at:
+            self._restart_at = None
+            self.restarts += 1
             self.start()
 
     def stop(self, inbox: collections.deque, timeout_s: float = 60.0) -> None:

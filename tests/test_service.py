@@ -223,6 +223,37 @@ def test_a_dead_association_process_is_started_again_and_loses_nothing(tmp_path,
     assert set(published) <= {e.event_id for e in st.events()}, "every published event is in the store"
 
 
+def _exit_at_once(**_):
+    """An association process that cannot start."""
+    os._exit(3)
+
+
+def test_an_association_process_that_cannot_start_is_retried_with_growing_delays(tmp_path, city_scene):
+    """One that dies within seconds of its start is started again after 2 s, then 4 s
+    (... at most 30 s), not at once: a process that cannot start must not take a core
+    spawning itself. One that ran for a while is started again at once (the kill -9
+    test above)."""
+    svc = LocatorService(city_scene.layout, AssocConfig(), "tcp://127.0.0.1:0", store=tmp_path / "x.sqlite",
+                         association_process=True)
+    link = svc._link
+    link.target = _exit_at_once
+    link.start()
+    starts, end = [time.monotonic()], time.monotonic() + 25.0
+    while link.restarts < 2 and time.monotonic() < end:
+        n = link.restarts
+        link.check()
+        if link.restarts > n:
+            starts.append(time.monotonic())
+        time.sleep(0.02)
+    if link.proc.is_alive():
+        link.proc.kill()
+    link.proc.join()
+    svc.close()
+    gaps = np.diff(starts)
+    assert link.restarts == 2 and link.proc.exitcode in (3, -9), (starts, link.proc.exitcode)
+    assert 2.0 <= gaps[0] < 7.0 and 4.0 <= gaps[1] < 9.0, gaps     # (each also waits for the death)
+
+
 def _service(tmp_path, scene, **kw):
     ctx = zmq.Context()
     svc = LocatorService(scene.layout, kw.pop("cfg", AssocConfig(temperature_c=scene.temperature_c)),
