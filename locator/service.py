@@ -839,8 +839,13 @@ class _AssociationLink:
             self.pump(inbox)
             time.sleep(0.01)
         self.pump(inbox)
-        if self.proc.is_alive():
-            self.sock.send_multipart([b"stop"])
+        while self.proc.is_alive() and time.monotonic() < end:
+            try:
+                self.sock.send_multipart([b"stop"], zmq.NOBLOCK)
+                break
+            except zmq.Again:                   # its queue is full: it may be busy, or stuck
+                self.pump(collections.deque())
+                time.sleep(0.01)
         while not self.done and self.proc.is_alive() and time.monotonic() < end:
             if self.sock.poll(50):
                 self.pump(collections.deque())
