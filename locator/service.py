@@ -661,8 +661,8 @@ def _association_main(endpoint: str, layout: SensorLayout, cfg: AssocConfig, sto
     """The association process: a :class:`LocatorService` without sockets of its own
     (its ``publish`` writes the store, the incidents, the webhook and events.jsonl as in
     the threaded service; PUB frames and metrics go back over ``endpoint``). Replays the
-    store at start, steps every ``step_s``, and on ``stop`` searches what is pending (as
-    :meth:`LocatorService.close`) before it says ``done``."""
+    store at start, steps every ``step_s``, and on ``stop`` searches what is pending
+    (:meth:`LocatorService._final_flush`) before it says ``done``."""
     _die_with_parent(parent_pid)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # The locator stops it, and it searches what is pending first: a Ctrl-C, or a SIGTERM
