@@ -516,7 +516,8 @@ class Associator:
                          p_s: np.ndarray, gate_ns: np.ndarray) -> set[str]:
         """Of the pending detections matching open events' predicted arrivals (``ops``,
         in order, each with its pairs ``idx[lo:hi]``, pending indices, ``miss`` ns from
-        the prediction; ``gate_ns`` their gates), those that join (:func:`kernels.attach_choose`):
+        the prediction; ``gate_ns`` their gates, 0 at their own sensors), those that join
+        (:func:`kernels.attach_choose`):
         per sensor the one nearest the prediction, not yet tried with the event nor
         taken by an earlier one, within hearing range. Beyond hearing range every
         match is chance, and on a crowded night chance matches are common: a far shot
@@ -551,12 +552,13 @@ class Associator:
         dist = np.stack([op.arrivals[5] for op in ops])
         r_used = np.array([op.arrivals[8] for op in ops])
         rates = np.stack([self._rates(op.t0_ns)[0] for op in ops])
+        # For the chance of a match by chance, its own sensors count at the plain gate.
+        gate_ns = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S)
         i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             idx, miss, lo, hi, p_s, np.zeros(len(p_s), dtype=np.bool_), have_off, i64(have_s), tried_off,
-            i64(tried_i), used_off, i64(used_s), dist, r_used, gate_ns, rates, float(self.cfg.gate_s),
-            float(self._wind_sd()), float(self.c**2), int(self.cfg.min_sensors), cache_ok, cache_off,
-            i64(cache_mine), cache_r)
+            i64(tried_i), used_off, i64(used_s), dist, r_used, gate_ns, rates, int(self.cfg.min_sensors), cache_ok,
+            cache_off, i64(cache_mine), cache_r)
         held: set[str] = set()
         for j in np.flatnonzero(computed):
             op = ops[j]

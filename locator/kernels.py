@@ -1251,7 +1251,7 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
 
 @numba.njit(cache=True, nogil=True)
 def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tried_i, used_off, used_s, dist, r_used,
-                  gate, rates, gate_s, wind_sd, c2, min_count, cache_ok, cache_off, cache_mine, cache_r):
+                  gate, rates, min_count, cache_ok, cache_off, cache_mine, cache_r):
     """The attach step's choice, for each open event ``j`` with matches (its pairs from
     :func:`arrival_matches` at ``idx[lo[j]:hi[j]]``, pending indices, ``miss`` ns from
     the prediction; events in order): per sensor the pending detection nearest the
@@ -1262,8 +1262,7 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
     distances, m); else those within the radius of the most significant disc
     (:func:`significant_radius` of its own sensors ``used``, the waiting ones and the
     matched ones, chance per sensor ``1 - exp(-rate * 2 g)`` at ``rates[j]`` per s,
-    ``g`` the gate ``gate[j]`` ns, or for its own sensors ``gate_s + wind_sd d / c2``
-    s), reusing the radius cached for the same matched sensors when ``cache_ok[j]``
+    ``g`` the gate ``gate[j]`` ns, its own sensors' included), reusing the radius cached for the same matched sensors when ``cache_ok[j]``
     (``cache_mine``, ``cache_r``). The CSR pairs ``*_off, *_s/_i`` are per event.
 
     Returns ``(joined pending indices, their offsets per event, matched sensors, their
@@ -1335,10 +1334,7 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
                     for q in range(n_t):
                         hit[mine[q]] = True
                     for s in range(n_sens):
-                        g = gate[j, s]
-                        if not g > 0:
-                            g = (gate_s + wind_sd * dist[j, s] / c2) * 1e9
-                        p[s] = -math.expm1(-(rates[j, s] * 2.0) * (g / 1e9))
+                        p[s] = -math.expm1(-(rates[j, s] * 2.0) * (gate[j, s] / 1e9))
                     r_keep = significant_radius(dist[j], hit, p, r_own, min_count, 3)
                     computed[j] = True
                 radius[j] = r_keep
