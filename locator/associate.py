@@ -47,6 +47,11 @@ One step:
 4. *Expire*: detections older than the array's crossing time that found no shot are
    dropped and counted as unassociated (false or single-sensor impulses).
 
+The medium is learned from the shots: the regional wind (:meth:`Associator._learn_wind`)
+and the speed of sound (:meth:`Associator._learn_c`), each the median of recent fits'
+estimates, their uncertainty in every gate and ellipse; until the first, the configured
+temperature with its ``temperature_sigma_c``.
+
 Event ids are deterministic: a hash of the key (``sensor_id:seq``) of the earliest
 detection the first published solution used (unique: a detection serves at most one
 shot), so a replay or a second locator on the same stream produces the same ids. (The
@@ -83,6 +88,11 @@ from .locate import Solution, _median, locate, locate_wind_robust
 log = logging.getLogger(__name__)
 
 NOW_INFINITE = 1 << 62
+# The regional speed of sound: at most this many measurements (a fireworks night makes
+# hundreds a minute), and never more certain than this (m/s): a survey's errors bias
+# every shot's measurement alike, by a few tenths.
+_C_MAX_ESTIMATES = 1000
+_C_SD_FLOOR = 0.25
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,13 @@ class AssocConfig:
     max_wind_m_per_s: float = 6.0        # bound on the unknown wind, for gating
     wind_uncertainty_m_per_s: float = 1.5  # once estimated
     wind_history: int = 15               # the regional wind: median of this many recent estimates
+    temperature_sigma_c: float = 3.0     # 1-sigma error of temperature_c (the air's, over the region;
+                                         # 0: exact, and the speed of sound is not learned)
+    estimate_c: bool = True              # learn the regional speed of sound from well-heard shots...
+    c_min_sensors: int = 12              # ...fits using this many sensors (and the wind, if estimated)
+    c_window_s: float = 600.0            # the regional speed of sound: median of the estimates from
+    c_history: int = 15                  # shots in this window (the air's temperature drifts over
+                                         # hours), and at least this many
 
 
 @dataclass
@@ -288,7 +305,13 @@ class Associator:
     def __init__(self, layout: SensorLayout, cfg: AssocConfig = AssocConfig()):
         self.layout = layout
         self.cfg = cfg
-        self.c = speed_of_sound_m_per_s(cfg.temperature_c)
+        # The speed of sound: from the configured temperature, with that temperature's
+        # error, until well-heard shots have measured it (_learn_c).
+        self.c = self.c_config = speed_of_sound_m_per_s(cfg.temperature_c)
+        self.c_sd = self._c_prior_sd = 0.5 * (speed_of_sound_m_per_s(cfg.temperature_c + cfg.temperature_sigma_c) -
+                                              speed_of_sound_m_per_s(cfg.temperature_c - cfg.temperature_sigma_c))
+        # Measurements of the speed of sound: the shots' times (ns), c (m/s), its sd (m/s).
+        self._cs = (collections.deque(), collections.deque(), collections.deque())
         self.z_src = layout.ground_enu_up_m + cfg.source_height_m
         self.idx = layout.index()
         self.wind = np.asarray(cfg.wind_m_per_s, dtype=np.float64).copy()
@@ -351,12 +374,15 @@ class Associator:
             self._region.append((np.ascontiguousarray(cgx[sel]), np.ascontiguousarray(cgy[sel])))
         self._spx, self._spy, self._spz = (np.ascontiguousarray(self.pos[:, k]) for k in range(3))
         diag = float(np.linalg.norm(hi - lo))
-        self.max_travel_s = diag / self.c
+        # Windows that must hold every arrival of a shot are sized for the slowest sound
+        # the configured temperature allows (3 sigma colder).
+        c_slow = self.c - 3.0 * self._c_prior_sd
+        self.max_travel_s = diag / c_slow
         # Longest time between two detections of one shot: across the sensors, plus wind;
         # and per sensor pair (the pair gate).
         pair_m = np.linalg.norm(self.pos[:, None, :2] - self.pos[None, :, :2], axis=2)
         slack_s = cfg.gate_s + 2 * cfg.window_tol_s
-        self._pair_ns = ((pair_m / self.c * (1 + cfg.max_wind_m_per_s / self.c) + slack_s) * NS_PER_S).astype(np.int64)
+        self._pair_ns = ((pair_m / c_slow * (1 + cfg.max_wind_m_per_s / c_slow) + slack_s) * NS_PER_S).astype(np.int64)
         self.shot_span_ns = int(self._pair_ns.max())
         # Each sensor's others, nearest first.
         # (Not simply argsort's [1:]: two sensors at one place would tie with the sensor
@@ -651,12 +677,12 @@ class Associator:
                            if p.key not in results and not cur.gone(p) and p.key not in skip and
                            (p is d or explained(p.t_ns, self.idx[p.sensor_id]) is None))
                     results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
-                known = self.wind_known
+                known = self._medium_known()
                 ev = self._search_seed(d, results.pop(d.key)[:-1], now_ns, skip, cur)
-                if self.wind_known != known:
-                    # The first wind estimate narrows the search windows: search again.
-                    # (Later estimates move the regional wind a little; the searches
-                    # done this step keep the one they started with.)
+                if self._medium_known() != known:
+                    # The first estimate of the wind (or of the speed of sound) narrows
+                    # the search windows: search again. (Later estimates move them a
+                    # little; the searches done this step keep the ones they started with.)
                     results.clear()
                 if self._taken:
                     lost += cur.take(self._taken)
@@ -1099,17 +1125,28 @@ class Associator:
 
     def _hyp_window_s(self) -> float:
         """Half window (s) within which a triple's source must predict a detection to
-        count a sensor: the tolerance, and the wind's uncertainty over a few hundred m."""
-        return 2 * self.cfg.window_tol_s + self._wind_sd() * self.cfg.hyp_wind_range_m / self.c**2
+        count a sensor: the tolerance, and the medium's uncertainty (wind, speed of
+        sound) over a few hundred m."""
+        return 2 * self.cfg.window_tol_s + self._medium_err() * self.cfg.hyp_wind_range_m / self.c**2
 
     def _wind_sd(self) -> float:
         """Uncertainty (m/s) of the regional wind the locator currently assumes."""
         return self.cfg.wind_uncertainty_m_per_s if self.wind_known else self.cfg.max_wind_m_per_s
 
+    def _medium_err(self) -> float:
+        """How far (m/s) the sound's speed along a path may be off what the locator
+        assumes: the wind's uncertainty, and 3 sigma of the speed of sound's."""
+        return self._wind_sd() + 3.0 * self.c_sd
+
+    def _medium_known(self) -> tuple[bool, bool]:
+        """Whether the wind, and the speed of sound, have been measured."""
+        return self.wind_known, bool(self._cs[0])
+
     def _gate_s(self, dist_m, sd_pred_s=0.0):
         """How far (s) a detection at ``dist_m`` may sit from its predicted arrival: the
-        gate, 3 sigma of the prediction, and an unmodelled wind's |w| d / c^2."""
-        return self.cfg.gate_s + 3.0 * sd_pred_s + self._wind_sd() * dist_m / self.c**2
+        gate, 3 sigma of the prediction, and the medium's error's ``e d / c^2``
+        (:meth:`_medium_err`)."""
+        return self.cfg.gate_s + 3.0 * sd_pred_s + self._medium_err() * dist_m / self.c**2
 
     def _grid(self, gx, gy, s0, t, offsets, half_window_s):
         n = len(gx)
@@ -1144,7 +1181,8 @@ class Associator:
         est = self.cfg.estimate_wind and len(dets) >= self.cfg.wind_min_sensors
         solver = locate_wind_robust if est else locate
         sol = solver(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=x0, wind_m_per_s=self.wind,
-                     wind_sigma_m_per_s=self._wind_sd(), **({"min_wind_used": self.cfg.wind_min_sensors} if est else {}))
+                     wind_sigma_m_per_s=self._wind_sd(), c_sigma_m_per_s=self.c_sd,
+                     **({"min_wind_used": self.cfg.wind_min_sensors} if est else {}))
         aerial = False
         # A source well above the ground shows in a 2-D fit as large residuals or
         # dropped detections (its height is worth tens of ms at the nearest sensors);
@@ -1159,8 +1197,55 @@ class Associator:
         if sol is None or sol.n_used < self.cfg.min_sensors or sol.residual_rms_s > self._max_rms(sig):
             return None
         used = [d for d, u in zip(dets, sol.used) if u]
+        t0_ns = t_ref + int(round(sol.t0_s * NS_PER_S))
+        self._learn_c(sol, pos, sig, t0_ns)
         self._learn_wind(sol)
-        return sol, used, t_ref + int(round(sol.t0_s * NS_PER_S)), aerial
+        return sol, used, t0_ns, aerial
+
+    def _learn_c(self, sol: Solution, pos: np.ndarray, sig: np.ndarray, t0_ns: int) -> None:
+        """The speed of sound is shared by every sound in the region too, and the
+        configured temperature is rarely the air's (night and day differ by 10 C, 6 m/s;
+        1% off in ``c`` moves a shot outside the array by metres): each fit using
+        ``c_min_sensors`` or more (with the wind estimated, when it is) measures it, as one
+        more unknown (:func:`kernels.c_offset`), and the regional speed is the median of
+        the measurements from shots in the last ``c_window_s`` (at least ``c_history`` of
+        them), its uncertainty theirs. Before the first, the configured temperature's
+        ``temperature_sigma_c`` stands. Every good fit counts, as for the wind."""
+        cfg = self.cfg
+        if (not cfg.estimate_c or cfg.temperature_sigma_c <= 0 or sol.n_used < cfg.c_min_sensors or
+                (cfg.estimate_wind and not sol.wind_estimated)):
+            return
+        par = np.array([sol.x_m, sol.y_m] + ([sol.z_m] if sol.ndim == 3 else []) + [sol.t0_s] +
+                       (list(sol.wind_m_per_s) if sol.wind_estimated else []))
+        u = sol.used
+        dc, info = kernels.c_offset(np.ascontiguousarray(pos[:, 0]), np.ascontiguousarray(pos[:, 1]),
+                                    np.ascontiguousarray(pos[:, 2]), sig, u, par, sol.ndim, float(self.z_src),
+                                    float(self.c), sol.wind_estimated, sol.residuals_s)
+        if info <= 0.0:
+            return
+        # The residuals' scale once c is free too (the step takes dc^2 info off chi^2).
+        dof = max(1, sol.n_used - len(par) - 1)
+        chi2 = float(np.sum((sol.residuals_s[u] / sig[u]) ** 2)) - dc * dc * info
+        sd = math.sqrt(max(1.0, chi2 / dof) / info)
+        c_new = self.c + dc
+        # Only a measurement that says more than the configured temperature (and one a
+        # thermometer could read: -40..+50 C).
+        if sd > self._c_prior_sd or not 306.0 <= c_new <= 361.0:
+            return
+        ts, cs, sds = self._cs
+        ts.append(t0_ns)
+        cs.append(c_new)
+        sds.append(sd)
+        while len(ts) > cfg.c_history and (ts[-1] - ts[0] > cfg.c_window_s * NS_PER_S or len(ts) > _C_MAX_ESTIMATES):
+            ts.popleft()
+            cs.popleft()
+            sds.popleft()
+        n = len(cs)
+        c_all = np.fromiter(cs, dtype=np.float64, count=n)
+        self.c = float(np.median(c_all))
+        spread = 1.4826 * float(np.median(np.abs(c_all - self.c))) if n >= 3 else 0.0
+        self.c_sd = max(_C_SD_FLOOR, float(np.median(np.fromiter(sds, dtype=np.float64, count=n))) / math.sqrt(n),
+                        1.2533 * spread / math.sqrt(n))
 
     def _learn_wind(self, sol: Solution) -> None:
         """The wind is shared by every sound in the region: the regional wind is the
@@ -1216,10 +1301,11 @@ class Associator:
         if self.cfg.estimate_wind and len(t) > self.cfg.wind_min_sensors:
             sol3 = locate_wind_robust(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=start, ndim=3,
                                       wind_m_per_s=self.wind, wind_sigma_m_per_s=self._wind_sd(),
+                                      c_sigma_m_per_s=self.c_sd,
                                       min_wind_used=self.cfg.wind_min_sensors + 1)
         else:
             sol3 = locate(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=start, ndim=3,
-                          wind_m_per_s=self.wind, wind_sigma_m_per_s=self._wind_sd())
+                          wind_m_per_s=self.wind, wind_sigma_m_per_s=self._wind_sd(), c_sigma_m_per_s=self.c_sd)
         if sol3 is None or sol3.dof < 1:
             return None
         h = sol3.z_m - self.z_src

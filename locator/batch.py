@@ -16,6 +16,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="shotnet locate", description="Locate shots in a detections file.")
     ap.add_argument("--sensors", required=True, help="sensor layout (GeoJSON FeatureCollection)")
     ap.add_argument("--temperature-c", type=float, default=20.0, help="air temperature (deg C)")
+    ap.add_argument("--temperature-sigma-c", type=float, default=AssocConfig.temperature_sigma_c,
+                    help="its 1-sigma error (deg C) until shots heard by many sensors measure the speed of sound; "
+                         "0: exact, not learned")
     ap.add_argument("--min-sensors", type=int, default=AssocConfig.min_sensors)
     ap.add_argument("--no-wind", action="store_true", help="do not estimate the wind")
     ap.add_argument("--survey-sigma-m", type=float, default=AssocConfig.survey_sigma_m,
@@ -42,7 +45,8 @@ def main(argv=None) -> int:
             except ContractError as exc:
                 bad += 1
                 print(f"{args.detections}:{n}: skipped: {exc}", file=sys.stderr)
-    cfg = AssocConfig(temperature_c=args.temperature_c, min_sensors=args.min_sensors,
+    cfg = AssocConfig(temperature_c=args.temperature_c, temperature_sigma_c=args.temperature_sigma_c,
+                      min_sensors=args.min_sensors,
                       estimate_wind=not args.no_wind, survey_sigma_m=args.survey_sigma_m)
     for ev in locate_stream(layout, dets, cfg):
         print(ev.to_json())

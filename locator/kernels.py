@@ -644,18 +644,17 @@ def robust_fit(px, py, pz, t, sigma, x0, c, z_src, ndim, est_wind, wind, outlier
 
 
 @numba.njit(cache=True, nogil=True)
-def wind_cov(px, py, pz, sig, mask, par, ndim, z_src, c, wind_sigma, out):
-    """Covariance (of x, y, (z,) t0; ``out`` (ndim+1, ndim+1)) caused by an error of
-    ``wind_sigma`` m/s in each component of a wind that was given rather than estimated.
-
-    To first order a wind error ``dw`` moves the arrivals by ``G dw`` (``G = -d/c^2``,
-    ``d`` sensor minus source); weighted least squares maps that to ``S dw`` with
-    ``S = (J^T W J)^-1 J^T W G``, so the added covariance is ``wind_sigma^2 S S^T``.
-    Returns False (``out`` untouched) when ``J^T W J`` is singular."""
-    k = ndim + 1
-    jtj = np.zeros((k, k))
-    jtg = np.zeros((k, 2))
-    row = np.empty(k)
+def _given_normal(px, py, pz, sig, mask, par, ndim, z_src, c, est_wind, r, jtj, jtg, jtr, gtg, gtr):
+    """The weighted normal sums behind :func:`given_cov` and :func:`c_offset`, to first
+    order (travel time ``|d| / c - d . w / c^2``, ``d`` sensor minus source): ``J`` the
+    arrival's derivatives in the solved unknowns (x, y, (z,) t0, (wind east, north)),
+    ``G`` in the given ones (wind east, wind north, speed of sound: ``-d_x / c^2``,
+    ``-d_y / c^2``, ``-|d| / c^2``), ``W = 1 / sig^2`` over the detections in ``mask``,
+    ``r`` the residuals (s). Fills ``J^T W J``, ``J^T W G``, ``J^T W r``, ``G^T W G``
+    and ``G^T W r``."""
+    m = jtj.shape[0]
+    row = np.zeros(m)
+    g = np.empty(3)
     szp = par[2] if ndim == 3 else z_src
     for i in range(px.shape[0]):
         if not mask[i]:
@@ -663,28 +662,86 @@ def wind_cov(px, py, pz, sig, mask, par, ndim, z_src, c, wind_sigma, out):
         dx = px[i] - par[0]
         dy = py[i] - par[1]
         dz = pz[i] - szp
-        r = math.sqrt(dx * dx + dy * dy + dz * dz)
-        row[0] = -dx / (c * r)
-        row[1] = -dy / (c * r)
+        d = math.sqrt(dx * dx + dy * dy + dz * dz)
+        row[0] = -dx / (c * d)
+        row[1] = -dy / (c * d)
         if ndim == 3:
-            row[2] = -dz / (c * r)
+            row[2] = -dz / (c * d)
         row[ndim] = 1.0
+        g[0] = -dx / (c * c)
+        g[1] = -dy / (c * c)
+        g[2] = -d / (c * c)
+        if est_wind:
+            row[ndim + 1] = g[0]
+            row[ndim + 2] = g[1]
         w = 1.0 / (sig[i] * sig[i])
-        gx = -dx / (c * c)
-        gy = -dy / (c * c)
-        for a in range(k):
-            jtg[a, 0] += row[a] * w * gx
-            jtg[a, 1] += row[a] * w * gy
-            for b in range(k):
+        for a in range(m):
+            for k in range(3):
+                jtg[a, k] += row[a] * w * g[k]
+            jtr[a] += row[a] * w * r[i]
+            for b in range(m):
                 jtj[a, b] += row[a] * w * row[b]
+        for k in range(3):
+            gtr[k] += g[k] * w * r[i]
+            for k2 in range(3):
+                gtg[k, k2] += g[k] * w * g[k2]
+
+
+@numba.njit(cache=True, nogil=True)
+def given_cov(px, py, pz, sig, mask, par, ndim, z_src, c, est_wind, wind_sigma, c_sigma, out):
+    """Covariance (of the solved unknowns; ``out`` (m, m)) caused by errors in what the
+    solve took as given: ``wind_sigma`` m/s in each component of a wind that was not
+    estimated (ignored when ``est_wind``), ``c_sigma`` m/s in the speed of sound.
+
+    To first order an error ``e`` in a given quantity moves the arrivals by ``G e``;
+    weighted least squares maps that to ``S e`` with ``S = (J^T W J)^-1 J^T W G``, so the
+    added covariance is ``sum sigma_k^2 S_k S_k^T`` (:func:`_given_normal`). Returns
+    False (``out`` untouched) when ``J^T W J`` is singular."""
+    m = out.shape[0]
+    jtj = np.zeros((m, m))
+    jtg = np.zeros((m, 3))
+    jtr = np.zeros(m)
+    gtg = np.zeros((3, 3))
+    gtr = np.zeros(3)
+    _given_normal(px, py, pz, sig, mask, par, ndim, z_src, c, est_wind, np.zeros(px.shape[0]), jtj, jtg, jtr,
+                  gtg, gtr)
     if abs(np.linalg.det(jtj)) < 1e-300:
         return False
     s_mat = np.linalg.solve(jtj, jtg)
-    ws2 = wind_sigma * wind_sigma
-    for a in range(k):
-        for b in range(k):
-            out[a, b] = ws2 * (s_mat[a, 0] * s_mat[b, 0] + s_mat[a, 1] * s_mat[b, 1])
+    ws2 = 0.0 if est_wind else wind_sigma * wind_sigma
+    cs2 = c_sigma * c_sigma
+    for a in range(m):
+        for b in range(m):
+            out[a, b] = ws2 * (s_mat[a, 0] * s_mat[b, 0] + s_mat[a, 1] * s_mat[b, 1]) + cs2 * s_mat[a, 2] * s_mat[b, 2]
     return True
+
+
+@numba.njit(cache=True, nogil=True)
+def c_offset(px, py, pz, sig, mask, par, ndim, z_src, c, est_wind, r):
+    """What a fit's residuals ``r`` (s; the solution ``par`` at speed of sound ``c``)
+    say of the speed of sound: one Gauss-Newton step with ``c`` as one more unknown
+    (:func:`_given_normal`, its column ``G_c = -|d| / c^2``). Returns ``(dc, info)``:
+    the correction (m/s) and its information ``G_c^T W P G_c`` (``P`` projects out the
+    solved unknowns), so ``dc``'s variance is the fit's residual scale over ``info``;
+    ``info`` is 0 when the geometry cannot tell ``c`` from the other unknowns."""
+    m = ndim + 1 + (2 if est_wind else 0)
+    jtj = np.zeros((m, m))
+    jtg = np.zeros((m, 3))
+    jtr = np.zeros(m)
+    gtg = np.zeros((3, 3))
+    gtr = np.zeros(3)
+    _given_normal(px, py, pz, sig, mask, par, ndim, z_src, c, est_wind, r, jtj, jtg, jtr, gtg, gtr)
+    if abs(np.linalg.det(jtj)) < 1e-300:
+        return 0.0, 0.0
+    a = np.linalg.solve(jtj, jtg[:, 2].copy())     # (J^T W J)^-1 J^T W G_c
+    info = gtg[2, 2]
+    num = gtr[2]
+    for k in range(m):
+        info -= jtg[k, 2] * a[k]
+        num -= a[k] * jtr[k]
+    if info <= 1e-12 * gtg[2, 2] or info <= 0.0:
+        return 0.0, 0.0
+    return num / info, info
 
 
 @numba.njit(cache=True, nogil=True)

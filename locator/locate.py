@@ -142,7 +142,7 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
            z_src_m: float = 1.5, x0=None, ndim: int = 2, wind_m_per_s=(0.0, 0.0),
            estimate_wind: bool = False, outlier_sigma: float = 4.0, ransac_below: int = 9,
            min_used: int = 4, max_wind_m_per_s: float = 25.0, late_sigma: float = 3.0,
-           wind_sigma_m_per_s: float = 0.0) -> Solution | None:
+           wind_sigma_m_per_s: float = 0.0, c_sigma_m_per_s: float = 0.0) -> Solution | None:
     """Locate a source from arrival times.
 
     Parameters
@@ -158,6 +158,7 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     estimate_wind : add the wind as two unknowns (needs a few more sensors)
     wind_sigma_m_per_s : 1-sigma error of a wind that is given, not estimated (m/s, per
         component); its effect on the solution is added to the covariance
+    c_sigma_m_per_s : 1-sigma error of ``c_m_per_s``; its effect is added likewise
     late_sigma : a detection this many sigmas late is dropped (early ones at ``outlier_sigma``)
 
     Returns None when fewer than ``min_used`` detections remain or the problem is singular.
@@ -198,17 +199,17 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
             return locate(pos_m, t_s, sigma_s, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0[: ndim + 1], ndim=ndim,
                           wind_m_per_s=wind_m_per_s, estimate_wind=False, outlier_sigma=outlier_sigma,
                           ransac_below=ransac_below, min_used=min_used, late_sigma=late_sigma,
-                          wind_sigma_m_per_s=wind_sigma_m_per_s)
+                          wind_sigma_m_per_s=wind_sigma_m_per_s, c_sigma_m_per_s=c_sigma_m_per_s)
         if status != 0:
             return None
-        return _finish(pos, par, cov, used.astype(bool), r, sig_out, mod, wind_sigma_m_per_s)
+        return _finish(pos, par, cov, used.astype(bool), r, sig_out, mod, wind_sigma_m_per_s, c_sigma_m_per_s)
     par, cov, chi2 = _solve(cols, t, sig, mask, x0, mod, kernels.LOSS_L2, 1.0)
     if mod.est_wind and (chi2 < 0 or np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
         # Too little geometry to tell wind from position: solve with the wind as given.
         return locate(pos_m, t_s, sigma_s, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0[: ndim + 1], ndim=ndim,
                       wind_m_per_s=wind_m_per_s, estimate_wind=False, outlier_sigma=outlier_sigma,
                       ransac_below=ransac_below, min_used=min_used, late_sigma=late_sigma,
-                      wind_sigma_m_per_s=wind_sigma_m_per_s)
+                      wind_sigma_m_per_s=wind_sigma_m_per_s, c_sigma_m_per_s=c_sigma_m_per_s)
     if chi2 < 0:
         return None
     r = t - _predict(pos, par, mod)
@@ -247,11 +248,13 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
         par, cov, chi2 = _solve(cols, t, sig, mask, par, mod, kernels.LOSS_L2, 1.0)
         if chi2 < 0 or (mod.est_wind and np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
             return None
-    return _finish(pos, par, cov, mask, t - _predict(pos, par, mod), sig, mod, wind_sigma_m_per_s)
+    return _finish(pos, par, cov, mask, t - _predict(pos, par, mod), sig, mod, wind_sigma_m_per_s, c_sigma_m_per_s)
 
 
-def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float) -> Solution:
-    """Package a fit: covariance scaled by the residuals, a given wind's error added."""
+def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
+            c_sigma_m_per_s: float = 0.0) -> Solution:
+    """Package a fit: covariance scaled by the residuals, the errors of a given wind and
+    of the speed of sound added."""
     ndim = mod.ndim
     dof = int(used.sum()) - mod.n_params
     chi2 = float(np.sum((r[used] / sig[used]) ** 2))
@@ -262,13 +265,12 @@ def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float)
     if dof >= 1 and chi2 / dof * ellipse_factor(dof, estimated=True) > k:
         scale2, k = chi2 / dof, ellipse_factor(dof, estimated=True)
     cov = cov * scale2
-    if not mod.est_wind and wind_sigma_m_per_s > 0:
-        add = np.zeros((ndim + 1, ndim + 1))
-        if kernels.wind_cov(np.ascontiguousarray(pos[:, 0]), np.ascontiguousarray(pos[:, 1]),
-                            np.ascontiguousarray(pos[:, 2]), sig, used, par, ndim, mod.z_src, mod.c,
-                            float(wind_sigma_m_per_s), add):
-            cov = cov.copy()
-            cov[:ndim + 1, :ndim + 1] += add
+    if (not mod.est_wind and wind_sigma_m_per_s > 0) or c_sigma_m_per_s > 0:
+        add = np.zeros((mod.n_params, mod.n_params))
+        if kernels.given_cov(np.ascontiguousarray(pos[:, 0]), np.ascontiguousarray(pos[:, 1]),
+                             np.ascontiguousarray(pos[:, 2]), sig, used, par, ndim, mod.z_src, mod.c, mod.est_wind,
+                             float(wind_sigma_m_per_s), float(c_sigma_m_per_s), add):
+            cov = cov + add
     wx, wy = mod.wind_of(par)
     z_src_m = mod.z_src
     return Solution(

@@ -180,6 +180,9 @@ class Metrics:
         self.search_lag = Gauge("shotnet_locator_search_lag_seconds",
                                 "How long past its planned search the oldest unsearched detection is (0: keeping up)",
                                 registry=r)
+        self.medium = Gauge("shotnet_locator_medium",
+                            "The regional medium the locator assumes, learned from well-heard shots: speed of sound "
+                            "and its 1-sigma, wind east and north (m/s)", ["quantity"], registry=r)
         self.latency = Histogram("shotnet_locator_alert_latency_seconds",
                                  "Wall time from the estimated shot to the first publication",
                                  buckets=(0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 20), registry=r)
@@ -557,6 +560,10 @@ class LocatorService:
         self.metrics.step.observe(time.perf_counter() - t0)
         self.metrics.pending.set(len(self.assoc.pending))
         self.metrics.search_lag.set(self.assoc.search_lag_s)
+        a = self.assoc
+        for quantity, v in (("speed_of_sound", a.c), ("speed_of_sound_sigma", a.c_sd), ("wind_east", a.wind[0]),
+                            ("wind_north", a.wind[1])):
+            self.metrics.medium.labels(quantity).set(float(v))
         return 0.0 if self.assoc.search_lag_s > 0 else self.step_s
 
     def _final_flush(self, max_flush: int, flush_budget_s: float) -> None:
@@ -623,7 +630,7 @@ class _MetricsRelay:
 
     def __init__(self):
         self.ops: list = []
-        for name in ("events", "latency", "step", "pending", "search_lag"):
+        for name in ("events", "latency", "step", "pending", "search_lag", "medium"):
             setattr(self, name, _MetricRelay(name, self.ops))
 
     def take(self) -> list:

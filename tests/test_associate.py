@@ -640,3 +640,37 @@ def test_label_chance_uses_the_rate_of_gunshot_rated_detections():
     p_gun = kernels.chance_tail(0.0, 0.0, 0.0, sx, sy, sz, sens[ten], 0.02, r_gun, 10 - 3)
     both = kernels.label_chance(0.0, 0.0, 0.0, sx, sy, sz, sens, ten, 0.02, r_all, r_gun, 3)
     assert both == pytest.approx(2 * p_gun) and both < 1e-12
+
+
+@pytest.mark.parametrize("true_c", [8.0, 32.0])
+def test_the_speed_of_sound_is_learned_when_the_temperature_is_wrong(true_c):
+    """The locator is told 20 C; the air is 8 C (night) or 32 C (a summer afternoon),
+    7 m/s of sound speed off. Taking the configured value as exact, shots are placed
+    metres off and the ellipses miss; learning the speed from the well-heard shots (as
+    the wind), the locator finds it to a fraction of a m/s and places shots as well as
+    when told the truth."""
+    from shotnet.locator.synthetic import StreamConfig, make_stream, score
+    from shotnet.sensor.acoustics import speed_of_sound_m_per_s
+    from shotnet.sensor.scene import default_layout
+
+    lay = default_layout()
+    dets, truth, loc_layout = make_stream(lay, 120, 600.0, StreamConfig(temperature_c=true_c), seed=8)
+    got = {}
+    for learn in (True, False):
+        a = Associator(loc_layout, AssocConfig(temperature_c=20.0, survey_sigma_m=1.0, estimate_c=learn))
+        latest = {}
+        for d in dets:
+            for ev in a.step(d.t_ns):
+                latest[ev.event_id] = ev
+            a.feed(d)
+        for ev in a.flush():
+            latest[ev.event_id] = ev
+        rows, false = score(list(latest.values()), truth, lay)
+        found = [r for r in rows if r[1] is not None and r[0].n_heard >= 6]
+        got[learn] = (a.c, np.median([r[2] for r in found]), np.mean([r[3] for r in found]), len(found), len(false))
+    c, median_m, coverage, n, n_false = got[True]
+    assert abs(c - speed_of_sound_m_per_s(true_c)) < 1.0, got
+    assert median_m < 2.0 and 0.90 <= coverage <= 0.98 and n >= 0.9 * sum(tr.n_heard >= 6 for tr in truth), got
+    assert n_false == 0
+    c_fixed, median_fixed, coverage_fixed, _, _ = got[False]
+    assert c_fixed == speed_of_sound_m_per_s(20.0) and (median_fixed > 2 * median_m or coverage_fixed < 0.8), got

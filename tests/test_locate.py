@@ -147,3 +147,58 @@ def test_a_free_wind_does_not_swallow_late_arrivals(rng):
     assert r.wind_estimated
     assert kept_robust <= 0.25 * kept_free and kept_robust <= 10
     assert np.percentile(err_robust, 90) < 0.5 * np.percentile(err_free, 90)
+
+
+def test_an_uncertain_speed_of_sound_is_in_the_ellipse(rng):
+    """The speed of sound comes from a temperature that is off by a few degrees (1.8 m/s
+    per 3 C); sixteen sensors over 2 km, 0.2 ms picks. With that uncertainty stated, the
+    95% ellipse covers the truth (conservatively: a wrong c also leaves misfit, which
+    the residual scale already counts); without it, often not, though the fits look
+    good."""
+    cover = {}
+    for c_sigma in (1.8, 0.0):
+        inside = 0
+        for _ in range(300):
+            pos = _geometry(rng, 16, half=1000.0)
+            src = np.r_[rng.uniform(-1000, 1000, 2), 1.5]
+            t = travel_time_s(src, pos, C + rng.normal(0, 1.8), (0.0, 0.0)) + rng.normal(0, 2e-4, 16)
+            s = locate(pos, t, np.full(16, 2e-4), c_m_per_s=C, outlier_sigma=1e9, late_sigma=1e9,
+                       c_sigma_m_per_s=c_sigma)
+            e = np.array([s.x_m - src[0], s.y_m - src[1]])
+            inside += e @ np.linalg.solve(s.cov[:2, :2], e) <= s.ellipse_factor
+        cover[c_sigma] = inside / 300
+    assert cover[1.8] >= 0.93 and cover[0.0] < 0.75, cover
+
+
+@pytest.mark.parametrize("wind", [(0.0, 0.0), (4.0, -2.5)])
+def test_a_fits_residuals_measure_the_speed_of_sound(rng, wind):
+    """Solved at 343 m/s when sound travelled at 341 (3 C colder): one Gauss-Newton step
+    with c as one more unknown (kernels.c_offset) gives it back within its stated sigma,
+    with the wind free or none. From 10 C off (337 m/s) the step is short (the model is
+    not linear that far), and a few steps, each solved at the last one's c, as the
+    associator's regional estimate does, reach it."""
+    from shotnet.locator import kernels
+
+    def step(pos, t, sig, c):
+        s = locate(pos, t, sig, c_m_per_s=c, estimate_wind=wind != (0.0, 0.0), outlier_sigma=1e9, late_sigma=1e9)
+        par = np.array([s.x_m, s.y_m, s.t0_s] + (list(s.wind_m_per_s) if s.wind_estimated else []))
+        dc, info = kernels.c_offset(pos[:, 0].copy(), pos[:, 1].copy(), pos[:, 2].copy(), sig, s.used, par, 2, 1.5,
+                                    c, s.wind_estimated, s.residuals_s)
+        assert info > 0
+        return c + dc, info
+
+    pulls, far = [], []
+    for _ in range(40):
+        pos = _geometry(rng, 16, half=1000.0)
+        src = np.r_[rng.uniform(-600, 600, 2), 1.5]
+        sig = np.full(16, 2e-4)
+        t = travel_time_s(src, pos, 341.0, wind) + rng.normal(0, 2e-4, 16)
+        c, info = step(pos, t, sig, C)
+        pulls.append((c - 341.0) * np.sqrt(info))
+        t = travel_time_s(src, pos, 337.0, wind) + rng.normal(0, 2e-4, 16)
+        c = C
+        for _ in range(3):
+            c, _ = step(pos, t, sig, c)
+        far.append(c - 337.0)
+    assert abs(np.median(pulls)) < 1.0 and np.percentile(np.abs(pulls), 90) < 3.0, pulls
+    assert np.percentile(np.abs(far), 90) < 0.3, far

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -338,6 +339,9 @@ def test_metrics_endpoint(tmp_path, city_scene, city_detections, process):
     ctx.destroy(linger=0)
     assert 'shotnet_locator_messages_total{outcome="accepted"} 50.0' in body
     assert "shotnet_locator_step_seconds_count" in body
+    # The medium: the speed of sound from the configured 18 C until shots measure it.
+    c = float(re.search(r'shotnet_locator_medium\{quantity="speed_of_sound"\} (\S+)', body).group(1))
+    assert abs(c - 342.0) < 3.0 and 'shotnet_locator_medium{quantity="wind_east"}' in body
 
 
 def test_webhook_retries_until_delivered():
