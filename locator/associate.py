@@ -1326,6 +1326,16 @@ class Associator:
                              estimate_wind=sol2.wind_estimated, outlier_sigma=np.inf, late_sigma=np.inf)
                 if ref is not None:
                     c2 = min(c2, float(np.sum((ref.residuals_s / sig[common]) ** 2)))
+            # A wrong speed of sound also leaves a 2-D fit poor, and a free height absorbs
+            # it (before the speed was learned, a summer afternoon's first gunshot went
+            # "aerial"): the 2-D fit may take the speed within its uncertainty, the chi^2
+            # a Gauss-Newton step with that prior takes off (kernels.c_offset).
+            par2 = np.array([sol2.x_m, sol2.y_m, sol2.t0_s] + (list(sol2.wind_m_per_s) if sol2.wind_estimated else []))
+            dc, info = kernels.c_offset(np.ascontiguousarray(pos[:, 0]), np.ascontiguousarray(pos[:, 1]),
+                                        np.ascontiguousarray(pos[:, 2]), sig, common, par2, 2, float(self.z_src),
+                                        float(self.c), sol2.wind_estimated, sol2.residuals_s)
+            if info > 0 and self.c_sd > 0:
+                c2 = max(0.0, c2 - (dc * info) ** 2 / (info + 1.0 / self.c_sd**2))
             c3 = float(np.sum((sol3.residuals_s[common] / sig[common]) ** 2))
             p2 = sol2.ndim + 1 + (2 if sol2.wind_estimated else 0)
             p3 = sol3.ndim + 1 + (2 if sol3.wind_estimated else 0)
