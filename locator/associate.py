@@ -93,6 +93,7 @@ NOW_INFINITE = 1 << 62
 # every shot's measurement alike, by a few tenths.
 _C_MAX_ESTIMATES = 1000
 _C_SD_FLOOR = 0.25
+_C_EVERY_NS = NS_PER_S // 2      # ...and one measurement per half second of shots is plenty
 
 
 @dataclass(frozen=True)
@@ -1210,11 +1211,15 @@ class Associator:
         more unknown (:func:`kernels.c_offset`), and the regional speed is the median of
         the measurements from shots in the last ``c_window_s`` (at least ``c_history`` of
         them), its uncertainty theirs. Before the first, the configured temperature's
-        ``temperature_sigma_c`` stands. Every good fit counts, as for the wind."""
+        ``temperature_sigma_c`` stands. Every good fit counts, as for the wind, but at
+        most one per half second of shots."""
         cfg = self.cfg
         if (not cfg.estimate_c or cfg.temperature_sigma_c <= 0 or sol.n_used < cfg.c_min_sensors or
                 (cfg.estimate_wind and not sol.wind_estimated)):
             return
+        ts, cs, sds = self._cs
+        if ts and abs(t0_ns - ts[-1]) < _C_EVERY_NS:
+            return                          # (a fireworks night makes dozens a second)
         par = np.array([sol.x_m, sol.y_m] + ([sol.z_m] if sol.ndim == 3 else []) + [sol.t0_s] +
                        (list(sol.wind_m_per_s) if sol.wind_estimated else []))
         u = sol.used
@@ -1232,7 +1237,6 @@ class Associator:
         # thermometer could read: -40..+50 C).
         if sd > self._c_prior_sd or not 306.0 <= c_new <= 361.0:
             return
-        ts, cs, sds = self._cs
         ts.append(t0_ns)
         cs.append(c_new)
         sds.append(sd)

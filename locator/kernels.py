@@ -127,8 +127,12 @@ def lm_solve(px, py, pz, t, sigma, mask, x0, c, z_src, ndim, est_wind, wind, los
     p = np.empty(m)
     for j in range(m):
         p[j] = x0[j]
+    q = np.empty(m)
+    step = np.empty(m)
     grad = np.zeros(5)
     A = np.zeros((m, m))
+    Ad = np.empty((m, m))
+    L = np.empty((m, m))
     g = np.zeros(m)
     lam = 1e-3
     cost = _chi2(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, grad)
@@ -137,17 +141,19 @@ def lm_solve(px, py, pz, t, sigma, mask, x0, c, z_src, ndim, est_wind, wind, los
         improved = False
         small = False
         for _ in range(12):
-            Ad = A.copy()
             for a in range(m):
+                for b in range(m):
+                    Ad[a, b] = A[a, b]
                 Ad[a, a] = A[a, a] * (1.0 + lam) + 1e-30
-            if abs(np.linalg.det(Ad)) < 1e-300:
+            if not _cholesky(Ad, L, m):
                 return -1.0
-            step = np.linalg.solve(Ad, g)
-            q = p + step
+            _cholesky_solve(L, g, step, m)
+            for a in range(m):
+                q[a] = p[a] + step[a]
             new_cost = _chi2(px, py, pz, t, sigma, mask, q, c, z_src, ndim, est_wind, wind, loss, loss_k, grad)
             if new_cost <= cost:
                 small = abs(cost - new_cost) <= 1e-10 * (1.0 + cost)
-                p = q
+                p, q = q, p
                 cost = new_cost
                 lam = max(lam * 0.3, 1e-9)
                 improved = True
@@ -156,14 +162,53 @@ def lm_solve(px, py, pz, t, sigma, mask, x0, c, z_src, ndim, est_wind, wind, los
         if not improved or small:
             break
     _normal(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, A, g, grad)
-    if abs(np.linalg.det(A)) < 1e-300:
+    if not _cholesky(A, L, m):
         return -1.0
-    inv = np.linalg.inv(A)
     for a in range(m):
         out_params[a] = p[a]
         for b in range(m):
-            out_cov[a, b] = inv[a, b]
+            g[b] = 1.0 if a == b else 0.0
+        _cholesky_solve(L, g, step, m)
+        for b in range(m):
+            out_cov[b, a] = step[b]
     return cost
+
+
+@numba.njit(cache=True, nogil=True)
+def _cholesky(A, L, m):
+    """The Cholesky factor (lower) of the symmetric ``m x m`` ``A`` into ``L``; False
+    unless ``A`` is positive definite (a singular problem). Allocation-free: the
+    solver's systems are at most 6 x 6, where LAPACK's call overhead was most of their
+    cost."""
+    for j in range(m):
+        s = A[j, j]
+        for k in range(j):
+            s -= L[j, k] * L[j, k]
+        if not s > 0.0:
+            return False
+        d = math.sqrt(s)
+        L[j, j] = d
+        for i in range(j + 1, m):
+            s = A[i, j]
+            for k in range(j):
+                s -= L[i, k] * L[j, k]
+            L[i, j] = s / d
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _cholesky_solve(L, b, x, m):
+    """Solve ``L L^T x = b`` (:func:`_cholesky`'s factor) into ``x``."""
+    for i in range(m):
+        s = b[i]
+        for k in range(i):
+            s -= L[i, k] * x[k]
+        x[i] = s / L[i, i]
+    for i in range(m - 1, -1, -1):
+        s = x[i]
+        for k in range(i + 1, m):
+            s -= L[k, i] * x[k]
+        x[i] = s / L[i, i]
 
 
 @numba.njit(parallel=True, cache=True)
