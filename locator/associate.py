@@ -505,13 +505,16 @@ class Associator:
             ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
             bounds = np.searchsorted(ev, np.arange(len(self.open) + 1))
             evs = np.flatnonzero(np.diff(bounds))
+            released: list[Detection] = []
             if len(evs):
-                held = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs], bounds[evs + 1],
-                                             p_s, gate[evs])
+                held, released = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs],
+                                                       bounds[evs + 1], p_s, gate[evs])
             if held:
                 self._consume(held)
+        else:
+            released = []
         still = []
-        back: list[Detection] = []
+        back: list[Detection] = list(released)
         for op in self.open:
             closing = now_ns >= op.close_at_ns
             if op.waiting and (closing or len(op.waiting) >= max(1, int(self.cfg.update_growth * len(op.dets)))):
@@ -553,9 +556,33 @@ class Associator:
         its matched count (its own sensors, the waiting ones and these) is least likely
         by chance (:func:`kernels.significant_radius`, never inside its farthest own
         sensor; cached per event version and match). Joined detections wait with their
-        event; returns their keys."""
+        event. A waiting detection gives way to a pending one nearer the prediction at its
+        sensor (it joined as it came: an early one within the gate, another shot's
+        arrival tens of ms before this one's, was held here, and the shot it belonged to
+        took the next best); it is pending again, tried with this event. Returns the
+        joined detections' keys, and those that gave way."""
         n_ev = len(ops)
         pos = None
+        held_i = np.zeros(len(p_s), dtype=np.bool_)
+        released: list[Detection] = []
+        for j, op in enumerate(ops):
+            if not op.waiting:
+                continue
+            best: dict[int, tuple[int, int]] = {}        # sensor -> (|miss| ns, pending index)
+            for i, m in zip(idx[lo[j]:hi[j]].tolist(), miss[lo[j]:hi[j]].tolist()):
+                if not held_i[i] and (int(p_s[i]) not in best or m < best[int(p_s[i])][0]):
+                    best[int(p_s[i])] = (m, i)
+            if not best:
+                continue
+            pred = op.arrivals[1]
+            for w, d in enumerate(op.waiting):
+                s = self.idx[d.sensor_id]
+                if s in best and best[s][0] < abs(d.t_ns - int(pred[s])):
+                    i = best.pop(s)[1]
+                    op.waiting[w] = self.pending[i]
+                    op.tried.add(d.key)
+                    held_i[i] = True
+                    released.append(d)
         have_s, tried_i, used_s, cache_mine = [], [], [], []
         have_off, tried_off, used_off, cache_off = (np.zeros(n_ev + 1, dtype=np.int64) for _ in range(4))
         cache_ok = np.zeros(n_ev, dtype=np.bool_)
@@ -583,10 +610,10 @@ class Associator:
         gate_ns = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S)
         i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
-            idx, miss, lo, hi, p_s, np.zeros(len(p_s), dtype=np.bool_), have_off, i64(have_s), tried_off,
+            idx, miss, lo, hi, p_s, held_i, have_off, i64(have_s), tried_off,
             i64(tried_i), used_off, i64(used_s), dist, r_used, gate_ns, rates, int(self.cfg.min_sensors), cache_ok,
             cache_off, i64(cache_mine), cache_r)
-        held: set[str] = set()
+        held = {self.pending[i].key for i in np.flatnonzero(held_i)}
         for j in np.flatnonzero(computed):
             op = ops[j]
             op.hearing = ((op.event.version, len(op.waiting), tuple(mine[mine_off[j]:mine_off[j + 1]].tolist())),
@@ -595,7 +622,7 @@ class Associator:
             joined = [self.pending[i] for i in join[join_off[j]:join_off[j + 1]].tolist()]
             ops[j].waiting += joined
             held.update(d.key for d in joined)
-        return held
+        return held, released
 
     def _forget_stale_seeds(self) -> None:
         """Count new detections into each remembered seed's window."""
