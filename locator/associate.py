@@ -88,12 +88,12 @@ from .locate import Solution, _median, locate, locate_wind_robust
 log = logging.getLogger(__name__)
 
 NOW_INFINITE = 1 << 62
-# The regional speed of sound: at most this many measurements (a fireworks night makes
-# hundreds a minute), and never more certain than this (m/s): a survey's errors bias
-# every shot's measurement alike, by a few tenths.
+# The regional speed of sound: one measurement per half second of shots at most (a
+# fireworks night fits dozens a second), at most this many kept, and never more certain
+# than this (m/s): a survey's errors bias every shot's measurement alike, by a few tenths.
+_C_EVERY_NS = NS_PER_S // 2
 _C_MAX_ESTIMATES = 1000
 _C_SD_FLOOR = 0.25
-_C_EVERY_NS = NS_PER_S // 2      # ...and one measurement per half second of shots is plenty
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ class Associator:
         self.cfg = cfg
         # The speed of sound: from the configured temperature, with that temperature's
         # error, until well-heard shots have measured it (_learn_c).
-        self.c = self.c_config = speed_of_sound_m_per_s(cfg.temperature_c)
+        self.c = speed_of_sound_m_per_s(cfg.temperature_c)
         self.c_sd = self._c_prior_sd = 0.5 * (speed_of_sound_m_per_s(cfg.temperature_c + cfg.temperature_sigma_c) -
                                               speed_of_sound_m_per_s(cfg.temperature_c - cfg.temperature_sigma_c))
         # Measurements of the speed of sound: the shots' times (ns), c (m/s), its sd (m/s).
