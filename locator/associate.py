@@ -570,7 +570,8 @@ class Associator:
                 continue
             best: dict[int, tuple[int, int]] = {}        # sensor -> (|miss| ns, pending index)
             for i, m in zip(idx[lo[j]:hi[j]].tolist(), miss[lo[j]:hi[j]].tolist()):
-                if not held_i[i] and (int(p_s[i]) not in best or m < best[int(p_s[i])][0]):
+                if (not held_i[i] and (int(p_s[i]) not in best or m < best[int(p_s[i])][0]) and
+                        self.pending[i].key not in op.tried):
                     best[int(p_s[i])] = (m, i)
             if not best:
                 continue
