@@ -14,6 +14,12 @@ def _geometry(rng, n=10, half=800.0):
     return np.c_[rng.uniform(-half, half, (n, 2)), rng.uniform(8, 30, n)]
 
 
+def _inside95(sol, src) -> bool:
+    """Whether the true source ``src`` (m) is inside the solution's 95% ellipse."""
+    e = np.array([sol.x_m - src[0], sol.y_m - src[1]])
+    return bool(e @ np.linalg.solve(sol.cov[:2, :2], e) <= sol.ellipse_factor)
+
+
 @pytest.mark.parametrize("n_sensors", [5, 10, 20])
 def test_rms_error_reaches_the_cramer_rao_bound(rng, n_sensors):
     pos = _geometry(rng, n_sensors)
@@ -40,8 +46,7 @@ def test_ellipse_covers_the_truth_about_95_percent(rng):
         t = np.linalg.norm(pos - src, axis=1) / C + rng.normal(0, 3e-4, 8)
         # the nodes' sigma is wrong by 2x: the residual-scaled ellipse must not care
         s = locate(pos, t, np.full(8, 1.5e-4), c_m_per_s=C, outlier_sigma=1e9)
-        e = np.array([s.x_m - src[0], s.y_m - src[1]])
-        inside += e @ np.linalg.solve(s.cov[:2, :2], e) <= s.ellipse_factor
+        inside += _inside95(s, src)
     assert 0.90 <= inside / trials <= 0.98
 
 
@@ -119,8 +124,7 @@ def test_a_given_winds_error_is_in_the_ellipse(rng):
             t = travel_time_s(src, pos, C, w) + rng.normal(0, 2e-4, 8)
             s = locate(pos, t, np.full(8, 2e-4), c_m_per_s=C, outlier_sigma=1e9, late_sigma=1e9,
                        wind_sigma_m_per_s=wind_sigma)
-            e = np.array([s.x_m - src[0], s.y_m - src[1]])
-            inside += e @ np.linalg.solve(s.cov[:2, :2], e) <= s.ellipse_factor
+            inside += _inside95(s, src)
         cover[wind_sigma] = inside / 300
     assert cover[1.5] >= 0.90 and cover[0.0] < 0.5, cover
 
@@ -164,8 +168,7 @@ def test_an_uncertain_speed_of_sound_is_in_the_ellipse(rng):
             t = travel_time_s(src, pos, C + rng.normal(0, 1.8), (0.0, 0.0)) + rng.normal(0, 2e-4, 16)
             s = locate(pos, t, np.full(16, 2e-4), c_m_per_s=C, outlier_sigma=1e9, late_sigma=1e9,
                        c_sigma_m_per_s=c_sigma)
-            e = np.array([s.x_m - src[0], s.y_m - src[1]])
-            inside += e @ np.linalg.solve(s.cov[:2, :2], e) <= s.ellipse_factor
+            inside += _inside95(s, src)
         cover[c_sigma] = inside / 300
     assert cover[1.8] >= 0.93 and cover[0.0] < 0.75, cover
 
