@@ -645,7 +645,7 @@ def test_label_chance_uses_the_rate_of_gunshot_rated_detections():
 @pytest.mark.parametrize("true_c", [8.0, 32.0])
 def test_the_speed_of_sound_is_learned_when_the_temperature_is_wrong(true_c):
     """The locator is told 20 C; the air is 8 C (night) or 32 C (a summer afternoon),
-    7 m/s of sound speed off. Taking the configured value as exact, shots are placed
+    7 m/s of sound speed off. Not learning it (20 +- 3 C throughout), shots are placed
     metres off and the ellipses miss; learning the speed from the well-heard shots (as
     the wind), the locator finds it to a fraction of a m/s and places shots as well as
     when told the truth."""
