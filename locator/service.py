@@ -584,10 +584,6 @@ class LocatorService:
         """Stop: the final search (:meth:`_final_flush`; with an association process, that
         process did it), then every socket and file closed."""
         self._final_flush(max_flush, flush_budget_s)
-        if self.webhook:
-            self.webhook.close()
-        if self.events_fh:
-            self.events_fh.close()
         if self._link is not None:
             self._link.close()                  # (after run(), already closed)
         if self.metrics.port:
@@ -599,6 +595,14 @@ class LocatorService:
             self.auth.stop()
         if self.pub is not None:
             self.pub.close(0)
+        self._close_outputs()
+
+    def _close_outputs(self) -> None:
+        """The webhook (given up to 5 s to deliver what it holds), events.jsonl and the store."""
+        if self.webhook:
+            self.webhook.close()
+        if self.events_fh:
+            self.events_fh.close()
         if self.store:
             self.store.close()
 
@@ -722,12 +726,7 @@ def _association_main(endpoint: str, layout: SensorLayout, cfg: AssocConfig, sto
         report()
     svc._final_flush(max_flush, flush_budget_s)
     report()
-    if svc.webhook:
-        svc.webhook.close()
-    if svc.events_fh:
-        svc.events_fh.close()
-    if svc.store:
-        svc.store.close()
+    svc._close_outputs()
     sock.send_multipart([b"done"])
     sock.close()
     ctx.term()
