@@ -68,6 +68,7 @@ import hashlib
 import itertools
 import logging
 import math
+import operator
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -210,6 +211,91 @@ def _holds(times: np.ndarray, t_ns: int, span_ns: int) -> bool:
     return i < len(times) and times[i] <= t_ns + span_ns
 
 
+_T = operator.attrgetter("t_ns")
+
+
+class _PendingArrays:
+    """The pending detections' times (ns), sensor indices, stated sigmas (ns) and the
+    nodes' gunshot probabilities as arrays, and where each key is, kept beside the
+    pending list (:meth:`get`) as it grows, is re-sorted at its tail, filtered and
+    merged into: on a crowded night ten thousand detections are pending, and building
+    these anew for every pass of every step was most of a step's time."""
+
+    def __init__(self, idx: dict[str, int]):
+        self.idx = idx
+        self.of: list | None = None     # the list these describe (its first n)
+        self.n = 0
+        self.t = self.s = self.sig = np.zeros(0, dtype=np.int64)
+        self.pg = np.zeros(0)
+        self._pos: dict[str, int] | None = None
+
+    def get(self, pending: list[Detection]) -> "_PendingArrays":
+        """The arrays for ``pending`` (extended if it only grew since)."""
+        if self.of is not pending or self.n > len(pending):
+            self.of, self.n = pending, 0
+            self.t = self.s = self.sig = np.zeros(0, dtype=np.int64)
+            self.pg = np.zeros(0)
+        if self.n < len(pending):
+            new = pending[self.n:]
+            idx = self.idx
+            self.t = np.concatenate([self.t, np.fromiter([d.t_ns for d in new], dtype=np.int64, count=len(new))])
+            self.s = np.concatenate([self.s, np.fromiter([idx[d.sensor_id] for d in new], dtype=np.int64,
+                                                         count=len(new))])
+            self.sig = np.concatenate([self.sig, np.fromiter([d.t_sigma_ns for d in new], dtype=np.int64,
+                                                             count=len(new))])
+            self.pg = np.concatenate([self.pg, np.fromiter([d.p_gunshot for d in new], dtype=np.float64,
+                                                           count=len(new))])
+            self.n = len(pending)
+            self._pos = None
+        return self
+
+    def pos(self) -> dict[str, int]:
+        """Each pending detection's index, by key."""
+        if self._pos is None:
+            self._pos = {d.key: i for i, d in enumerate(self.of)}
+        return self._pos
+
+    def truncate(self, pending: list[Detection], n: int) -> None:
+        """``pending`` changed from index ``n`` on (its tail re-sorted in place)."""
+        if self.of is pending and self.n > n:
+            self.t, self.s, self.sig, self.pg = self.t[:n], self.s[:n], self.sig[:n], self.pg[:n]
+            self.n = n
+            self._pos = None
+
+    def filtered(self, old: list[Detection], keep: np.ndarray) -> list[Detection]:
+        """The detections of ``old`` that ``keep`` (bool, per detection) marks, in order,
+        as a new list these arrays now describe."""
+        new = list(itertools.compress(old, keep.tolist()))
+        if self.of is old and self.n == len(old):
+            self.t, self.s, self.sig, self.pg = self.t[keep], self.s[keep], self.sig[keep], self.pg[keep]
+            self.n = len(new)
+        else:
+            self.n = 0
+        self.of = new
+        self._pos = None
+        return new
+
+    def merged(self, old: list[Detection], more: list[Detection]) -> list[Detection]:
+        """``sorted(old + more)`` by time (stable: ``old``'s first among equal times) as
+        a new list these arrays now describe; ``old`` is sorted."""
+        more = sorted(more, key=_T)
+        at = [bisect.bisect_right(old, d.t_ns, key=_T) for d in more]
+        new = list(old)
+        for i, d in zip(reversed(at), reversed(more)):
+            new.insert(i, d)
+        if self.of is old and self.n == len(old):
+            self.t = np.insert(self.t, at, [d.t_ns for d in more])
+            self.s = np.insert(self.s, at, [self.idx[d.sensor_id] for d in more])
+            self.sig = np.insert(self.sig, at, [d.t_sigma_ns for d in more])
+            self.pg = np.insert(self.pg, at, [d.p_gunshot for d in more])
+            self.n = len(new)
+        else:
+            self.n = 0
+        self.of = new
+        self._pos = None
+        return new
+
+
 class _Batch:
     """The pending detections, as arrays, for searching many seeds at once: a snapshot
     at the start of a search, whose detections the shots found meanwhile take
@@ -218,8 +304,8 @@ class _Batch:
     def __init__(self, a: "Associator", pend: list[Detection]):
         self.a = a
         self.pend = pend
-        self.tp = np.array([d.t_ns for d in pend], dtype=np.int64)
-        self.sp = np.array([a.idx[d.sensor_id] for d in pend], dtype=np.int64)
+        self.arr = a._parr.get(pend)
+        self.tp, self.sp = self.arr.t, self.arr.s
         self.alive = np.ones(len(pend), dtype=np.bool_)
         self._pos: dict[str, int] | None = None
         self._sig: np.ndarray | None = None
@@ -240,7 +326,7 @@ class _Batch:
 
     def _index(self) -> None:
         if self._pos is None:
-            self._pos = {d.key: i for i, d in enumerate(self.pend)}
+            self._pos = self.arr.pos()
 
     def run(self, seeds: list[Detection]) -> dict[str, tuple]:
         """Search ``seeds`` (pending detections; :func:`kernels.search_seeds`, the grid
@@ -252,8 +338,8 @@ class _Batch:
         a, cfg = self.a, self.a.cfg
         self._index()
         if self._sig is None:
-            self._sig = a._sigma(self.pend)
-            self._gun = np.array([_gun(d) for d in self.pend], dtype=np.bool_)
+            self._sig = a._sigma_of(self.arr.sig)
+            self._gun = self.arr.pg >= 0.5          # (_gun)
         sig_p, gun_p = self._sig, self._gun
         n, n_sens = len(seeds), len(a.layout)
         ks = np.array([self._pos[d.key] for d in seeds], dtype=np.int64)
@@ -319,7 +405,9 @@ class Associator:
         self.wind_known = cfg.wind_known
         self._winds: collections.deque = collections.deque(maxlen=cfg.wind_history)
         self.pos = layout.enu_m
-        self.pending: list[Detection] = []
+        self.pending: list[Detection] = []      # sorted by time at the end of each step
+        self._parr = _PendingArrays(self.idx)    # ...and as arrays
+        self._n_sorted = 0                       # its first this many are sorted (then appended)
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor, sorted
         self.gun_history: dict[str, list[int]] = {}  # ...of those the node rated gunshots
         self._flat = None                        # both as (times, offsets by sensor index) x 2
@@ -477,16 +565,33 @@ class Associator:
         out: list[Event] = []
         if now_ns != NOW_INFINITE:
             self._now = max(self._now, now_ns)
-        self.pending.sort(key=lambda d: d.t_ns)
+        self._sort_pending()
         self._rate_cache.clear()
         out += self._attach_pending(now_ns)
         self._forget_stale_seeds()
         out += self._search(now_ns, None if budget_s is None else time.perf_counter() + budget_s)
         self._expire(now_ns)
+        self._n_sorted = len(self.pending)
         return out
 
+    def _sort_pending(self) -> None:
+        """Sort the pending detections by time (stable), as ``list.sort`` would: those
+        fed since the last step were appended to a sorted list, so only the part from
+        the earliest of them on is sorted again."""
+        n0, self._n_sorted = self._n_sorted, 0
+        if len(self.pending) > n0:
+            t_min = min(d.t_ns for d in itertools.islice(self.pending, n0, None))
+            at = bisect.bisect_left(self.pending, t_min, hi=n0, key=_T)
+            if at < len(self.pending) - 1:
+                self.pending[at:] = sorted(self.pending[at:], key=_T)
+                self._parr.truncate(self.pending, at)
+
     def _sigma(self, dets: list[Detection]) -> np.ndarray:
-        s = np.array([d.t_sigma_ns for d in dets], dtype=np.float64) / NS_PER_S
+        """The detections' timing sigmas (s) for the fit: stated, model and survey errors."""
+        return self._sigma_of(np.array([d.t_sigma_ns for d in dets], dtype=np.int64))
+
+    def _sigma_of(self, t_sigma_ns: np.ndarray) -> np.ndarray:
+        s = t_sigma_ns.astype(np.float64) / NS_PER_S
         return np.sqrt(s * s + self.cfg.model_sigma_s**2 + (self.cfg.survey_sigma_m / self.c) ** 2)
 
     def _attach_pending(self, now_ns: int) -> list[Event]:
@@ -497,20 +602,19 @@ class Associator:
         half as many again, or closes; then the event is re-solved once (a shot
         heard by fifty sensors would otherwise be re-solved fifty times)."""
         out = []
-        held: set[str] = set()
         if self.open and self.pending:
-            p_t = np.array([d.t_ns for d in self.pending], dtype=np.int64)
-            p_s = np.array([self.idx[d.sensor_id] for d in self.pending], dtype=np.int64)
+            arr = self._parr.get(self.pending)
+            p_t, p_s = arr.t, arr.s
             pred, gate = self._open_arrivals()[:2]                           # (events, sensors)
             ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
             bounds = np.searchsorted(ev, np.arange(len(self.open) + 1))
             evs = np.flatnonzero(np.diff(bounds))
             released: list[Detection] = []
             if len(evs):
-                held, released = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs],
-                                                       bounds[evs + 1], p_s, gate[evs])
-            if held:
-                self._consume(held)
+                held_i, released = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs],
+                                                         bounds[evs + 1], p_s, gate[evs])
+                if held_i.any():
+                    self.pending = self._parr.filtered(self.pending, ~held_i)
         else:
             released = []
         still = []
@@ -536,14 +640,14 @@ class Associator:
         if closed:
             self._open_gen += 1
         if back:                            # not kept: pending again (tried with that event)
-            self.pending = sorted(self.pending + back, key=lambda d: d.t_ns)
+            self.pending = self._parr.merged(self.pending, back)
         self.recent = [op for op in self.recent if now_ns == NOW_INFINITE or now_ns - op.t0_ns < 120 * NS_PER_S]
         if closed or len(self.recent) != n_recent:
             self._recent_tab = None
         return out
 
     def _choose_attached(self, ops: list[_Open], idx: np.ndarray, miss: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                         p_s: np.ndarray, gate_ns: np.ndarray) -> set[str]:
+                         p_s: np.ndarray, gate_ns: np.ndarray) -> tuple[np.ndarray, list[Detection]]:
         """Of the pending detections matching open events' predicted arrivals (``ops``,
         in order, each with its pairs ``idx[lo:hi]``, pending indices, ``miss`` ns from
         the prediction; ``gate_ns`` their gates, 0 at their own sensors), those that join
@@ -559,43 +663,52 @@ class Associator:
         event. A waiting detection gives way to a pending one nearer the prediction at its
         sensor (it joined as it came: an early one within the gate, another shot's
         arrival tens of ms before this one's, was held here, and the shot it belonged to
-        took the next best); it is pending again, tried with this event. Returns the
-        joined detections' keys, and those that gave way."""
+        took the next best); it is pending again, tried with this event. Returns which
+        pending detections joined (bool, by pending index), and those that gave way."""
         n_ev = len(ops)
+        i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
         pos = None
         held_i = np.zeros(len(p_s), dtype=np.bool_)
-        released: list[Detection] = []
+        # The pending detections each event has tried (sorted pending indices, per event).
+        tried_i: list[int] = []
+        tried_off = np.zeros(n_ev + 1, dtype=np.int64)
         for j, op in enumerate(ops):
-            if not op.waiting:
-                continue
-            best: dict[int, tuple[int, int]] = {}        # sensor -> (|miss| ns, pending index)
-            for i, m in zip(idx[lo[j]:hi[j]].tolist(), miss[lo[j]:hi[j]].tolist()):
-                if (not held_i[i] and (int(p_s[i]) not in best or m < best[int(p_s[i])][0]) and
-                        self.pending[i].key not in op.tried):
-                    best[int(p_s[i])] = (m, i)
-            if not best:
-                continue
-            pred = op.arrivals[1]
-            for w, d in enumerate(op.waiting):
-                s = self.idx[d.sensor_id]
-                if s in best and best[s][0] < abs(d.t_ns - int(pred[s])):
-                    i = best.pop(s)[1]
-                    op.waiting[w] = self.pending[i]
-                    op.tried.add(d.key)
-                    held_i[i] = True
-                    released.append(d)
-        have_s, tried_i, used_s, cache_mine = [], [], [], []
-        have_off, tried_off, used_off, cache_off = (np.zeros(n_ev + 1, dtype=np.int64) for _ in range(4))
+            if op.tried:
+                if pos is None:
+                    pos = self._parr.get(self.pending).pos()
+                tried_i += sorted(i for i in (pos.get(k) for k in op.tried) if i is not None)
+            tried_off[j + 1] = len(tried_i)
+        tried_a = i64(tried_i)
+        # The waiting detections, each with its sensor and its distance (ns) from the prediction.
+        wait_s: list[int] = []
+        wait_m: list[int] = []
+        wait_off = np.zeros(n_ev + 1, dtype=np.int64)
+        for j, op in enumerate(ops):
+            if op.waiting:
+                pred = op.arrivals[1]
+                ss = [self.idx[d.sensor_id] for d in op.waiting]
+                wait_s += ss
+                wait_m += [abs(d.t_ns - int(pred[s])) for d, s in zip(op.waiting, ss)]
+            wait_off[j + 1] = len(wait_s)
+        released: list[Detection] = []
+        if wait_s:
+            swap = kernels.give_way(idx, miss, lo, hi, p_s, held_i, tried_off, tried_a, wait_off, i64(wait_s),
+                                    i64(wait_m), len(self.layout))
+            for j in np.flatnonzero(np.diff(wait_off)):
+                op = ops[j]
+                for w, i in enumerate(swap[wait_off[j]:wait_off[j + 1]].tolist()):
+                    if i >= 0:
+                        d = op.waiting[w]
+                        op.waiting[w] = self.pending[i]
+                        op.tried.add(d.key)
+                        released.append(d)
+        have_s, used_s, cache_mine = [], [], []
+        have_off, used_off, cache_off = (np.zeros(n_ev + 1, dtype=np.int64) for _ in range(3))
         cache_ok = np.zeros(n_ev, dtype=np.bool_)
         cache_r = np.zeros(n_ev)
         for j, op in enumerate(ops):
             have_s += [self.idx[d.sensor_id] for d in op.waiting]
             have_off[j + 1] = len(have_s)
-            if op.tried:
-                if pos is None:
-                    pos = {d.key: i for i, d in enumerate(self.pending)}
-                tried_i += sorted(i for i in (pos.get(k) for k in op.tried) if i is not None)
-            tried_off[j + 1] = len(tried_i)
             used_s += op.arrivals[6]
             used_off[j + 1] = len(used_s)
             h = op.hearing
@@ -609,21 +722,17 @@ class Associator:
         rates = np.stack([self._rates(op.t0_ns)[0] for op in ops])
         # For the chance of a match by chance, its own sensors count at the plain gate.
         gate_ns = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S)
-        i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             idx, miss, lo, hi, p_s, held_i, have_off, i64(have_s), tried_off,
-            i64(tried_i), used_off, i64(used_s), dist, r_used, gate_ns, rates, int(self.cfg.min_sensors), cache_ok,
+            tried_a, used_off, i64(used_s), dist, r_used, gate_ns, rates, int(self.cfg.min_sensors), cache_ok,
             cache_off, i64(cache_mine), cache_r)
-        held = {self.pending[i].key for i in np.flatnonzero(held_i)}
         for j in np.flatnonzero(computed):
             op = ops[j]
             op.hearing = ((op.event.version, len(op.waiting), tuple(mine[mine_off[j]:mine_off[j + 1]].tolist())),
                           float(radius[j]))
         for j in np.flatnonzero(np.diff(join_off)):
-            joined = [self.pending[i] for i in join[join_off[j]:join_off[j + 1]].tolist()]
-            ops[j].waiting += joined
-            held.update(d.key for d in joined)
-        return held, released
+            ops[j].waiting += [self.pending[i] for i in join[join_off[j]:join_off[j + 1]].tolist()]
+        return held_i, released
 
     def _forget_stale_seeds(self) -> None:
         """Count new detections into each remembered seed's window."""
@@ -724,7 +833,7 @@ class Associator:
             cur.take(self._taken)
             self._taken = None
             if not cur.alive.all():
-                self.pending = [d for d, live in zip(cur.pend, cur.alive) if live]
+                self.pending = self._parr.filtered(cur.pend, cur.alive)
         return out
 
     def _search_seed(self, seed: Detection, found: tuple, now_ns: int, skip: set[str],
@@ -1062,7 +1171,8 @@ class Associator:
         if self._taken is not None:
             self._taken += keys     # the search takes them out of pending when it ends
         else:
-            self.pending = [d for d in self.pending if d.key not in keys]
+            self.pending = self._parr.filtered(self.pending, np.array([d.key not in keys for d in self.pending],
+                                                                      dtype=np.bool_))
 
     def _is_echo(self, sol: Solution, t0_ns: int, n_sensors: int) -> bool:
         """Whether an open or closed event up to ``echo_window_s`` earlier, within
@@ -1386,17 +1496,21 @@ class Associator:
             n_old = len(self.pending)
         else:
             horizon = now_ns - int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
-            n_old = bisect.bisect_left(self.pending, horizon, key=lambda d: d.t_ns)
-        keep = []
-        for d in self.pending[:n_old]:
+            n_old = bisect.bisect_left(self.pending, horizon, key=_T)
+        kept = np.ones(len(self.pending), dtype=np.bool_)
+        for i, d in enumerate(itertools.islice(self.pending, n_old)):
             # Old by its own time AND waiting long enough since it arrived: a backlog
             # delivered late (after a restart or a partition) gets its full chance.
             if horizon is None or self._fed_at.get(d.key, 0) < horizon:
                 self.stats.unassociated += 1
                 self._fed_at.pop(d.key, None)
-            else:
-                keep.append(d)
-        keep += self.pending[n_old:]
+                kept[i] = False
+        excess = int(kept.sum()) - self.cfg.max_pending
+        if excess > 0:
+            # The oldest beyond max_pending go too.
+            self.stats.unassociated += excess
+            kept[np.flatnonzero(kept)[:excess]] = False
+        keep = self._parr.filtered(self.pending, kept) if not kept.all() else self.pending
         if horizon is not None:
             # Sensor histories serve the silent-neighbour check and the chance test (rates
             # over 10 s either side) of shots whose detections are still pending, a
@@ -1413,9 +1527,6 @@ class Associator:
                     self._flat = None
             for h in self.gun_history.values():
                 del h[:bisect.bisect_left(h, old)]
-        if len(keep) > self.cfg.max_pending:
-            self.stats.unassociated += len(keep) - self.cfg.max_pending
-            keep = keep[-self.cfg.max_pending:]
         self.pending = keep
         if len(self._fed_at) + len(self._memo) + len(self._failed) > 4 * len(keep) + 100:
             # What detections no longer pending left behind (taken by shots, expired).

@@ -1352,6 +1352,53 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
 
 
 @numba.njit(cache=True, nogil=True)
+def give_way(idx, miss, lo, hi, p_s, held, tried_off, tried_i, wait_off, wait_s, wait_miss, n_sens):
+    """Which detections waiting with open events give way to pending ones nearer the
+    prediction at their sensors. For each event ``j`` in order (its pairs from
+    :func:`arrival_matches` at ``idx[lo[j]:hi[j]]``, pending indices, ``miss`` ns from the
+    prediction), per sensor the pending detection nearest the prediction, leaving out
+    those it has tried (``tried``, sorted pending indices) and those an earlier event
+    took (``held``, updated here); a waiting detection ``w`` (``wait_off`` CSR per
+    event, sensor ``wait_s[w]``, ``wait_miss[w]`` ns from the prediction) farther from
+    the prediction than that one gives way to it. Returns, per waiting detection, the
+    pending index that takes its place, or -1."""
+    n_ev = lo.shape[0]
+    best_i = np.full(n_sens, -1, dtype=np.int64)
+    best_m = np.zeros(n_sens, dtype=np.int64)
+    touched = np.empty(n_sens, dtype=np.int64)
+    out = np.full(wait_s.shape[0], -1, dtype=np.int64)
+    for j in range(n_ev):
+        if wait_off[j] == wait_off[j + 1]:
+            continue
+        n_t = 0
+        for q in range(lo[j], hi[j]):
+            i = idx[q]
+            if held[i]:
+                continue
+            a = _first_at_least(tried_i, tried_off[j], tried_off[j + 1], i)
+            if a < tried_off[j + 1] and tried_i[a] == i:
+                continue
+            s = p_s[i]
+            if best_i[s] < 0:
+                touched[n_t] = s
+                n_t += 1
+                best_i[s] = i
+                best_m[s] = miss[q]
+            elif miss[q] < best_m[s]:
+                best_i[s] = i
+                best_m[s] = miss[q]
+        for w in range(wait_off[j], wait_off[j + 1]):
+            s = wait_s[w]
+            if best_i[s] >= 0 and best_m[s] < wait_miss[w]:
+                out[w] = best_i[s]
+                held[best_i[s]] = True
+                best_i[s] = -1
+        for q in range(n_t):
+            best_i[touched[q]] = -1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tried_i, used_off, used_s, dist, r_used,
                   gate, rates, min_count, cache_ok, cache_off, cache_mine, cache_r):
     """The attach step's choice, for each open event ``j`` with matches (its pairs from
