@@ -174,7 +174,9 @@ class _Open:
     t0_ns: int
     tried: set = field(default_factory=set)
     arrivals: tuple | None = None     # (version, predicted arrival ns, gate ns, ...): _predict
-    waiting: list = field(default_factory=list)   # joined, not yet solved with it
+    waiting: list = field(default_factory=list)   # joined, not yet solved with it...
+    wait_s: list = field(default_factory=list)    # ...their sensor indices and times (ns)
+    wait_t: list = field(default_factory=list)
     hearing: tuple | None = None      # (what it was computed for, radius m): _choose_attached
 
 
@@ -203,6 +205,11 @@ def _event_id(keys: list[str]) -> str:
 def _gun(d: Detection) -> bool:
     """Whether the node rated the detection likelier a gunshot than not."""
     return d.p_gunshot >= 0.5
+
+
+def _sleeping(memo: list | None, now_ns: int) -> bool:
+    """Whether a seed with this memo entry (:attr:`Associator._memo`) waits at ``now_ns``."""
+    return memo is not None and (now_ns < memo[1] or (memo[3] > 0 and (memo[2] is None or now_ns < memo[2])))
 
 
 def _holds(times: np.ndarray, t_ns: int, span_ns: int) -> bool:
@@ -386,6 +393,53 @@ class _Batch:
         return kernels.SEED_CANDIDATE, int(n), x0, y0, float(tau0), float(prob), [self.pend[j] for j in buf[:n]]
 
 
+class _EventTable:
+    """The emission times (ns), positions (m), ellipses' major semi-axes (m) and detection
+    counts of a list of events, as arrays for the kernels (:func:`kernels.event_near`,
+    :func:`kernels.louder_before`), kept row by row: a new event appends its row, a new
+    version rewrites its own, and only events leaving the list rebuild it (a thousand
+    open events in a crowded city, and every search asks)."""
+
+    def __init__(self):
+        self.valid = False
+
+    def invalidate(self) -> None:
+        self.valid = False
+
+    def rows(self, ops: list[_Open]) -> tuple[np.ndarray, ...]:
+        if not self.valid:
+            cap = max(64, 2 * len(ops))
+            self.t0 = np.empty(cap, dtype=np.int64)
+            self.x, self.y, self.major = np.empty(cap), np.empty(cap), np.empty(cap)
+            self.cnt = np.empty(cap, dtype=np.int64)
+            self.row: dict[int, int] = {}
+            self.n = 0
+            self.valid = True
+            for op in ops:
+                self.append(op)
+        n = self.n
+        return self.t0[:n], self.x[:n], self.y[:n], self.major[:n], self.cnt[:n]
+
+    def append(self, op: _Open) -> None:
+        if not self.valid:
+            return
+        if self.n == len(self.t0):
+            cap = 2 * self.n
+            self.t0, self.x, self.y, self.major, self.cnt = (
+                np.concatenate([a, np.empty(cap - self.n, dtype=a.dtype)])
+                for a in (self.t0, self.x, self.y, self.major, self.cnt))
+        self.row[id(op)] = self.n
+        self.n += 1
+        self.changed(op)
+
+    def changed(self, op: _Open) -> None:
+        """``op`` (if in the list) has a new version."""
+        k = self.row.get(id(op)) if self.valid else None
+        if k is not None:
+            self.t0[k], self.x[k], self.y[k] = op.t0_ns, op.sol.x_m, op.sol.y_m
+            self.major[k], self.cnt[k] = op.event.ellipse95_m.major, len(op.dets)
+
+
 class Associator:
     """Detections in, events out. Pure logic: no sockets, no threads, no wall clock."""
 
@@ -421,6 +475,7 @@ class Associator:
         # again once the clock passes "not before" and it is woken by time or by new
         # detections. Also each seed's last failed candidate, never solved twice.
         self._memo: dict[str, list] = {}
+        self._counting: dict[str, list] = {}     # the memo entries still counting new detections
         self._failed: dict[str, frozenset] = {}
         self._new_times: list[int] = []
         self._rate_cache: dict[int, np.ndarray] = {}  # second -> per-sensor rates, this step
@@ -435,10 +490,10 @@ class Associator:
         self.search_chunk = 16                   # seeds searched together (in parallel)
         self.seen: set[str] = set()
         self.open: list[_Open] = []
-        self._open_gen = 0                # counts changes to the open events (_open_table)
-        self._open_tab: tuple | None = None
-        self._arr_tab: dict | None = None        # the open events' predicted arrivals (_open_arrivals)
-        self._recent_tab: tuple | None = None   # the same for recent (None: rebuild)
+        self._open_tab = _EventTable()           # the open events' (_open_table)
+        self._arr_tab: dict | None = None        # the open events' predicted arrivals (_open_arrivals)...
+        self._arr_stale: list[_Open] = []        # ...and the events with new versions since
+        self._recent_tab = _EventTable()         # ...and the recent ones'
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
         self.stats = AssocStats()
         lo = self.pos[:, :2].min(axis=0) - cfg.margin_m
@@ -605,14 +660,14 @@ class Associator:
         if self.open and self.pending:
             arr = self._parr.get(self.pending)
             p_t, p_s = arr.t, arr.s
-            pred, gate = self._open_arrivals()[:2]                           # (events, sensors)
+            pred, gate, _, _, _, dist = self._open_arrivals()               # (events, sensors)
             ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
             bounds = np.searchsorted(ev, np.arange(len(self.open) + 1))
             evs = np.flatnonzero(np.diff(bounds))
             released: list[Detection] = []
             if len(evs):
                 held_i, released = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs],
-                                                         bounds[evs + 1], p_s, gate[evs])
+                                                         bounds[evs + 1], p_s, pred[evs], gate[evs], dist[evs])
                 if held_i.any():
                     self.pending = self._parr.filtered(self.pending, ~held_i)
         else:
@@ -622,7 +677,7 @@ class Associator:
         for op in self.open:
             closing = now_ns >= op.close_at_ns
             if op.waiting and (closing or len(op.waiting) >= max(1, int(self.cfg.update_growth * len(op.dets)))):
-                joined, op.waiting = op.waiting, []
+                joined, op.waiting, op.wait_s, op.wait_t = op.waiting, [], [], []
                 ev, n_kept = self._grow(op, joined, consume=False)
                 kept = set(ev.detections) if ev is not None else set()
                 if ev is not None:
@@ -638,19 +693,21 @@ class Associator:
         closed = len(self.open) - len(still)
         self.open = still
         if closed:
-            self._open_gen += 1
+            self._open_closed()
         if back:                            # not kept: pending again (tried with that event)
             self.pending = self._parr.merged(self.pending, back)
         self.recent = [op for op in self.recent if now_ns == NOW_INFINITE or now_ns - op.t0_ns < 120 * NS_PER_S]
         if closed or len(self.recent) != n_recent:
-            self._recent_tab = None
+            self._recent_tab.invalidate()
         return out
 
     def _choose_attached(self, ops: list[_Open], idx: np.ndarray, miss: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                         p_s: np.ndarray, gate_ns: np.ndarray) -> tuple[np.ndarray, list[Detection]]:
+                         p_s: np.ndarray, pred_ns: np.ndarray, gate_ns: np.ndarray,
+                         dist: np.ndarray) -> tuple[np.ndarray, list[Detection]]:
         """Of the pending detections matching open events' predicted arrivals (``ops``,
         in order, each with its pairs ``idx[lo:hi]``, pending indices, ``miss`` ns from
-        the prediction; ``gate_ns`` their gates, 0 at their own sensors), those that join
+        the prediction; ``pred_ns`` and ``gate_ns`` their predicted arrivals and gates, -1
+        and 0 at their own sensors; ``dist`` their distances, m), those that join
         (:func:`kernels.attach_choose`):
         per sensor the one nearest the prediction, not yet tried with the event nor
         taken by an earlier one, within hearing range. Beyond hearing range every
@@ -669,85 +726,98 @@ class Associator:
         i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
         pos = None
         held_i = np.zeros(len(p_s), dtype=np.bool_)
-        # The pending detections each event has tried (sorted pending indices, per event).
+        # Per event (CSR): the pending detections it has tried (sorted pending indices),
+        # those waiting with it, its own sensors, and the radius cached for its matches.
         tried_i: list[int] = []
-        tried_off = np.zeros(n_ev + 1, dtype=np.int64)
+        wait_d: list[Detection] = []
+        wait_s: list[int] = []
+        wait_t: list[int] = []
+        used_s: list[int] = []
+        cache_mine: list[int] = []
+        tried_off, wait_off, used_off, cache_off = (np.zeros(n_ev + 1, dtype=np.int64) for _ in range(4))
+        cache_ok = np.zeros(n_ev, dtype=np.bool_)
+        cache_r = np.zeros(n_ev)
+        r_used = np.zeros(n_ev)
+        t0 = np.zeros(n_ev, dtype=np.int64)
         for j, op in enumerate(ops):
             if op.tried:
                 if pos is None:
                     pos = self._parr.get(self.pending).pos()
                 tried_i += sorted(i for i in (pos.get(k) for k in op.tried) if i is not None)
             tried_off[j + 1] = len(tried_i)
-        tried_a = i64(tried_i)
-        # The waiting detections, each with its sensor and its distance (ns) from the prediction.
-        wait_s: list[int] = []
-        wait_m: list[int] = []
-        wait_off = np.zeros(n_ev + 1, dtype=np.int64)
-        for j, op in enumerate(ops):
-            if op.waiting:
-                pred = op.arrivals[1]
-                ss = [self.idx[d.sensor_id] for d in op.waiting]
-                wait_s += ss
-                wait_m += [abs(d.t_ns - int(pred[s])) for d, s in zip(op.waiting, ss)]
-            wait_off[j + 1] = len(wait_s)
-        released: list[Detection] = []
-        if wait_s:
-            swap = kernels.give_way(idx, miss, lo, hi, p_s, held_i, tried_off, tried_a, wait_off, i64(wait_s),
-                                    i64(wait_m), len(self.layout))
-            for j in np.flatnonzero(np.diff(wait_off)):
-                op = ops[j]
-                for w, i in enumerate(swap[wait_off[j]:wait_off[j + 1]].tolist()):
-                    if i >= 0:
-                        d = op.waiting[w]
-                        op.waiting[w] = self.pending[i]
-                        op.tried.add(d.key)
-                        released.append(d)
-        have_s, used_s, cache_mine = [], [], []
-        have_off, used_off, cache_off = (np.zeros(n_ev + 1, dtype=np.int64) for _ in range(3))
-        cache_ok = np.zeros(n_ev, dtype=np.bool_)
-        cache_r = np.zeros(n_ev)
-        for j, op in enumerate(ops):
-            have_s += [self.idx[d.sensor_id] for d in op.waiting]
-            have_off[j + 1] = len(have_s)
-            used_s += op.arrivals[6]
+            wait_d += op.waiting
+            wait_s += op.wait_s
+            wait_t += op.wait_t
+            wait_off[j + 1] = len(wait_d)
+            arr = op.arrivals
+            used_s += arr[6]
             used_off[j + 1] = len(used_s)
+            r_used[j] = arr[8]
+            t0[j] = op.t0_ns
             h = op.hearing
             if h is not None and h[0][0] == op.event.version and h[0][1] == len(op.waiting):
                 cache_ok[j] = True
                 cache_mine += h[0][2]
                 cache_r[j] = h[1]
             cache_off[j + 1] = len(cache_mine)
-        dist = np.stack([op.arrivals[5] for op in ops])
-        r_used = np.array([op.arrivals[8] for op in ops])
-        rates = np.stack([self._rates(op.t0_ns)[0] for op in ops])
+        tried_a = i64(tried_i)
+        # The waiting detections' sensors and distances (ns) from the predictions.
+        wait_s = np.array(wait_s, dtype=np.int64)
+        wait_j = np.repeat(np.arange(n_ev), np.diff(wait_off))
+        wait_m = np.abs(np.array(wait_t, dtype=np.int64) - pred_ns[wait_j, wait_s])
+        released: list[Detection] = []
+        if len(wait_d):
+            swap = kernels.give_way(idx, miss, lo, hi, p_s, held_i, tried_off, tried_a, wait_off, wait_s, wait_m,
+                                    len(self.layout))
+            for w in np.flatnonzero(swap >= 0).tolist():
+                op, d, new = ops[wait_j[w]], wait_d[w], self.pending[swap[w]]
+                op.waiting[w - wait_off[wait_j[w]]] = new       # (at the same sensor)
+                op.wait_t[w - wait_off[wait_j[w]]] = new.t_ns
+                op.tried.add(d.key)
+                released.append(d)
+        # The sensors' rates around each shot (_rates: per second of its emission time).
+        secs, inv = np.unique(t0 // NS_PER_S, return_inverse=True)
+        rates = np.stack([self._rates(int(b) * NS_PER_S)[0] for b in secs])[inv]
         # For the chance of a match by chance, its own sensors count at the plain gate.
         gate_ns = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S)
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
-            idx, miss, lo, hi, p_s, held_i, have_off, i64(have_s), tried_off,
+            idx, miss, lo, hi, p_s, held_i, wait_off, wait_s, tried_off,
             tried_a, used_off, i64(used_s), dist, r_used, gate_ns, rates, int(self.cfg.min_sensors), cache_ok,
             cache_off, i64(cache_mine), cache_r)
         for j in np.flatnonzero(computed):
             op = ops[j]
             op.hearing = ((op.event.version, len(op.waiting), tuple(mine[mine_off[j]:mine_off[j + 1]].tolist())),
                           float(radius[j]))
+        p_t = self._parr.get(self.pending).t
         for j in np.flatnonzero(np.diff(join_off)):
-            ops[j].waiting += [self.pending[i] for i in join[join_off[j]:join_off[j + 1]].tolist()]
+            op, joined = ops[j], join[join_off[j]:join_off[j + 1]]
+            op.waiting += [self.pending[i] for i in joined.tolist()]
+            op.wait_s += p_s[joined].tolist()
+            op.wait_t += p_t[joined].tolist()
         return held_i, released
 
     def _forget_stale_seeds(self) -> None:
-        """Count new detections into each remembered seed's window."""
-        if self._new_times and self._memo:
+        """Count new detections into each remembered seed's window (of the seeds still
+        waiting for some: once none are needed, more change nothing)."""
+        if self._new_times and self._counting:
             new = np.sort(np.array(self._new_times, dtype=np.int64))
-            keys = list(self._memo)
-            ts = np.array([self._memo[k][0] for k in keys], dtype=np.int64)
+            keys = list(self._counting)
+            ts = np.array([self._counting[k][0] for k in keys], dtype=np.int64)
             n_new = np.searchsorted(new, ts + self.shot_span_ns, "right") - np.searchsorted(new, ts, "left")
-            for k in np.flatnonzero(n_new):
-                self._memo[keys[k]][3] -= int(n_new[k])
+            for k in np.flatnonzero(n_new).tolist():
+                m = self._counting[keys[k]]
+                m[3] -= int(n_new[k])
+                if m[3] <= 0:
+                    del self._counting[keys[k]]
         self._new_times.clear()
 
-    def _asleep(self, key: str, now_ns: int) -> bool:
-        m = self._memo.get(key)
-        return m is not None and (now_ns < m[1] or (m[3] > 0 and (m[2] is None or now_ns < m[2])))
+    def _set_memo(self, key: str, seed_t_ns: int, not_before_ns: int, wake_ns: int | None, need_new: int) -> None:
+        """Remember a seed (:attr:`_memo`)."""
+        self._memo[key] = m = [seed_t_ns, not_before_ns, wake_ns, need_new]
+        if need_new > 0:
+            self._counting[key] = m
+        else:
+            self._counting.pop(key, None)
 
     def _remember(self, seed: Detection, now_ns: int, need_new: int = 1) -> None:
         """A seed found no shot: search it again once ``need_new`` more detections have
@@ -758,7 +828,7 @@ class Associator:
             not_before = 0
         else:
             not_before = seed.t_ns + max(int(1.5 * age), int(0.25 * NS_PER_S))
-        self._memo[seed.key] = [seed.t_ns, not_before, None, max(1, need_new)]
+        self._set_memo(seed.key, seed.t_ns, not_before, None, max(1, need_new))
 
     def _search(self, now_ns: int, deadline: float | None = None) -> list[Event]:
         """Try each pending detection, in time order, as the first arrival of a shot.
@@ -778,7 +848,8 @@ class Associator:
         explained = self._explained_by_open()
         cur = _Batch(self, self.pending)
         ripe = np.flatnonzero(now_ns - cur.tp >= self._first_search_ns[cur.sp])
-        todo = [cur.pend[k] for k in ripe if not self._asleep(cur.pend[k].key, now_ns)]
+        memo = self._memo
+        todo = [d for d in map(cur.pend.__getitem__, ripe.tolist()) if not _sleeping(memo.get(d.key), now_ns)]
         if self._behind and self.cfg.overload_gunshots_first:
             todo.sort(key=lambda d: d.p_gunshot < 0.5)      # stable: time order within each
         self._behind = False
@@ -801,7 +872,7 @@ class Associator:
                 if until is not None:
                     # Not searched while that event is open (nothing can wake it sooner).
                     self.stats.explained += 1
-                    self._memo[d.key] = [d.t_ns, until, None, 0]
+                    self._set_memo(d.key, d.t_ns, until, None, 0)
                     results.pop(d.key, None)
                     continue
                 if lost:
@@ -861,7 +932,7 @@ class Associator:
         mature_at = t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S)
         if len(cand) < cfg.early_alert_sensors and now_ns < mature_at:
             for d in cand:
-                self._memo[d.key] = [d.t_ns, 0, mature_at, cfg.early_alert_sensors - len(cand)]
+                self._set_memo(d.key, d.t_ns, 0, mature_at, cfg.early_alert_sensors - len(cand))
                 skip.add(d.key)
             return None
         keys = frozenset(d.key for d in cand)
@@ -1113,36 +1184,42 @@ class Associator:
     def _open_arrivals(self) -> tuple[np.ndarray, ...]:
         """The open events' rows of :meth:`_predict`, as matrices (events in ``open``'s
         order, by sensor): own predicted arrivals and gates (the attach step), arrivals
-        and gates for :meth:`_explained_by_open`, and the events' closing times (ns).
-        Kept between calls: a new event adds its row, a new version rewrites its own,
-        and only a change in which events are open rebuilds them (with a thousand open
-        events in a dense city, stacking every row anew for each new event cost more
-        than the search it served)."""
+        and gates for :meth:`_explained_by_open`, the events' closing times (ns), and
+        the distances (m). Kept between calls: a new event adds its row, a new version
+        rewrites its own (:meth:`_grow` lists it), and only a change in which events are
+        open rebuilds them (with a thousand open events in a dense city, stacking every
+        row anew for each new event cost more than the search it served)."""
         tab = self._arr_tab
         n = len(self.open)
-        if tab is None or len(tab["ops"]) > n or any(a is not b for a, b in zip(tab["ops"], self.open)):
+        if tab is None:
             cap = max(64, 2 * n)
-            tab = self._arr_tab = {"ops": [], "ver": [], "close": np.empty(cap, dtype=np.int64),
+            tab = self._arr_tab = {"n": 0, "row": {}, "ver": [], "close": np.empty(cap, dtype=np.int64),
                                    "m": [np.empty((cap, len(self.layout)), dtype=t)
-                                         for t in (np.int64, np.float64, np.int64, np.float64)]}
-        ops, ver, m = tab["ops"], tab["ver"], tab["m"]
+                                         for t in (np.int64, np.float64, np.int64, np.float64, np.float64)]}
+            self._arr_stale = []
+        row, ver, m = tab["row"], tab["ver"], tab["m"]
         if n > m[0].shape[0]:
             cap = 2 * n
             tab["m"] = m = [np.concatenate([a, np.empty((cap - a.shape[0], a.shape[1]), dtype=a.dtype)]) for a in m]
             tab["close"] = np.concatenate([tab["close"], np.empty(cap - len(tab["close"]), dtype=np.int64)])
-        for k, op in enumerate(self.open):
-            if k < len(ops) and ver[k] == op.event.version:
+        # Events that are new (appended to the open list) or have new versions.
+        todo = [(k, op) for k, op in ((row.get(id(op)), op) for op in self._arr_stale) if k is not None]
+        todo += list(enumerate(itertools.islice(self.open, tab["n"], None), tab["n"]))
+        self._arr_stale = []
+        for k, op in todo:
+            if k < len(ver) and ver[k] == op.event.version:
                 continue
             arr = self._arrivals_all(op)
-            for a, row in zip(m, (arr[1], arr[2], arr[3], arr[4])):
-                a[k] = row
+            for a, r in zip(m, (arr[1], arr[2], arr[3], arr[4], arr[5])):
+                a[k] = r
             tab["close"][k] = op.close_at_ns
-            if k < len(ops):
+            if k < len(ver):
                 ver[k] = op.event.version
             else:
-                ops.append(op)
+                row[id(op)] = k
                 ver.append(op.event.version)
-        return tuple(a[:n] for a in m) + (tab["close"][:n],)
+        tab["n"] = n
+        return tuple(a[:n] for a in m[:4]) + (tab["close"][:n], m[4][:n])
 
     def _explained_by_open(self):
         """A test of whether a detection (time ns, sensor index) is the arrival, early by
@@ -1153,7 +1230,7 @@ class Associator:
         new shot there is found from its other sensors' detections."""
         if not self.open:
             return lambda t_ns, s: None
-        pred, gate, close = self._open_arrivals()[2:]
+        pred, gate, close = self._open_arrivals()[2:5]
         late = self.cfg.late_allowance_s * NS_PER_S
 
         def explained(t_ns: int, s: int) -> int | None:
@@ -1214,26 +1291,21 @@ class Associator:
 
     def _add_open(self, op: _Open) -> None:
         self.open.append(op)
-        self._open_gen += 1
+        self._open_tab.append(op)
+
+    def _open_closed(self) -> None:
+        """Events left the open list: its tables are rebuilt when next asked for."""
+        self._open_tab.invalidate()
+        self._arr_tab = None
 
     def _open_table(self) -> tuple[np.ndarray, ...]:
         """The open events' emission times (ns), positions (m), ellipses' major
-        semi-axes (m) and detection counts, rebuilt when they change."""
-        if self._open_tab is None or self._open_tab[0] != self._open_gen:
-            self._open_tab = (self._open_gen,) + self._table(self.open)
-        return self._open_tab[1:]
+        semi-axes (m) and detection counts (:class:`_EventTable`)."""
+        return self._open_tab.rows(self.open)
 
     def _recent_table(self) -> tuple[np.ndarray, ...]:
         """:meth:`_open_table` for the closed events (``recent``, in its order)."""
-        if self._recent_tab is None:
-            self._recent_tab = self._table(self.recent)
-        return self._recent_tab
-
-    @staticmethod
-    def _table(ops: list[_Open]) -> tuple[np.ndarray, ...]:
-        return (np.array([op.t0_ns for op in ops], dtype=np.int64), np.array([op.sol.x_m for op in ops]),
-                np.array([op.sol.y_m for op in ops]), np.array([op.event.ellipse95_m.major for op in ops]),
-                np.array([len(op.dets) for op in ops], dtype=np.int64))
+        return self._recent_tab.rows(self.recent)
 
     def _merge(self, op: _Open, cand: list[Detection]) -> Event | None:
         have = {d.sensor_id for d in op.dets}
@@ -1257,8 +1329,9 @@ class Associator:
         if consume:
             self._consume(keep)
         op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
-        self._open_gen += 1
-        self._recent_tab = None         # (a closed event may grow too: _same_shot)
+        self._open_tab.changed(op)
+        self._recent_tab.changed(op)    # (a closed event may grow too: _same_shot)
+        self._arr_stale.append(op)
         self.stats.updates += 1
         return ev, sum(d.key in keep for d in extra)
 
@@ -1531,7 +1604,7 @@ class Associator:
         if len(self._fed_at) + len(self._memo) + len(self._failed) > 4 * len(keep) + 100:
             # What detections no longer pending left behind (taken by shots, expired).
             live = {d.key for d in keep}
-            for book in (self._fed_at, self._memo, self._failed):
+            for book in (self._fed_at, self._memo, self._counting, self._failed):
                 for key in [key for key in book if key not in live]:
                     del book[key]
 
@@ -1541,8 +1614,8 @@ class Associator:
         out = self.step(NOW_INFINITE, budget_s=budget_s)
         self.recent += self.open
         self.open = []
-        self._open_gen += 1
-        self._recent_tab = None
+        self._open_closed()
+        self._recent_tab.invalidate()
         return out
 
 
