@@ -114,7 +114,9 @@ class AssocConfig:
     hyp_neighbours: int = 6              # fast path: triples from the seed and two of its
     hyp_per_sensor: int = 12             # nearest sensors with detections (at most this many each);
     hyp_near: int = 12                   # each source scored first on this many sensors nearest
-    hyp_full: int = 24                   # the seed's, and only the best this many on all (0: all)
+    hyp_full: int = 24                   # the seed's, and only the best this many on the
+    hyp_full_sensors: int = 48           # this many nearest it (0: all; beyond, a city's sensors
+                                         # hear other sounds only)
     hyp_wind_range_m: float = 300.0      # wind uncertainty allowed for over this range
     window_tol_s: float = 0.006          # added to the geometric window (picks, wind, survey)
     gate_s: float = 0.010                # max |residual| to attach a detection to a shot
@@ -362,6 +364,7 @@ class _Batch:
                              float(a.wind[0]), float(a.wind[1]),
                              a._hyp_window_s(), float(cfg.seed_region_m), *a._box, a._nbr_order,
                              int(cfg.hyp_neighbours), int(cfg.hyp_per_sensor), int(cfg.hyp_near), int(cfg.hyp_full),
+                             int(cfg.hyp_full_sensors),
                              a._d_min, float(cfg.coarse_cell_m), float(cfg.gate_s), *hist, int(cfg.min_sensors),
                              status, count, x, y, tau0, prob, cand)
         out = {}

@@ -352,8 +352,8 @@ def grid_peaks(gx, gy, count, cost, min_count, min_sep_m, k):
 
 @numba.njit(cache=True, nogil=True)
 def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, half_window_s,
-                    seed_region_m, x_lo, x_hi, y_lo, y_hi, max_per_sensor, near, n_full, d_min, cell_m, pair_ns,
-                    out_x, out_y, out_cnt, out_cost):
+                    seed_region_m, x_lo, x_hi, y_lo, y_hi, max_per_sensor, near, n_full, full_sens, d_min, cell_m,
+                    pair_ns, out_x, out_y, out_cnt, out_cost):
     """Source hypotheses for one seed from detection triples, verified on every sensor.
 
     The seed is a detection at sensor ``s0`` at time 0; the other detections are grouped by
@@ -376,7 +376,8 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     Two passes: every source is first scored on ``near`` (the sensors nearest the seed's,
     which hear a real shot seeded there; the triple's own two detections count without a
     lookup: the source predicts their times exactly); only the ``n_full`` best of those
-    (all if ``n_full`` <= 0) are then scored on every sensor, best first, each pass
+    (all if ``n_full`` <= 0) are then scored on the sensors ``full_sens`` (ascending;
+    if empty, every sensor with detections), best first, each pass
     stopping once a source cannot beat the one kept (in the first pass: cannot enter the
     best ``n_full``, ties going to the earlier). In a crowded window most triples are
     chance and this saves most of the scoring.
@@ -390,12 +391,19 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     n_nb = nbrs.shape[0]
     n_near = near.shape[0]
     dz0 = sz[s0] - z_src
-    busy = np.empty(n_sens, dtype=np.int64)     # the other sensors with detections
+    busy = np.empty(n_sens, dtype=np.int64)     # the other sensors with detections (scored on)
     n_busy = 0
-    for s in range(n_sens):
-        if s != s0 and offsets[s + 1] > offsets[s]:
-            busy[n_busy] = s
-            n_busy += 1
+    if full_sens.shape[0] > 0:
+        for i in range(full_sens.shape[0]):
+            s = full_sens[i]
+            if s != s0 and offsets[s + 1] > offsets[s]:
+                busy[n_busy] = s
+                n_busy += 1
+    else:
+        for s in range(n_sens):
+            if s != s0 and offsets[s + 1] > offsets[s]:
+                busy[n_busy] = s
+                n_busy += 1
     in_near = np.zeros(n_sens, dtype=np.int64)
     for i in range(n_near):
         in_near[near[i]] = 1
@@ -1141,16 +1149,21 @@ def _labelled(js, t, offsets, keep):
 
 @numba.njit(cache=True, nogil=True)
 def _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, seed_region_m, x_lo, x_hi, y_lo,
-                 y_hi, nbr_order, n_nbrs, max_per_sensor, n_near, n_full, d_min, cell_m, pair_ns, min_count):
+                 y_hi, nbr_order, n_nbrs, max_per_sensor, n_near, n_full, n_full_sens, d_min, cell_m, pair_ns,
+                 min_count):
     """The best source for a seed at sensor ``s0`` with the window ``t, offsets``
     (:func:`seed_hypotheses` with its ``n_nbrs`` nearest sensors that have detections,
-    scored first on ``n_near``): ``(SEED_CANDIDATE, count, x, y)``, or ``SEED_WEAK`` with
-    the best count under ``min_count``, or ``SEED_NO_TRIPLE``."""
+    scored first on ``n_near``, then on ``n_full_sens``, 0: all): ``(SEED_CANDIDATE,
+    count, x, y)``, or ``SEED_WEAK`` with the best count under ``min_count``, or
+    ``SEED_NO_TRIPLE``."""
     order = nbr_order[s0]
     nb = np.empty(n_nbrs, dtype=np.int64)
     near = np.empty(n_near, dtype=np.int64)
+    n_fs = n_full_sens if 0 < n_full_sens < order.shape[0] else 0
+    full = np.empty(n_fs, dtype=np.int64)
     m_nb = 0
     m_near = 0
+    m_full = 0
     for i in range(order.shape[0]):
         s = order[i]
         if offsets[s + 1] > offsets[s]:
@@ -1160,8 +1173,14 @@ def _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, se
             if m_near < n_near:
                 near[m_near] = s
                 m_near += 1
-            if m_nb == n_nbrs and m_near == n_near:
+            if m_full < n_fs:
+                full[m_full] = s
+                m_full += 1
+            if m_nb == n_nbrs and m_near == n_near and m_full == n_fs:
                 break
+    if n_fs > 0 and m_full < n_fs:
+        n_fs = 0            # every sensor with detections is among them: score on all
+    full = np.sort(full[:n_fs])
     if n_nbrs < 2 or m_nb < 2:
         return SEED_NO_TRIPLE, 0, 0.0, 0.0
     ox = np.zeros(1)
@@ -1169,8 +1188,8 @@ def _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, se
     ocnt = np.zeros(1, dtype=np.int64)
     ocost = np.zeros(1)
     n = seed_hypotheses(sx, sy, sz, z_src, s0, nb[:m_nb], t, offsets, c, wx, wy, half_window_s, seed_region_m,
-                        x_lo, x_hi, y_lo, y_hi, max_per_sensor, near[:m_near], n_full, d_min, cell_m, pair_ns,
-                        ox, oy, ocnt, ocost)
+                        x_lo, x_hi, y_lo, y_hi, max_per_sensor, near[:m_near], n_full, full, d_min, cell_m,
+                        pair_ns, ox, oy, ocnt, ocost)
     if n == 0:
         return SEED_NO_TRIPLE, 0, 0.0, 0.0
     if ocnt[0] < min_count:
@@ -1181,16 +1200,16 @@ def _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, se
 @numba.njit(parallel=True, cache=True, nogil=True)
 def search_seeds(seeds, tp, sp, by_idx, by_off, alive, sig_p, gun_p, span_ns, pair_ns, max_search, sx, sy, sz,
                  z_src, c, wx, wy, half_window_s, seed_region_m, x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs,
-                 max_per_sensor, n_near, n_full, d_min, cell_m, gate_s, hist_t, hist_off, gun_t, gun_off, seen_from,
-                 seen_to, min_count,
-                 out_status, out_count, out_x, out_y, out_tau0, out_prob, out_cand):
+                 max_per_sensor, n_near, n_full, n_full_sens, d_min, cell_m, gate_s, hist_t, hist_off, gun_t, gun_off,
+                 seen_from, seen_to, min_count, out_status, out_count, out_x, out_y, out_tau0, out_prob, out_cand):
     """Search many seeds at once (in parallel): for each pending detection ``seeds[q]``
     (an index into the pending times ``tp`` ns, ascending, sensors ``sp``, grouped by
     sensor ``by_idx, by_off`` (:func:`by_sensor`), still pending ``alive``, stated sigmas
     ``sig_p`` s, gunshot-rated ``gun_p``), its window (:func:`seed_window_by_sensor`, the
     pair gates ``pair_ns[s0]``, crowded windows filled from the nearest sensors
     ``nbr_order[s0]``), the best source from triples
-    with its ``n_nbrs`` nearest sensors that have detections (:func:`_best_source`; for
+    with its ``n_nbrs`` nearest sensors that have detections, scored on the ``n_near``
+    and then the ``n_full_sens`` nearest (:func:`_best_source`; for
     a gunshot-rated seed first from the gunshot-rated detections alone), and the
     candidate there
     (:func:`candidate_at`, window ``half_window_s + gate_s``, chance rates from the
@@ -1220,11 +1239,11 @@ def search_seeds(seeds, tp, sp, by_idx, by_off, alive, sig_p, gun_p, span_ns, pa
             tg, og = _labelled(js, t, offsets, gun_p)
             st, cnt, x, y = _best_source(s0, tg, og, sx, sy, sz, z_src, c, wx, wy, half_window_s, seed_region_m,
                                          x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs, max_per_sensor, n_near, n_full,
-                                         d_min, cell_m, pair_ns, min_count)
+                                         n_full_sens, d_min, cell_m, pair_ns, min_count)
         if st != SEED_CANDIDATE:
             st, cnt, x, y = _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, seed_region_m,
                                          x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs, max_per_sensor, n_near, n_full,
-                                         d_min, cell_m, pair_ns, min_count)
+                                         n_full_sens, d_min, cell_m, pair_ns, min_count)
         if st != SEED_CANDIDATE:
             out_status[q] = st
             out_count[q] = cnt

@@ -139,7 +139,8 @@ def test_triples_place_the_source_in_closed_form(rng):
         near = nbrs if trial % 4 < 2 else nbrs[2:]
         m = kernels.seed_hypotheses(*(np.ascontiguousarray(s[:, k]) for k in range(3)), z_src, s0, nbrs, times, off,
                                     c, wind[0], wind[1], 0.002, 400.0, -1500.0, 1500.0, -1500.0, 1500.0, 12,
-                                    near, full, d_min, 10.0, pair_ns, ox, oy, ocnt, ocost)
+                                    near, full, np.zeros(0, dtype=np.int64), d_min, 10.0, pair_ns, ox, oy, ocnt,
+                                    ocost)
         assert m >= 1 and ocnt[0] == n
         assert np.hypot(ox[0] - src[0], oy[0] - src[1]) < 0.5
         assert m == 1 or ocnt[1] < n or np.hypot(ox[1] - ox[0], oy[1] - oy[0]) >= 10.0
