@@ -165,6 +165,9 @@ class AssocConfig:
     c_window_s: float = 600.0            # the regional speed of sound: median of the estimates from
     c_history: int = 15                  # shots in this window (the air's temperature drifts over
                                          # hours), and at least this many
+    dedup_window_s: float = 600.0        # a detection whose key was fed this recently (in detection
+                                         # time, behind the newest) is a duplicate (the service's
+                                         # store recognises older ones)
 
 
 @dataclass
@@ -491,7 +494,8 @@ class Associator:
         # sound has crossed the array (seconds of the stream).
         self.search_lag_s = 0.0
         self.search_chunk = 16                   # seeds searched together (in parallel)
-        self.seen: set[str] = set()
+        self.seen: set[str] = set()             # keys fed (for dedup_window_s)...
+        self._seen_order: collections.deque = collections.deque()   # ...as (time ns, key), in feed order
         self.open: list[_Open] = []
         self._open_tab = _EventTable()           # the open events' (_open_table)
         self._arr_tab: dict | None = None        # the open events' predicted arrivals (_open_arrivals)...
@@ -560,13 +564,17 @@ class Associator:
             self.stats.unsynchronised += 1
             return False
         det = self._corrected(det)
-        self.seen.add(det.key)
+        self._see(det)
         self.stats.fed += 1
         self.pending.append(det)
         self._new_times.append(det.t_ns)
         self._fed_at[det.key] = self._now
         self._heard(det)
         return True
+
+    def _see(self, det: Detection) -> None:
+        self.seen.add(det.key)
+        self._seen_order.append((det.t_ns, det.key))
 
     def _heard(self, det: Detection) -> None:
         """Record that ``det``'s sensor heard something at its time (sensor histories for
@@ -607,7 +615,7 @@ class Associator:
             self._add_open(_Open(ev, sol, mine, close_at, t0_ns))
             used.update(ev.detections)
             for d in mine:
-                self.seen.add(d.key)
+                self._see(d)
                 self._heard(d)
         for d in sorted(dets, key=lambda d: d.t_ns):
             if d.key not in used:
@@ -691,6 +699,10 @@ class Associator:
                 rejected = [d for d in joined if d.key not in kept]
                 op.tried.update(d.key for d in rejected)
                 back += rejected
+            if closing:
+                # Only the open events' predictions are asked for (a closed event is found
+                # by its position and time): a night's 120 s of closed events kept them.
+                op.arrivals = op.hearing = None
             (self.recent if closing else still).append(op)
         n_recent = len(self.recent)
         closed = len(self.open) - len(still)
@@ -1604,6 +1616,11 @@ class Associator:
             for h in self.gun_history.values():
                 del h[:bisect.bisect_left(h, old)]
         self.pending = keep
+        # Keys older than the duplicate window are forgotten (a night's keys would grow
+        # without bound: 2,400 detections/s is 8 million an hour).
+        cut = self._seen_to - int(self.cfg.dedup_window_s * NS_PER_S)
+        while self._seen_order and self._seen_order[0][0] < cut:
+            self.seen.discard(self._seen_order.popleft()[1])
         if len(self._fed_at) + len(self._memo) + len(self._failed) > 4 * len(keep) + 100:
             # What detections no longer pending left behind (taken by shots, expired).
             live = {d.key for d in keep}

@@ -75,6 +75,27 @@ def test_duplicates_and_unknown_sensors_are_counted(city_scene, city_detections)
     assert a.stats.duplicates == 1 and a.stats.unknown_sensor == 1
 
 
+def test_keys_older_than_the_duplicate_window_are_forgotten(city_scene, city_detections):
+    """A key fed within ``dedup_window_s`` (detection time, behind the newest) is a
+    duplicate; an older one is forgotten, so a night's keys do not grow without bound
+    (the service's store still recognises it)."""
+    from dataclasses import replace
+
+    a = Associator(city_scene.layout, AssocConfig(dedup_window_s=60.0))
+    d = city_detections[0]
+    assert a.feed(d)
+    later = replace(d, seq=d.seq + 10**6, t_ns=d.t_ns + 30 * NS_PER_S)
+    assert a.feed(later)
+    a.step(later.t_ns)
+    assert not a.feed(d)                    # 30 s behind the newest: a duplicate
+    latest = replace(d, seq=d.seq + 2 * 10**6, t_ns=d.t_ns + 61 * NS_PER_S)
+    assert a.feed(latest)
+    a.step(latest.t_ns)
+    assert d.key not in a.seen and later.key in a.seen
+    assert a.feed(d)                        # 61 s behind: forgotten
+    assert a.stats.duplicates == 1 and len(a.seen) == 3
+
+
 def test_batch_cli_reports_bad_lines(tmp_path, city_scene, city_detections, capsys):
     from shotnet.locator.batch import main
     from shotnet.sensor.layout import save_layout
@@ -522,7 +543,10 @@ def test_the_open_events_arrival_table_equals_stacking_them_anew():
     between steps (a new event adds its row, a new version rewrites its own, a change in
     which events are open rebuilds). Through a fireworks night, at every step, they
     equal the rows stacked anew from each open event's current version, and so do the
-    closing times; new events, new versions and closings all happen on the way."""
+    closing times and the distances; new events, new versions and closings all happen on
+    the way. The open and the closed events' tables of times, positions, ellipses and
+    counts (kept row by row too) equal theirs built anew, and closed events no longer
+    hold predictions."""
     from shotnet.locator.synthetic import StreamConfig, make_stream
     from shotnet.sensor.scene import default_layout
 
@@ -540,8 +564,16 @@ def test_the_open_events_arrival_table_equals_stacking_them_anew():
                 got = a._open_arrivals()
                 want = [np.stack([a._arrivals_all(op)[k] for op in a.open]) for k in (1, 2, 3, 4)]
                 want.append(np.array([op.close_at_ns for op in a.open], dtype=np.int64))
+                want.append(np.stack([a._arrivals_all(op)[5] for op in a.open]))
+                assert len(got) == len(want)
                 assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want))
                 checked += 1
+            for got, ops in ((a._open_table(), a.open), (a._recent_table(), a.recent)):
+                want = (np.array([op.t0_ns for op in ops], dtype=np.int64), np.array([op.sol.x_m for op in ops]),
+                        np.array([op.sol.y_m for op in ops]), np.array([op.event.ellipse95_m.major for op in ops]),
+                        np.array([len(op.dets) for op in ops], dtype=np.int64))
+                assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want))
+            assert all(op.arrivals is None for op in a.recent)
         a.feed(d)
     assert checked > 100 and versions > 10 and closed > 10
 
