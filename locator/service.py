@@ -252,7 +252,6 @@ class LocatorService:
         self._assoc_thread: threading.Thread | None = None
         self._stop_assoc = False
         self.step_budget_s = 1.0        # an association step gives up searching after this long
-        self.incidents: dict[str, dict] = {}
         # With association_process the association runs in a process of its own
         # (_AssociationLink): it replays the store there, and self.assoc only checks
         # sensor ids. Its alert lines are printed there unless ``quiet`` (on_event,
@@ -441,10 +440,8 @@ class LocatorService:
         status = self.store.put_event(ev) if self.store else "new"
         if status == "same":
             return
-        if inc is not None:
-            self.incidents[inc["incident_id"]] = inc
-            if self.store:
-                self.store.put_incident(inc)
+        if inc is not None and self.store:
+            self.store.put_incident(inc)
         line = ev.to_json()
         if self.events_fh:
             self.events_fh.write(line + "\n")
@@ -694,7 +691,6 @@ def _association_main(endpoint: str, layout: SensorLayout, cfg: AssocConfig, sto
     svc.webhook = Webhook(webhook_url) if webhook_url else None
     svc.metrics = _MetricsRelay()
     svc.stats = ServiceStats()
-    svc.incidents = {}
     svc.pub = _PubRelay(sock)
     svc._assoc_thread = None
 
