@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import bisect
 import collections
-import dataclasses
+import copy
 import hashlib
 import itertools
 import logging
@@ -414,15 +414,14 @@ class _EventTable:
 
     def rows(self, ops: list[_Open]) -> tuple[np.ndarray, ...]:
         if not self.valid:
-            cap = max(64, 2 * len(ops))
-            self.t0 = np.empty(cap, dtype=np.int64)
-            self.x, self.y, self.major = np.empty(cap), np.empty(cap), np.empty(cap)
-            self.cnt = np.empty(cap, dtype=np.int64)
-            self.row: dict[int, int] = {}
-            self.n = 0
+            pad = max(64, len(ops))
+            self.t0, self.cnt = (np.concatenate([np.array(v, dtype=np.int64), np.empty(pad, dtype=np.int64)])
+                                 for v in ([op.t0_ns for op in ops], [len(op.dets) for op in ops]))
+            self.x, self.y, self.major = (np.concatenate([np.array(v, dtype=np.float64), np.empty(pad)]) for v in (
+                [op.sol.x_m for op in ops], [op.sol.y_m for op in ops], [op.event.ellipse95_m.major for op in ops]))
+            self.row: dict[int, int] = {id(op): k for k, op in enumerate(ops)}
+            self.n = len(ops)
             self.valid = True
-            for op in ops:
-                self.append(op)
         n = self.n
         return self.t0[:n], self.x[:n], self.y[:n], self.major[:n], self.cnt[:n]
 
@@ -593,7 +592,11 @@ class Associator:
         if self.layout.clock_offset_ns is not None:
             off = int(self.layout.clock_offset_ns[self.idx[det.sensor_id]])
             if off:
-                return dataclasses.replace(det, t_ns=det.t_ns - off)
+                # A copy at the corrected time (dataclasses.replace runs the frozen class's
+                # __init__ over every field: a tenth of feeding a detection).
+                new = copy.copy(det)
+                object.__setattr__(new, "t_ns", det.t_ns - off)
+                return new
         return det
 
     def restore(self, events: list[Event], dets: list[Detection]) -> None:
