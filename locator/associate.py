@@ -165,7 +165,7 @@ class AssocConfig:
     c_window_s: float = 600.0            # the regional speed of sound: median of the estimates from
     c_history: int = 15                  # shots in this window (the air's temperature drifts over
                                          # hours), and at least this many
-    dedup_window_s: float = 600.0        # a detection whose key was fed this recently (in detection
+    dedup_window_s: float = 120.0        # a detection whose key was fed this recently (in detection
                                          # time, behind the newest) is a duplicate (the service's
                                          # store recognises older ones)
 
