@@ -329,6 +329,48 @@ def test_the_attach_choice_equals_its_plain_statement(rng):
     assert set(want_r) - set(want2_r)           # some events took their cached radius
 
 
+def test_the_give_way_choice_equals_its_plain_statement(rng):
+    """kernels.give_way (events in order) against the rule written plainly: per event, per
+    sensor the match nearest the prediction among those not tried with it and not taken
+    by an earlier event; a detection waiting with it at that sensor and farther from the
+    prediction gives way to it (which is then taken)."""
+    from shotnet.locator import kernels
+
+    n_sens, n_pend, n_ev = 20, 300, 30
+    p_s = rng.integers(0, n_sens, n_pend).astype(np.int64)
+    pairs = [np.sort(rng.choice(n_pend, rng.integers(0, 30), replace=False)) for _ in range(n_ev)]
+    miss = [rng.integers(0, 4, len(p)) * 1_000_000 for p in pairs]       # ties at a sensor happen
+    tried = [sorted(rng.choice(p, min(len(p), 3), replace=False).tolist()) if len(p) else [] for p in pairs]
+    wait_s = [sorted(rng.choice(n_sens, rng.integers(0, 6), replace=False).tolist()) for _ in range(n_ev)]
+    wait_m = [(rng.integers(0, 4, len(w)) * 1_000_000).tolist() for w in wait_s]
+
+    held, want = set(), []
+    for j in range(n_ev):
+        best = {}                                   # sensor -> (miss, pending index)
+        for i, m in zip(pairs[j].tolist(), miss[j].tolist()):
+            s = int(p_s[i])
+            if i not in held and i not in tried[j] and (s not in best or m < best[s][0]):
+                best[s] = (m, i)
+        for s, m in zip(wait_s[j], wait_m[j]):
+            if s in best and best[s][0] < m:
+                i = best.pop(s)[1]
+                want.append(i)
+                held.add(i)
+            else:
+                want.append(-1)
+
+    i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
+    off = lambda ls: np.cumsum([0] + [len(x) for x in ls]).astype(np.int64)     # noqa: E731
+    lo = off(pairs)[:-1]
+    held_k = np.zeros(n_pend, dtype=np.bool_)
+    got = kernels.give_way(i64(np.concatenate(pairs)), i64(np.concatenate(miss)), lo, lo + [len(p) for p in pairs],
+                           p_s, held_k, off(tried), i64(sum(tried, [])), off(wait_s), i64(sum(wait_s, [])),
+                           i64(sum(wait_m, [])), n_sens)
+    assert got.tolist() == want
+    assert set(np.flatnonzero(held_k).tolist()) == held
+    assert sum(i >= 0 for i in want) > 10 and sum(i < 0 for i in want) > 10
+
+
 def test_arrival_matches_equal_every_event_against_every_pending_detection(rng):
     """The attach step's matching kernel (a binary search per event and sensor) against
     the plain comparison of every pending detection with every open event, including
