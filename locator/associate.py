@@ -22,11 +22,11 @@ One step:
    first from triples: the seed and one detection at each of two of its nearest sensors
    fix a source in closed form (:func:`kernels.seed_hypotheses`), scored like a grid
    node by the distinct sensors with a detection near their predicted arrival (first on
-   the sensors nearest the seed's, then the best few on all). Only when no triple can
-   be formed (too few neighbours with detections, or all in line with the seed's
-   sensor) does the anchored grid search run (:func:`kernels.seed_coherence`, over
-   the part of the region where the seed's sensor is among the nearest, several
-   separate peaks refined to 1 m). For each sensor the
+   the sensors nearest the seed's, then the best few on more of them,
+   ``hyp_full_sensors``). Only when no triple can be formed (too few neighbours with
+   detections, or all in line with the seed's sensor) does the anchored grid search
+   run (:func:`kernels.seed_coherence`, over the part of the region where the seed's
+   sensor is among the nearest, several separate peaks refined to 1 m). For each sensor the
    detection closest to the predicted arrival is taken, within the disc around the
    source whose matched count is least likely by chance (far sensors, beyond hearing
    range, only add chance detections); a candidate must be unlikely as a chance

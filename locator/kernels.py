@@ -354,7 +354,7 @@ def grid_peaks(gx, gy, count, cost, min_count, min_sep_m, k):
 def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, half_window_s,
                     seed_region_m, x_lo, x_hi, y_lo, y_hi, max_per_sensor, near, n_full, full_sens, d_min, cell_m,
                     pair_ns, out_x, out_y, out_cnt, out_cost):
-    """Source hypotheses for one seed from detection triples, verified on every sensor.
+    """Source hypotheses for one seed from detection triples, verified on the sensors around it.
 
     The seed is a detection at sensor ``s0`` at time 0; the other detections are grouped by
     sensor as in :func:`seed_coherence`. For every pair of sensors ``(a, b)`` in ``nbrs``
