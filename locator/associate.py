@@ -233,30 +233,32 @@ class _PendingArrays:
     merged into: on a crowded night ten thousand detections are pending, and building
     these anew for every pass of every step was most of a step's time."""
 
+    _DTYPES = (np.int64, np.int64, np.int64, np.float64)
+
     def __init__(self, idx: dict[str, int]):
         self.idx = idx
         self.of: list | None = None     # the list these describe (its first n)
         self.n = 0
-        self.t = self.s = self.sig = np.zeros(0, dtype=np.int64)
-        self.pg = np.zeros(0)
+        self._set(np.zeros(0, dtype=t) for t in self._DTYPES)
         self._pos: dict[str, int] | None = None
+
+    def _set(self, arrays) -> None:
+        self.t, self.s, self.sig, self.pg = arrays
+
+    def _columns(self, dets: list[Detection]):
+        """The arrays' values for ``dets``, as arrays."""
+        return (np.array(v, dtype=t) for v, t in zip(
+            ([d.t_ns for d in dets], [self.idx[d.sensor_id] for d in dets], [d.t_sigma_ns for d in dets],
+             [d.p_gunshot for d in dets]), self._DTYPES))
 
     def get(self, pending: list[Detection]) -> "_PendingArrays":
         """The arrays for ``pending`` (extended if it only grew since)."""
         if self.of is not pending or self.n > len(pending):
             self.of, self.n = pending, 0
-            self.t = self.s = self.sig = np.zeros(0, dtype=np.int64)
-            self.pg = np.zeros(0)
+            self._set(np.zeros(0, dtype=t) for t in self._DTYPES)
         if self.n < len(pending):
-            new = pending[self.n:]
-            idx = self.idx
-            self.t = np.concatenate([self.t, np.fromiter([d.t_ns for d in new], dtype=np.int64, count=len(new))])
-            self.s = np.concatenate([self.s, np.fromiter([idx[d.sensor_id] for d in new], dtype=np.int64,
-                                                         count=len(new))])
-            self.sig = np.concatenate([self.sig, np.fromiter([d.t_sigma_ns for d in new], dtype=np.int64,
-                                                             count=len(new))])
-            self.pg = np.concatenate([self.pg, np.fromiter([d.p_gunshot for d in new], dtype=np.float64,
-                                                           count=len(new))])
+            self._set(np.concatenate([a, v]) for a, v in zip((self.t, self.s, self.sig, self.pg),
+                                                               self._columns(pending[self.n:])))
             self.n = len(pending)
             self._pos = None
         return self
@@ -270,22 +272,26 @@ class _PendingArrays:
     def truncate(self, pending: list[Detection], n: int) -> None:
         """``pending`` changed from index ``n`` on (its tail re-sorted in place)."""
         if self.of is pending and self.n > n:
-            self.t, self.s, self.sig, self.pg = self.t[:n], self.s[:n], self.sig[:n], self.pg[:n]
+            self._set(a[:n] for a in (self.t, self.s, self.sig, self.pg))
             self.n = n
             self._pos = None
 
-    def filtered(self, old: list[Detection], keep: np.ndarray) -> list[Detection]:
-        """The detections of ``old`` that ``keep`` (bool, per detection) marks, in order,
-        as a new list these arrays now describe."""
-        new = list(itertools.compress(old, keep.tolist()))
+    def _replaced(self, old: list[Detection], new: list[Detection], change) -> list[Detection]:
+        """``new`` replaces ``old``: ``change(array, index)`` makes each array's (if these
+        described all of ``old``; else they are built again when asked for)."""
         if self.of is old and self.n == len(old):
-            self.t, self.s, self.sig, self.pg = self.t[keep], self.s[keep], self.sig[keep], self.pg[keep]
+            self._set(change(a, k) for k, a in enumerate((self.t, self.s, self.sig, self.pg)))
             self.n = len(new)
         else:
             self.n = 0
         self.of = new
         self._pos = None
         return new
+
+    def filtered(self, old: list[Detection], keep: np.ndarray) -> list[Detection]:
+        """The detections of ``old`` that ``keep`` (bool, per detection) marks, in order,
+        as a new list these arrays now describe."""
+        return self._replaced(old, list(itertools.compress(old, keep.tolist())), lambda a, k: a[keep])
 
     def merged(self, old: list[Detection], more: list[Detection]) -> list[Detection]:
         """``sorted(old + more)`` by time (stable: ``old``'s first among equal times) as
@@ -295,17 +301,8 @@ class _PendingArrays:
         new = list(old)
         for i, d in zip(reversed(at), reversed(more)):
             new.insert(i, d)
-        if self.of is old and self.n == len(old):
-            self.t = np.insert(self.t, at, [d.t_ns for d in more])
-            self.s = np.insert(self.s, at, [self.idx[d.sensor_id] for d in more])
-            self.sig = np.insert(self.sig, at, [d.t_sigma_ns for d in more])
-            self.pg = np.insert(self.pg, at, [d.p_gunshot for d in more])
-            self.n = len(new)
-        else:
-            self.n = 0
-        self.of = new
-        self._pos = None
-        return new
+        cols = list(self._columns(more))
+        return self._replaced(old, new, lambda a, k: np.insert(a, at, cols[k]))
 
 
 class _Batch:

@@ -1371,6 +1371,33 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
 
 
 @numba.njit(cache=True, nogil=True)
+def _nearest_matches(idx, miss, q_lo, q_hi, p_s, held, tried_i, t_lo, t_hi, mark, tag, best_i, best_m, touched):
+    """Per sensor, the match nearest its event's prediction among the pairs
+    ``idx[q_lo:q_hi]`` (pending indices, ``miss`` ns from the prediction), leaving out
+    sensors marked ``tag`` in ``mark``, detections ``held`` and those in
+    ``tried_i[t_lo:t_hi]`` (sorted): written to ``best_i``, ``best_m`` (which must hold -1
+    at every sensor), the sensors so set to ``touched``. Returns how many."""
+    n_t = 0
+    for q in range(q_lo, q_hi):
+        i = idx[q]
+        s = p_s[i]
+        if mark[s] == tag or held[i]:
+            continue
+        a = _first_at_least(tried_i, t_lo, t_hi, i)
+        if a < t_hi and tried_i[a] == i:
+            continue
+        if best_i[s] < 0:
+            touched[n_t] = s
+            n_t += 1
+            best_i[s] = i
+            best_m[s] = miss[q]
+        elif miss[q] < best_m[s]:
+            best_i[s] = i
+            best_m[s] = miss[q]
+    return n_t
+
+
+@numba.njit(cache=True, nogil=True)
 def give_way(idx, miss, lo, hi, p_s, held, tried_off, tried_i, wait_off, wait_s, wait_miss, n_sens):
     """Which detections waiting with open events give way to pending ones nearer the
     prediction at their sensors. For each event ``j`` in order (its pairs from
@@ -1386,26 +1413,12 @@ def give_way(idx, miss, lo, hi, p_s, held, tried_off, tried_i, wait_off, wait_s,
     best_m = np.zeros(n_sens, dtype=np.int64)
     touched = np.empty(n_sens, dtype=np.int64)
     out = np.full(wait_s.shape[0], -1, dtype=np.int64)
+    no_mark = np.zeros(n_sens, dtype=np.int64)
     for j in range(n_ev):
         if wait_off[j] == wait_off[j + 1]:
             continue
-        n_t = 0
-        for q in range(lo[j], hi[j]):
-            i = idx[q]
-            if held[i]:
-                continue
-            a = _first_at_least(tried_i, tried_off[j], tried_off[j + 1], i)
-            if a < tried_off[j + 1] and tried_i[a] == i:
-                continue
-            s = p_s[i]
-            if best_i[s] < 0:
-                touched[n_t] = s
-                n_t += 1
-                best_i[s] = i
-                best_m[s] = miss[q]
-            elif miss[q] < best_m[s]:
-                best_i[s] = i
-                best_m[s] = miss[q]
+        n_t = _nearest_matches(idx, miss, lo[j], hi[j], p_s, held, tried_i, tried_off[j], tried_off[j + 1], no_mark,
+                               -1, best_i, best_m, touched)
         for w in range(wait_off[j], wait_off[j + 1]):
             s = wait_s[w]
             if best_i[s] >= 0 and best_m[s] < wait_miss[w]:
@@ -1455,23 +1468,8 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
     for j in range(n_ev):
         for q in range(have_off[j], have_off[j + 1]):
             mark[have_s[q]] = j + 1
-        n_t = 0
-        for q in range(lo[j], hi[j]):
-            i = idx[q]
-            s = p_s[i]
-            if mark[s] == j + 1 or held[i]:
-                continue
-            a = _first_at_least(tried_i, tried_off[j], tried_off[j + 1], i)
-            if a < tried_off[j + 1] and tried_i[a] == i:
-                continue
-            if best_i[s] < 0:
-                touched[n_t] = s
-                n_t += 1
-                best_i[s] = i
-                best_m[s] = miss[q]
-            elif miss[q] < best_m[s]:
-                best_i[s] = i
-                best_m[s] = miss[q]
+        n_t = _nearest_matches(idx, miss, lo[j], hi[j], p_s, held, tried_i, tried_off[j], tried_off[j + 1], mark,
+                               j + 1, best_i, best_m, touched)
         mine = np.sort(touched[:n_t])
         for q in range(n_t):
             mine_all[n_mine + q] = mine[q]
