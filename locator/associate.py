@@ -1247,11 +1247,16 @@ class Associator:
             return lambda t_ns, s: None
         pred, gate, close = self._open_arrivals()[2:5]
         late = self.cfg.late_allowance_s * NS_PER_S
+        known: dict[tuple[int, int], int | None] = {}
 
         def explained(t_ns: int, s: int) -> int | None:
-            """The clock at which the last event explaining it closes, or None."""
-            until = kernels.explained_until(pred, gate, close, s, t_ns, late)
-            return None if until < 0 else int(until)
+            """The clock at which the last event explaining it closes, or None. (A search
+            asks twice for most seeds: when their chunk is gathered, and in turn.)"""
+            got = known.get((t_ns, s), -1)
+            if got == -1:
+                until = kernels.explained_until(pred, gate, close, s, t_ns, late)
+                got = known[(t_ns, s)] = None if until < 0 else int(until)
+            return got
         return explained
 
     def _consume(self, keys: set[str]) -> None:
