@@ -1,6 +1,7 @@
 """Fireworks night under load: hundreds of simulated nodes against a running locator.
 
     .venv/bin/python bench/bench_load.py [--nodes 196] [--rate 4] [--duration-s 60] [--gunshots 12]
+                                         [--figure docs/figures/load.png]
 
 A grid of ``--nodes`` sensors over a city (300 m apart) hears a fireworks-night stream:
 ``--rate`` impulses per second anywhere in the city (90% fireworks), false single-sensor
@@ -13,7 +14,8 @@ long past its planned search the oldest unsearched detection is), the detections
 association (held by design until sound has crossed the city, so they grow with the
 rate up to a plateau), the locator's resident memory over time (its association
 process's included: does it stay bounded?), and how many hidden gunshots were located,
-and where.
+and where. ``--figure`` draws the search lag, the detections awaiting association and the
+memory over time.
 """
 
 from __future__ import annotations
@@ -213,7 +215,42 @@ def run_load(nodes: int, rate: float, duration_s: float, gunshots: int, seed: in
             "rss_first_mb": samples[min(3, len(samples) - 1)][2], "rss_max_mb": max(x[2] for x in samples),
             "gunshots": len(gtruth), "gunshots_located": found,
             "gunshot_error_median_m": float(np.median(errs)) if errs else None,
-            "events": len(events), "workdir": str(work)}
+            "events": len(events), "workdir": str(work),
+            "series": {"t_s": [x[0] for x in samples], "unacknowledged": [x[1] for x in samples],
+                       "rss_mb": [x[2] for x in samples], "awaiting": [x[3] for x in samples],
+                       "lag_s": [x[4] for x in samples]}}
+
+
+def plot(r: dict, path: str) -> None:
+    """The run over time: the search lag (with the bound the bench calls keeping up), the
+    detections awaiting association (with the cap beyond which the oldest expire), the
+    locator's memory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shotnet.locator.associate import AssocConfig
+
+    ser = r["series"]
+    fig, ax = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    ax[0].plot(ser["t_s"], ser["lag_s"], color="tab:red")
+    ax[0].axhline(KEEPS_UP_LAG_S, color="grey", ls="--", lw=0.8, label="keeps up below")
+    ax[0].legend(loc="upper left", fontsize=8)
+    ax[0].set_ylabel("search lag (s)")
+    ax[1].plot(ser["t_s"], ser["awaiting"], color="tab:blue")
+    ax[1].axhline(AssocConfig().max_pending, color="grey", ls="--", lw=0.8,
+                  label="max_pending (the oldest beyond expire, counted)")
+    ax[1].legend(loc="upper left", fontsize=8)
+    ax[1].set_ylabel("awaiting association")
+    ax[2].plot(ser["t_s"], ser["rss_mb"], color="tab:green")
+    ax[2].set_ylabel("locator RSS (MB)")
+    ax[2].set_xlabel("time (s)")
+    fig.suptitle(f"{r['nodes']} nodes, {r['rate_det_per_s']:,.0f} detections/s over real sockets: "
+                 f"hidden gunshots located {r['gunshots_located']}/{r['gunshots']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -222,9 +259,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=4.0, help="impulses per second over the city")
     ap.add_argument("--duration-s", type=float, default=60.0)
     ap.add_argument("--gunshots", type=int, default=12)
+    ap.add_argument("--figure", help="draw the run over time to this PNG")
     args = ap.parse_args(argv)
     r = run_load(args.nodes, args.rate, args.duration_s, args.gunshots)
-    print(json.dumps(r, indent=1))
+    if args.figure:
+        plot(r, args.figure)
+    print(json.dumps({k: v for k, v in r.items() if k != "series"}, indent=1))
     print(f"{r['nodes']} nodes, {r['rate_det_per_s']:.0f} detections/s for {r['duration_s']:.0f} s: "
           f"{r['stored']}/{r['detections']} stored, {r['unacked_after_drain']} unacknowledged after the drain; "
           f"backlog max {r['backlog_first_half_max']} (first half) vs {r['backlog_second_half_max']} (second half); "
