@@ -407,6 +407,16 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     in_near = np.zeros(n_sens, dtype=np.int64)
     for i in range(n_near):
         in_near[near[i]] = 1
+    # The near sensors' coordinates side by side: a source's travel times to all of them
+    # in one loop the compiler vectorises (the same operations as _travel1).
+    nxs = np.empty(n_near)
+    nys = np.empty(n_near)
+    nzs = np.empty(n_near)
+    for i in range(n_near):
+        nxs[i] = sx[near[i]]
+        nys[i] = sy[near[i]]
+        nzs[i] = sz[near[i]]
+    pn = np.empty(n_near)
     max_roots = 2 * max_per_sensor * max_per_sensor * n_nb * (n_nb - 1) // 2 + 1
     rx = np.empty(max_roots)
     ry = np.empty(max_roots)
@@ -488,6 +498,13 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                         # construction (the source predicts their times exactly).
                         part = 1 + in_near[a] + in_near[b]
                         left = n_near - in_near[a] - in_near[b]
+                        if part + left > bar:
+                            for i in range(n_near):
+                                dxn = nxs[i] - x
+                                dyn = nys[i] - y
+                                dzn = nzs[i] - z_src
+                                pn[i] = (math.sqrt(dxn * dxn + dyn * dyn + dzn * dzn) / c -
+                                         (dxn * wx + dyn * wy) / (c * c)) - off
                         for i in range(n_near):
                             if part + left <= bar:
                                 break
@@ -495,8 +512,7 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                             if s == a or s == b:
                                 continue
                             left -= 1
-                            p = _travel1(sx, sy, sz, s, x, y, z_src, c, wx, wy) - off
-                            if _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p) <= half_window_s:
+                            if _nearest_residual(t_sorted, offsets[s], offsets[s + 1], pn[i]) <= half_window_s:
                                 part += 1
                         if part <= bar:
                             continue
