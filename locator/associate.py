@@ -207,9 +207,12 @@ def _event_id(keys: list[str]) -> str:
     return hashlib.sha256("|".join(keys).encode()).hexdigest()[:20]
 
 
+_GUN_P = 0.5       # a detection the node rates at least this likely a gunshot is gunshot-rated
+
+
 def _gun(d: Detection) -> bool:
     """Whether the node rated the detection likelier a gunshot than not."""
-    return d.p_gunshot >= 0.5
+    return d.p_gunshot >= _GUN_P
 
 
 def _sleeping(memo: list | None, now_ns: int) -> bool:
@@ -348,7 +351,7 @@ class _Batch:
         self._index()
         if self._sig is None:
             self._sig = a._sigma_of(self.arr.sig)
-            self._gun = self.arr.pg >= 0.5          # (_gun)
+            self._gun = self.arr.pg >= _GUN_P
         sig_p, gun_p = self._sig, self._gun
         n, n_sens = len(seeds), len(a.layout)
         ks = np.array([self._pos[d.key] for d in seeds], dtype=np.int64)
@@ -866,7 +869,7 @@ class Associator:
         memo = self._memo
         todo = [d for d in map(cur.pend.__getitem__, ripe.tolist()) if not _sleeping(memo.get(d.key), now_ns)]
         if self._behind and self.cfg.overload_gunshots_first:
-            todo.sort(key=lambda d: d.p_gunshot < 0.5)      # stable: time order within each
+            todo.sort(key=lambda d: not _gun(d))      # stable: time order within each
         self._behind = False
         results: dict[str, tuple] = {}  # seed key -> its search, until used
         lost: list[int] = []        # times of detections shots took, until the searches they affect are dropped

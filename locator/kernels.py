@@ -393,17 +393,12 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     dz0 = sz[s0] - z_src
     busy = np.empty(n_sens, dtype=np.int64)     # the other sensors with detections (scored on)
     n_busy = 0
-    if full_sens.shape[0] > 0:
-        for i in range(full_sens.shape[0]):
-            s = full_sens[i]
-            if s != s0 and offsets[s + 1] > offsets[s]:
-                busy[n_busy] = s
-                n_busy += 1
-    else:
-        for s in range(n_sens):
-            if s != s0 and offsets[s + 1] > offsets[s]:
-                busy[n_busy] = s
-                n_busy += 1
+    scored = full_sens if full_sens.shape[0] > 0 else np.arange(n_sens)
+    for i in range(scored.shape[0]):
+        s = scored[i]
+        if s != s0 and offsets[s + 1] > offsets[s]:
+            busy[n_busy] = s
+            n_busy += 1
     in_near = np.zeros(n_sens, dtype=np.int64)
     for i in range(n_near):
         in_near[near[i]] = 1
