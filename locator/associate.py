@@ -177,7 +177,7 @@ class _Open:
     dets: list[Detection]
     close_at_ns: int
     t0_ns: int
-    tried: set = field(default_factory=set)
+    tried: dict = field(default_factory=dict)     # detections tried with it, by key
     arrivals: tuple | None = None     # (version, predicted arrival ns, gate ns, ...): _predict
     waiting: list = field(default_factory=list)   # joined, not yet solved with it...
     wait_s: list = field(default_factory=list)    # ...their sensor indices and times (ns)
@@ -215,18 +215,8 @@ def _gun(d: Detection) -> bool:
     return d.p_gunshot >= _GUN_P
 
 
-def _sleeping(memo: list | None, now_ns: int) -> bool:
-    """Whether a seed with this memo entry (:attr:`Associator._memo`) waits at ``now_ns``."""
-    return memo is not None and (now_ns < memo[1] or (memo[3] > 0 and (memo[2] is None or now_ns < memo[2])))
-
-
-def _holds(times: np.ndarray, t_ns: int, span_ns: int) -> bool:
-    """Whether the sorted ``times`` (ns) hold one in ``[t_ns, t_ns + span_ns]``."""
-    i = int(np.searchsorted(times, t_ns, "left"))
-    return i < len(times) and times[i] <= t_ns + span_ns
-
-
 _T = operator.attrgetter("t_ns")
+_KEY = operator.attrgetter("key")
 
 
 class _PendingArrays:
@@ -236,23 +226,26 @@ class _PendingArrays:
     merged into: on a crowded night ten thousand detections are pending, and building
     these anew for every pass of every step was most of a step's time."""
 
-    _DTYPES = (np.int64, np.int64, np.int64, np.float64)
+    _DTYPES = (np.int64, np.int64, np.int64, np.float64, np.int64)
 
     def __init__(self, idx: dict[str, int]):
         self.idx = idx
         self.of: list | None = None     # the list these describe (its first n)
         self.n = 0
         self._set(np.zeros(0, dtype=t) for t in self._DTYPES)
-        self._pos: dict[str, int] | None = None
 
     def _set(self, arrays) -> None:
-        self.t, self.s, self.sig, self.pg = arrays
+        # (uid: each detection object's id(), to find it again: see find)
+        self.t, self.s, self.sig, self.pg, self.uid = arrays
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return self.t, self.s, self.sig, self.pg, self.uid
 
     def _columns(self, dets: list[Detection]):
         """The arrays' values for ``dets``, as arrays."""
         return (np.array(v, dtype=t) for v, t in zip(
             ([d.t_ns for d in dets], [self.idx[d.sensor_id] for d in dets], [d.t_sigma_ns for d in dets],
-             [d.p_gunshot for d in dets]), self._DTYPES))
+             [d.p_gunshot for d in dets], list(map(id, dets))), self._DTYPES))
 
     def get(self, pending: list[Detection]) -> "_PendingArrays":
         """The arrays for ``pending`` (extended if it only grew since)."""
@@ -260,35 +253,49 @@ class _PendingArrays:
             self.of, self.n = pending, 0
             self._set(np.zeros(0, dtype=t) for t in self._DTYPES)
         if self.n < len(pending):
-            self._set(np.concatenate([a, v]) for a, v in zip((self.t, self.s, self.sig, self.pg),
-                                                               self._columns(pending[self.n:])))
+            self._set(np.concatenate([a, v]) for a, v in zip(self._arrays(), self._columns(pending[self.n:])))
             self.n = len(pending)
-            self._pos = None
         return self
 
-    def pos(self) -> dict[str, int]:
-        """Each pending detection's index, by key."""
-        if self._pos is None:
-            self._pos = {d.key: i for i, d in enumerate(self.of)}
-        return self._pos
+    def find(self, dets: list[Detection]) -> np.ndarray:
+        """Where each of ``dets`` is in the pending list (sorted by time, as after a
+        step's :meth:`Associator._sort_pending`), or -1: found by its time, and told
+        apart from others at that time by the object's ``id()`` (every caller holds
+        ``dets``, so no id is reused meanwhile). A key index rebuilt whenever the
+        pending list changed cost a crowded city's step 7%."""
+        n = self.n
+        t = np.fromiter((d.t_ns for d in dets), dtype=np.int64, count=len(dets))
+        u = np.fromiter(map(id, dets), dtype=np.int64, count=len(dets))
+        i = np.searchsorted(self.t, t)
+        j = np.minimum(i, n - 1)
+        if n == 0:
+            return np.full(len(dets), -1, dtype=np.int64)
+        hit = (i < n) & (self.uid[j] == u)
+        out = np.where(hit, i, -1)
+        for q in np.flatnonzero(~hit & (i < n) & (self.t[j] == t)).tolist():
+            k = int(i[q]) + 1                   # others at the same time come first
+            while k < n and self.t[k] == t[q]:
+                if self.uid[k] == u[q]:
+                    out[q] = k
+                    break
+                k += 1
+        return out
 
     def truncate(self, pending: list[Detection], n: int) -> None:
         """``pending`` changed from index ``n`` on (its tail re-sorted in place)."""
         if self.of is pending and self.n > n:
-            self._set(a[:n] for a in (self.t, self.s, self.sig, self.pg))
+            self._set(a[:n] for a in self._arrays())
             self.n = n
-            self._pos = None
 
     def _replaced(self, old: list[Detection], new: list[Detection], change) -> list[Detection]:
         """``new`` replaces ``old``: ``change(array, index)`` makes each array's (if these
         described all of ``old``; else they are built again when asked for)."""
         if self.of is old and self.n == len(old):
-            self._set(change(a, k) for k, a in enumerate((self.t, self.s, self.sig, self.pg)))
+            self._set(change(a, k) for k, a in enumerate(self._arrays()))
             self.n = len(new)
         else:
             self.n = 0
         self.of = new
-        self._pos = None
         return new
 
     def filtered(self, old: list[Detection], keep: np.ndarray) -> list[Detection]:
@@ -319,42 +326,48 @@ class _Batch:
         self.arr = a._parr.get(pend)
         self.tp, self.sp = self.arr.t, self.arr.s
         self.alive = np.ones(len(pend), dtype=np.bool_)
-        self._pos: dict[str, int] | None = None
         self._sig: np.ndarray | None = None
         self._gun: np.ndarray | None = None
         self._by: tuple | None = None     # the detections grouped by sensor (kernels.by_sensor)
 
-    def take(self, keys: list[str]) -> list[int]:
-        """These are no longer pending. Returns the times (ns) of those that were."""
-        self._index()
-        idx = [i for i in (self._pos.get(k) for k in keys) if i is not None and self.alive[i]]
+    def take(self, dets: list[Detection]) -> list[int]:
+        """These are no longer pending. Returns the indices of those that were."""
+        if not dets:
+            return []
+        idx = self.arr.find(dets)
+        idx = idx[idx >= 0]
+        idx = idx[self.alive[idx]].tolist()
         self.alive[idx] = False
-        return self.tp[idx].tolist()
+        return idx
 
-    def gone(self, d: Detection) -> bool:
-        """Whether a shot found during this search took ``d``."""
-        self._index()
-        return not self.alive[self._pos[d.key]]
+    def touched(self, taken: list[int], seeds: list[int]) -> np.ndarray:
+        """Which of the searches of ``seeds`` (indices) had any of the detections ``taken``
+        (indices) in their windows (bool, per seed): at another sensor than the seed's,
+        at or after its time and within the pair gate (the window of
+        :func:`kernels.seed_window_by_sensor`, which a crowded night's cap fills from the
+        nearest sensors: one taken anywhere in it may let a farther sensor in)."""
+        taken_a = np.array(taken, dtype=np.int64)
+        taken_a = taken_a[np.argsort(self.tp[taken_a], kind="stable")]
+        seeds_a = np.array(seeds, dtype=np.int64)
+        n = np.zeros(len(seeds_a), dtype=np.int64)
+        kernels.new_in_windows(self.tp[seeds_a], self.sp[seeds_a], self.tp[taken_a], self.sp[taken_a],
+                               self.a._pair_ns, self.a.shot_span_ns, n)
+        return n > 0
 
-    def _index(self) -> None:
-        if self._pos is None:
-            self._pos = self.arr.pos()
-
-    def run(self, seeds: list[Detection]) -> dict[str, tuple]:
-        """Search ``seeds`` (pending detections; :func:`kernels.search_seeds`, the grid
-        search where no triple could be formed). Returns per seed key: ``(status, count,
-        x m, y m, emission offset s, chance pre-test, candidate detections, the seed's
-        time ns)``."""
+    def run(self, seeds: list[int]) -> dict[str, tuple]:
+        """Search ``seeds`` (indices of pending detections; :func:`kernels.search_seeds`,
+        the grid search where no triple could be formed). Returns per seed key:
+        ``(status, count, x m, y m, emission offset s, chance pre-test, candidate
+        detections, the seed's index)``."""
         if not seeds:
             return {}
         a, cfg = self.a, self.a.cfg
-        self._index()
         if self._sig is None:
             self._sig = a._sigma_of(self.arr.sig)
             self._gun = self.arr.pg >= _GUN_P
         sig_p, gun_p = self._sig, self._gun
         n, n_sens = len(seeds), len(a.layout)
-        ks = np.array([self._pos[d.key] for d in seeds], dtype=np.int64)
+        ks = np.array(seeds, dtype=np.int64)
         hist = a._flat_history() + (a._seen_from, a._seen_to)
         status = np.zeros(n, dtype=np.int64)
         count = np.zeros(n, dtype=np.int64)
@@ -378,7 +391,7 @@ class _Batch:
             else:
                 got = [self.pend[j] for j in cand[q, :count[q]]] if st == kernels.SEED_CANDIDATE else []
                 row = (st, int(count[q]), float(x[q]), float(y[q]), float(tau0[q]), float(prob[q]), got)
-            out[seeds[q].key] = row + (seeds[q].t_ns,)
+            out[self.pend[k].key] = row + (int(k),)
         return out
 
     def _grid(self, k: int, hist: tuple) -> tuple:
@@ -476,15 +489,19 @@ class Associator:
         self._now = 0                            # the clock at the last step
         self._fed_at: dict[str, int] = {}        # detection key -> clock when it arrived
         # Seed memo: key -> [seed time ns, not before this clock, wake at this clock (or
-        # None), new detections still needed in its window to wake]. A seed is searched
-        # again once the clock passes "not before" and it is woken by time or by new
-        # detections. Also each seed's last failed candidate, never solved twice.
+        # None), new detections still needed to wake, its sensor's index] (+ [x m, y m,
+        # emission time ns] of the source of a candidate waiting to mature). A seed is
+        # searched again once the clock passes "not before" and it is woken by time or by
+        # new detections: in its window (at another sensor, no later than the pair gate
+        # to it), or for a candidate waiting to mature, where its source predicts. Also
+        # each seed's last failed candidate, never solved twice.
         self._memo: dict[str, list] = {}
         self._counting: dict[str, list] = {}     # the memo entries still counting new detections
         self._failed: dict[str, frozenset] = {}
-        self._new_times: list[int] = []
+        self._new_times: list[int] = []         # times (ns) and sensor indices of detections fed since
+        self._new_sensors: list[int] = []       # the last count (_forget_stale_seeds)
         self._rate_cache: dict[int, np.ndarray] = {}  # second -> per-sensor rates, this step
-        self._taken: list[str] | None = None     # detections shots took, during a search
+        self._taken: list[Detection] | None = None     # detections shots took, during a search
         self._behind = False                     # the last step's search ran out of time
         # How far behind the search is (s): at the last step, how long past its first
         # planned search (its time plus _first_search_ns) the oldest seed not yet
@@ -567,6 +584,7 @@ class Associator:
         self.stats.fed += 1
         self.pending.append(det)
         self._new_times.append(det.t_ns)
+        self._new_sensors.append(self.idx[det.sensor_id])
         self._fed_at[det.key] = self._now
         self._heard(det)
         return True
@@ -700,12 +718,13 @@ class Associator:
                 # Tried with this event: those it did not keep are pending again (those it
                 # kept are its own and never pending again).
                 rejected = [d for d in joined if d.key not in kept]
-                op.tried.update(d.key for d in rejected)
+                op.tried.update((d.key, d) for d in rejected)
                 back += rejected
             if closing:
                 # Only the open events' predictions are asked for (a closed event is found
                 # by its position and time): a night's 120 s of closed events kept them.
                 op.arrivals = op.hearing = None
+                op.tried = {}
             (self.recent if closing else still).append(op)
         n_recent = len(self.recent)
         closed = len(self.open) - len(still)
@@ -742,11 +761,9 @@ class Associator:
         pending detections joined (bool, by pending index), and those that gave way."""
         n_ev = len(ops)
         i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
-        pos = None
         held_i = np.zeros(len(p_s), dtype=np.bool_)
         # Per event (CSR): the pending detections it has tried (sorted pending indices),
         # those waiting with it, its own sensors, and the radius cached for its matches.
-        tried_i: list[int] = []
         wait_d: list[Detection] = []
         wait_s: list[int] = []
         wait_t: list[int] = []
@@ -758,11 +775,7 @@ class Associator:
         r_used = np.zeros(n_ev)
         t0 = np.zeros(n_ev, dtype=np.int64)
         for j, op in enumerate(ops):
-            if op.tried:
-                if pos is None:
-                    pos = self._parr.get(self.pending).pos()
-                tried_i += sorted(i for i in (pos.get(k) for k in op.tried) if i is not None)
-            tried_off[j + 1] = len(tried_i)
+            tried_off[j + 1] = tried_off[j] + len(op.tried)
             wait_d += op.waiting
             wait_s += op.wait_s
             wait_t += op.wait_t
@@ -778,7 +791,23 @@ class Associator:
                 cache_mine += h[0][2]
                 cache_r[j] = h[1]
             cache_off[j + 1] = len(cache_mine)
-        tried_a = i64(tried_i)
+        # Where the tried ones are pending (in order, per event; those no longer pending out).
+        tried_d = [d for op in ops for d in op.tried.values()]
+        tried_a = self._parr.get(self.pending).find(tried_d)
+        gone = np.flatnonzero(tried_a < 0).tolist()
+        if gone:
+            # Those neither pending nor waiting with an event never will be again (an
+            # event took them, or they expired): the tried lists keep only the others.
+            waiting = {id(d) for op in self.open for d in op.waiting}
+            j_of = np.repeat(np.arange(n_ev), np.diff(tried_off))
+            for q in gone:
+                if id(tried_d[q]) not in waiting:
+                    ops[j_of[q]].tried.pop(tried_d[q].key, None)
+        tried_j = np.repeat(np.arange(n_ev), np.diff(tried_off))[tried_a >= 0]
+        tried_a = tried_a[tried_a >= 0]
+        order = np.lexsort((tried_a, tried_j))
+        tried_a = tried_a[order]
+        tried_off = np.searchsorted(tried_j[order], np.arange(n_ev + 1)).astype(np.int64)
         # The waiting detections' sensors and distances (ns) from the predictions.
         wait_s = np.array(wait_s, dtype=np.int64)
         wait_j = np.repeat(np.arange(n_ev), np.diff(wait_off))
@@ -791,7 +820,7 @@ class Associator:
                 op, d, new = ops[wait_j[w]], wait_d[w], self.pending[swap[w]]
                 op.waiting[w - wait_off[wait_j[w]]] = new       # (at the same sensor)
                 op.wait_t[w - wait_off[wait_j[w]]] = new.t_ns
-                op.tried.add(d.key)
+                op.tried[d.key] = d
                 released.append(d)
         # The sensors' rates around each shot (_rates: per second of its emission time).
         secs, inv = np.unique(t0 // NS_PER_S, return_inverse=True)
@@ -815,27 +844,52 @@ class Associator:
         return held_i, released
 
     def _forget_stale_seeds(self) -> None:
-        """Count new detections into each remembered seed's window (of the seeds still
-        waiting for some: once none are needed, more change nothing)."""
+        """Count the new detections into the seeds still waiting for some (once none are
+        needed, more change nothing): those in a seed's window, or for a candidate waiting
+        to mature, those where its source predicts (others may make another source best,
+        but they are seeds themselves; the candidate is searched again when it matures)."""
         if self._new_times and self._counting:
-            new = np.sort(np.array(self._new_times, dtype=np.int64))
-            keys = list(self._counting)
-            ts = np.array([self._counting[k][0] for k in keys], dtype=np.int64)
-            n_new = np.searchsorted(new, ts + self.shot_span_ns, "right") - np.searchsorted(new, ts, "left")
-            for k in np.flatnonzero(n_new).tolist():
-                m = self._counting[keys[k]]
-                m[3] -= int(n_new[k])
-                if m[3] <= 0:
-                    del self._counting[keys[k]]
+            new_t = np.array(self._new_times, dtype=np.int64)
+            order = np.argsort(new_t, kind="stable")
+            new_s = np.array(self._new_sensors, dtype=np.int64)[order]
+            new_t = new_t[order]
+            counting = list(self._counting.items())
+            # A candidate waiting to mature counts the arrivals its source predicts; any
+            # other seed, the detections landing in its window.
+            at_src = [km for km in counting if len(km[1]) > 5]
+            in_win = [km for km in counting if len(km[1]) == 5]
+            if at_src:
+                n_new = np.zeros(len(at_src), dtype=np.int64)
+                x, y, t0 = (np.array([m[i] for _, m in at_src]) for i in (5, 6, 7))
+                kernels.new_at_sources(x, y, t0.astype(np.int64), new_t, new_s, self._spx, self._spy, self._spz,
+                                       float(self.z_src), float(self.c), float(self.wind[0]), float(self.wind[1]),
+                                       int((self._hyp_window_s() + self.cfg.gate_s) * NS_PER_S), n_new)
+                self._count_new(at_src, n_new)
+            if in_win:
+                n_new = np.zeros(len(in_win), dtype=np.int64)
+                ts, ss = (np.array([m[i] for _, m in in_win], dtype=np.int64) for i in (0, 4))
+                kernels.new_in_windows(ts, ss, new_t, new_s, self._pair_ns, self.shot_span_ns, n_new)
+                self._count_new(in_win, n_new)
         self._new_times.clear()
+        self._new_sensors.clear()
 
-    def _set_memo(self, key: str, seed_t_ns: int, not_before_ns: int, wake_ns: int | None, need_new: int) -> None:
+    def _count_new(self, counting: list[tuple[str, list]], n_new: np.ndarray) -> None:
+        for k in np.flatnonzero(n_new).tolist():
+            key, m = counting[k]
+            m[3] -= int(n_new[k])
+            if m[3] <= 0:
+                del self._counting[key]
+
+    def _set_memo(self, seed: Detection, not_before_ns: int, wake_ns: int | None, need_new: int,
+                  source: tuple[float, float, int] | None = None) -> None:
         """Remember a seed (:attr:`_memo`)."""
-        self._memo[key] = m = [seed_t_ns, not_before_ns, wake_ns, need_new]
+        self._memo[seed.key] = m = [seed.t_ns, not_before_ns, wake_ns, need_new, self.idx[seed.sensor_id]]
+        if source is not None:
+            m += source
         if need_new > 0:
-            self._counting[key] = m
+            self._counting[seed.key] = m
         else:
-            self._counting.pop(key, None)
+            self._counting.pop(seed.key, None)
 
     def _remember(self, seed: Detection, now_ns: int, need_new: int = 1) -> None:
         """A seed found no shot: search it again once ``need_new`` more detections have
@@ -846,7 +900,7 @@ class Associator:
             not_before = 0
         else:
             not_before = seed.t_ns + max(int(1.5 * age), int(0.25 * NS_PER_S))
-        self._set_memo(seed.key, seed.t_ns, not_before, None, max(1, need_new))
+        self._set_memo(seed, not_before, None, max(1, need_new))
 
     def _search(self, now_ns: int, deadline: float | None = None) -> list[Event]:
         """Try each pending detection, in time order, as the first arrival of a shot.
@@ -865,44 +919,47 @@ class Associator:
         skip: set[str] = set()      # members of a candidate waiting to mature, this step
         explained = self._explained_by_open()
         cur = _Batch(self, self.pending)
-        ripe = np.flatnonzero(now_ns - cur.tp >= self._first_search_ns[cur.sp])
-        memo = self._memo
-        todo = [d for d in map(cur.pend.__getitem__, ripe.tolist()) if not _sleeping(memo.get(d.key), now_ns)]
+        pend, alive = cur.pend, cur.alive
+        ripe = np.flatnonzero(now_ns - cur.tp >= self._first_search_ns[cur.sp]).tolist()
+        # The ripe seeds not asleep (_sleeping, written out: ten thousand a step).
+        todo = [i for i, m in zip(ripe, map(self._memo.get, map(_KEY, map(pend.__getitem__, ripe))))
+                if m is None or not (now_ns < m[1] or (m[3] > 0 and (m[2] is None or now_ns < m[2])))]
         if self._behind and self.cfg.overload_gunshots_first:
-            todo.sort(key=lambda d: not _gun(d))      # stable: time order within each
+            todo.sort(key=lambda i: not _gun(pend[i]))      # stable: time order within each
         self._behind = False
         results: dict[str, tuple] = {}  # seed key -> its search, until used
-        lost: list[int] = []        # times of detections shots took, until the searches they affect are dropped
+        lost: list[int] = []        # detections shots took (indices), until the searches they affect are dropped
         self._taken = []
         try:
-            for q, d in enumerate(todo):
+            for q, i in enumerate(todo):
+                d = pend[i]
                 if deadline is not None and time.perf_counter() > deadline:
                     self.stats.budget_exhausted += 1
                     self._behind = True
-                    left = [p for p in itertools.islice(todo, q, None) if not cur.gone(p) and p.key not in skip]
+                    left = [pend[p] for p in itertools.islice(todo, q, None) if alive[p] and pend[p].key not in skip]
                     if left and now_ns != NOW_INFINITE:
                         due = min(p.t_ns + int(self._first_search_ns[self.idx[p.sensor_id]]) for p in left)
                         self.search_lag_s = max(0.0, (now_ns - due) / NS_PER_S)
                     break
-                if d.key in skip or cur.gone(d):
+                if d.key in skip or not alive[i]:
                     continue
                 until = explained(d.t_ns, self.idx[d.sensor_id])
                 if until is not None:
                     # Not searched while that event is open (nothing can wake it sooner).
                     self.stats.explained += 1
-                    self._set_memo(d.key, d.t_ns, until, None, 0)
+                    self._set_memo(d, until, None, 0)
                     results.pop(d.key, None)
                     continue
                 if lost:
                     # Searches whose windows held a taken detection are done again.
-                    ct = np.sort(np.array(lost, dtype=np.int64))
+                    keys = list(results)
+                    for i in np.flatnonzero(cur.touched(lost, [results[key][-1] for key in keys])).tolist():
+                        del results[keys[i]]
                     lost = []
-                    for key in [key for key, r in results.items() if _holds(ct, r[-1], self.shot_span_ns)]:
-                        del results[key]
                 if d.key not in results:
                     nxt = (p for p in itertools.islice(todo, q, None)
-                           if p.key not in results and not cur.gone(p) and p.key not in skip and
-                           (p is d or explained(p.t_ns, self.idx[p.sensor_id]) is None))
+                           if alive[p] and pend[p].key not in results and pend[p].key not in skip and
+                           (p == i or explained(pend[p].t_ns, self.idx[pend[p].sensor_id]) is None))
                     results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
                 known = self._medium_known()
                 ev = self._search_seed(d, results.pop(d.key)[:-1], now_ns, skip, cur)
@@ -950,7 +1007,7 @@ class Associator:
         mature_at = t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S)
         if len(cand) < cfg.early_alert_sensors and now_ns < mature_at:
             for d in cand:
-                self._set_memo(d.key, d.t_ns, 0, mature_at, cfg.early_alert_sensors - len(cand))
+                self._set_memo(d, 0, mature_at, cfg.early_alert_sensors - len(cand), (x0, y0, t0_guess_ns))
                 skip.add(d.key)
             return None
         keys = frozenset(d.key for d in cand)
@@ -1001,11 +1058,11 @@ class Associator:
             # Late, weaker copy of a shot just located nearby: reflections from facades
             # line up by chance. Its detections are spent; no event.
             self.stats.echoes += 1
-            self._consume({d.key for d in mine})
+            self._consume(mine)
             return None
         first = self._first_arrival(sol, mine, t0_ns, cur)
         ev = self._make_event(sol, mine, t0_ns, aerial, event_id=_event_id([first.key]))
-        self._consume({d.key for d in mine})
+        self._consume(mine)
         close_at = t0_ns + int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
         self._add_open(_Open(ev, sol, mine, close_at, t0_ns))
         self.stats.events += 1
@@ -1262,15 +1319,16 @@ class Associator:
             return got
         return explained
 
-    def _consume(self, keys: set[str]) -> None:
+    def _consume(self, dets: list[Detection]) -> None:
         """Take detections out of the pending list: they now belong to a shot (or an
         echo of one). They still show that their sensor heard something then: a node
         cannot trigger twice within its dead time, so one detection may stand for two
         shots' arrivals. (During a search they are noted in ``_taken``, and the search
         takes them all out when it ends.)"""
         if self._taken is not None:
-            self._taken += keys     # the search takes them out of pending when it ends
+            self._taken += dets     # the search takes them out of pending when it ends
         else:
+            keys = {d.key for d in dets}
             self.pending = self._parr.filtered(self.pending, np.array([d.key not in keys for d in self.pending],
                                                                       dtype=np.bool_))
 
@@ -1334,7 +1392,7 @@ class Associator:
         have = {d.sensor_id for d in op.dets}
         extra = [d for d in cand if d.sensor_id not in have]
         for d in cand:
-            op.tried.add(d.key)
+            op.tried[d.key] = d
         if not extra:
             return None
         return self._grow(op, extra)[0]
@@ -1349,9 +1407,10 @@ class Associator:
         if ev is None or len(ev.detections) <= len(op.dets):
             return None, 0
         keep = set(ev.detections)
+        mine = [d for d in dets if d.key in keep]
         if consume:
-            self._consume(keep)
-        op.event, op.sol, op.dets, op.t0_ns = ev, sol, [d for d in dets if d.key in keep], t0_ns
+            self._consume(mine)
+        op.event, op.sol, op.dets, op.t0_ns = ev, sol, mine, t0_ns
         self._open_tab.changed(op)
         self._recent_tab.changed(op)    # (a closed event may grow too: _same_shot)
         self._arr_stale.append(op)

@@ -1285,6 +1285,40 @@ def rate_row(hist_t, hist_off, sec, seen_from, seen_to, out):
 
 
 @numba.njit(cache=True, nogil=True)
+def new_in_windows(seed_t, seed_s, new_t, new_s, pair_ns, span_ns, out):
+    """How many new detections (``new_t`` ns ascending, at sensors ``new_s``) land in
+    each seed's window (:func:`seed_window_by_sensor`'s): at another sensor ``s``, at
+    or after the seed's time ``seed_t`` and at most ``pair_ns[seed_s, s]`` later (ns;
+    ``span_ns`` their largest). Into ``out[seed]``."""
+    for i in range(seed_t.shape[0]):
+        t0 = seed_t[i]
+        row = pair_ns[seed_s[i]]
+        c = 0
+        for j in range(np.searchsorted(new_t, t0), new_t.shape[0]):
+            dt = new_t[j] - t0
+            if dt > span_ns:
+                break
+            if new_s[j] != seed_s[i] and dt <= row[new_s[j]]:
+                c += 1
+        out[i] = c
+
+
+@numba.njit(cache=True, nogil=True)
+def new_at_sources(x, y, t0, new_t, new_s, sx, sy, sz, z_src, c, wx, wy, w_ns, out):
+    """How many new detections (``new_t`` ns ascending, at sensors ``new_s``) arrive
+    where a candidate source predicts: within ``w_ns`` of its emission time ``t0`` (ns)
+    plus the travel time from ``(x, y, z_src)`` (m; :func:`_travel1`) to their sensor.
+    Into ``out[source]``."""
+    for i in range(x.shape[0]):
+        c_ = 0
+        for j in range(np.searchsorted(new_t, t0[i] - w_ns), new_t.shape[0]):
+            pred = t0[i] + np.int64(_travel1(sx, sy, sz, new_s[j], x[i], y[i], z_src, c, wx, wy) * 1e9)
+            if abs(new_t[j] - pred) <= w_ns:
+                c_ += 1
+        out[i] = c_
+
+
+@numba.njit(cache=True, nogil=True)
 def explained_until(pred, gate, close, s, t_ns, late_ns):
     """Until when (ns) a detection at sensor ``s`` at ``t_ns`` (ns) is explained as an
     open event's arrival: the latest ``close[e]`` of the events ``e`` whose predicted
@@ -1338,6 +1372,7 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
     search instead of a pass over every pending detection. Returns ``(events, pending
     indices, |t - pred| ns)``, ordered by event, then pending index."""
     grouped, off = by_sensor(p_s, n_sensors)     # pending indices, by sensor, in time order
+    tg = p_t[grouped]                            # their times, gathered (the searches read these)
     cap = 256
     out_e = np.empty(cap, dtype=np.int64)
     out_i = np.empty(cap, dtype=np.int64)
@@ -1357,12 +1392,12 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
             b = hi
             while a < b:
                 c = (a + b) >> 1
-                if p - p_t[grouped[c]] <= g:
+                if p - tg[c] <= g:
                     b = c
                 else:
                     a = c + 1
             # ... then those no more than the gate late.
-            while a < hi and p_t[grouped[a]] - p <= g:
+            while a < hi and tg[a] - p <= g:
                 if m == cap:
                     cap *= 2
                     out_e = _grown(out_e, cap)
