@@ -226,26 +226,30 @@ class _PendingArrays:
     merged into: on a crowded night ten thousand detections are pending, and building
     these anew for every pass of every step was most of a step's time."""
 
-    _DTYPES = (np.int64, np.int64, np.int64, np.float64, np.int64)
+    _DTYPES = (np.int64, np.int64, np.int64, np.float64, np.int64, np.int64)
 
-    def __init__(self, idx: dict[str, int]):
+    def __init__(self, idx: dict[str, int], memo: dict[str, list]):
         self.idx = idx
+        self.memo = memo
         self.of: list | None = None     # the list these describe (its first n)
         self.n = 0
         self._set(np.zeros(0, dtype=t) for t in self._DTYPES)
 
     def _set(self, arrays) -> None:
-        # (uid: each detection object's id(), to find it again: see find)
-        self.t, self.s, self.sig, self.pg, self.uid = arrays
+        # uid: each detection object's id(), to find it again (find); not_before: its seed
+        # memo's "not before" clock (ns; 0 without one), kept by Associator._set_memo.
+        self.t, self.s, self.sig, self.pg, self.uid, self.not_before = arrays
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
-        return self.t, self.s, self.sig, self.pg, self.uid
+        return self.t, self.s, self.sig, self.pg, self.uid, self.not_before
 
     def _columns(self, dets: list[Detection]):
         """The arrays' values for ``dets``, as arrays."""
+        memo = self.memo
         return (np.array(v, dtype=t) for v, t in zip(
             ([d.t_ns for d in dets], [self.idx[d.sensor_id] for d in dets], [d.t_sigma_ns for d in dets],
-             [d.p_gunshot for d in dets], list(map(id, dets))), self._DTYPES))
+             [d.p_gunshot for d in dets], list(map(id, dets)),
+             [0 if m is None else m[1] for m in map(memo.get, map(_KEY, dets))]), self._DTYPES))
 
     def get(self, pending: list[Detection]) -> "_PendingArrays":
         """The arrays for ``pending`` (extended if it only grew since)."""
@@ -478,7 +482,8 @@ class Associator:
         self._winds: collections.deque = collections.deque(maxlen=cfg.wind_history)
         self.pos = layout.enu_m
         self.pending: list[Detection] = []      # sorted by time at the end of each step
-        self._parr = _PendingArrays(self.idx)    # ...and as arrays
+        self._memo: dict[str, list] = {}         # (the seed memo, below)
+        self._parr = _PendingArrays(self.idx, self._memo)    # ...and as arrays
         self._n_sorted = 0                       # its first this many are sorted (then appended)
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor, sorted
         self.gun_history: dict[str, list[int]] = {}  # ...of those the node rated gunshots
@@ -495,7 +500,6 @@ class Associator:
         # new detections: in its window (at another sensor, no later than the pair gate
         # to it), or for a candidate waiting to mature, where its source predicts. Also
         # each seed's last failed candidate, never solved twice.
-        self._memo: dict[str, list] = {}
         self._counting: dict[str, list] = {}     # the memo entries still counting new detections
         self._failed: dict[str, frozenset] = {}
         self._new_times: list[int] = []         # times (ns) and sensor indices of detections fed since
@@ -880,9 +884,11 @@ class Associator:
             if m[3] <= 0:
                 del self._counting[key]
 
-    def _set_memo(self, seed: Detection, not_before_ns: int, wake_ns: int | None, need_new: int,
+    def _set_memo(self, seed: Detection, at: int, not_before_ns: int, wake_ns: int | None, need_new: int,
                   source: tuple[float, float, int] | None = None) -> None:
-        """Remember a seed (:attr:`_memo`)."""
+        """Remember a seed (:attr:`_memo`), the pending detection ``at`` (its index)."""
+        if at >= 0:
+            self._parr.not_before[at] = not_before_ns
         self._memo[seed.key] = m = [seed.t_ns, not_before_ns, wake_ns, need_new, self.idx[seed.sensor_id]]
         if source is not None:
             m += source
@@ -891,7 +897,7 @@ class Associator:
         else:
             self._counting.pop(seed.key, None)
 
-    def _remember(self, seed: Detection, now_ns: int, need_new: int = 1) -> None:
+    def _remember(self, seed: Detection, at: int, now_ns: int, need_new: int = 1) -> None:
         """A seed found no shot: search it again once ``need_new`` more detections have
         landed in its window, and (while its window is still filling) not before its
         age has grown by half, so a seed in a dense stream is searched O(log) times."""
@@ -900,7 +906,7 @@ class Associator:
             not_before = 0
         else:
             not_before = seed.t_ns + max(int(1.5 * age), int(0.25 * NS_PER_S))
-        self._set_memo(seed, not_before, None, max(1, need_new))
+        self._set_memo(seed, at, not_before, None, max(1, need_new))
 
     def _search(self, now_ns: int, deadline: float | None = None) -> list[Event]:
         """Try each pending detection, in time order, as the first arrival of a shot.
@@ -920,8 +926,9 @@ class Associator:
         explained = self._explained_by_open()
         cur = _Batch(self, self.pending)
         pend, alive = cur.pend, cur.alive
-        ripe = np.flatnonzero(now_ns - cur.tp >= self._first_search_ns[cur.sp]).tolist()
-        # The ripe seeds not asleep (_sleeping, written out: ten thousand a step).
+        ripe = np.flatnonzero((now_ns - cur.tp >= self._first_search_ns[cur.sp]) &
+                              (now_ns >= cur.arr.not_before)).tolist()
+        # The ripe seeds not asleep (written out: thousands a step).
         todo = [i for i, m in zip(ripe, map(self._memo.get, map(_KEY, map(pend.__getitem__, ripe))))
                 if m is None or not (now_ns < m[1] or (m[3] > 0 and (m[2] is None or now_ns < m[2])))]
         if self._behind and self.cfg.overload_gunshots_first:
@@ -947,14 +954,14 @@ class Associator:
                 if until is not None:
                     # Not searched while that event is open (nothing can wake it sooner).
                     self.stats.explained += 1
-                    self._set_memo(d, until, None, 0)
+                    self._set_memo(d, i, until, None, 0)
                     results.pop(d.key, None)
                     continue
                 if lost:
                     # Searches whose windows held a taken detection are done again.
                     keys = list(results)
-                    for i in np.flatnonzero(cur.touched(lost, [results[key][-1] for key in keys])).tolist():
-                        del results[keys[i]]
+                    for r in np.flatnonzero(cur.touched(lost, [results[key][-1] for key in keys])).tolist():
+                        del results[keys[r]]
                     lost = []
                 if d.key not in results:
                     nxt = (p for p in itertools.islice(todo, q, None)
@@ -962,7 +969,7 @@ class Associator:
                            (p == i or explained(pend[p].t_ns, self.idx[pend[p].sensor_id]) is None))
                     results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
                 known = self._medium_known()
-                ev = self._search_seed(d, results.pop(d.key)[:-1], now_ns, skip, cur)
+                ev = self._search_seed(d, i, results.pop(d.key)[:-1], now_ns, skip, cur)
                 if self._medium_known() != known:
                     # The first estimate of the wind (or of the speed of sound) narrows
                     # the search windows: search again. (Later estimates move them a
@@ -982,37 +989,37 @@ class Associator:
                 self.pending = self._parr.filtered(cur.pend, cur.alive)
         return out
 
-    def _search_seed(self, seed: Detection, found: tuple, now_ns: int, skip: set[str],
+    def _search_seed(self, seed: Detection, at: int, found: tuple, now_ns: int, skip: set[str],
                      cur: _Batch) -> Event | None:
-        """The checks and the solve for a seed searched by :meth:`_Batch.run` (``cur``):
-        ``found`` is ``(status, count, x m, y m, emission offset s, chance pre-test,
-        candidate detections)``."""
+        """The checks and the solve for a seed (the pending detection ``at``) searched by
+        :meth:`_Batch.run` (``cur``): ``found`` is ``(status, count, x m, y m, emission
+        offset s, chance pre-test, candidate detections)``."""
         cfg = self.cfg
         status, count, x0, y0, tau0, prob, cand = found
         if status == kernels.SEED_FEW:
-            self._remember(seed, now_ns, need_new=cfg.min_sensors - count)
+            self._remember(seed, at, now_ns, need_new=cfg.min_sensors - count)
             return None
         self.stats.searches += 1
         if status == kernels.SEED_WEAK:
             # Each new detection adds at most one sensor to any source's count.
-            self._remember(seed, now_ns, need_new=cfg.min_sensors - count)
+            self._remember(seed, at, now_ns, need_new=cfg.min_sensors - count)
             return None
         cand = sorted(cand, key=lambda d: d.t_ns)
         if len(cand) < cfg.min_sensors:
-            self._remember(seed, now_ns, need_new=cfg.min_sensors - len(cand))
+            self._remember(seed, at, now_ns, need_new=cfg.min_sensors - len(cand))
             return None
         # Alert as soon as the solution can be good: when enough sensors have reported,
         # or when sound has had time to reach every sensor within settle_range_m.
         t0_guess_ns = seed.t_ns + int(tau0 * NS_PER_S)
         mature_at = t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S)
         if len(cand) < cfg.early_alert_sensors and now_ns < mature_at:
-            for d in cand:
-                self._set_memo(d, 0, mature_at, cfg.early_alert_sensors - len(cand), (x0, y0, t0_guess_ns))
+            for d, k in zip(cand, cur.arr.find(cand).tolist()):
+                self._set_memo(d, k, 0, mature_at, cfg.early_alert_sensors - len(cand), (x0, y0, t0_guess_ns))
                 skip.add(d.key)
             return None
         keys = frozenset(d.key for d in cand)
         if keys <= self._failed.get(seed.key, frozenset()):
-            self._remember(seed, now_ns)       # the same candidate failed before: nothing new
+            self._remember(seed, at, now_ns)       # the same candidate failed before: nothing new
             return None
         self._failed[seed.key] = keys
         twin = self._near_event(x0, y0, t0_guess_ns)
@@ -1021,17 +1028,17 @@ class Associator:
             # offer the candidate's new sensors to that event instead of solving it anew.
             merged = self._merge(twin, cand)
             if merged is None:
-                self._remember(seed, now_ns)
+                self._remember(seed, at, now_ns)
             return merged
         # Before the solve: could this many detections pass the chance-alignment test
         # at all? (The solve can only drop detections and widen the window.)
         if prob > cfg.max_chance_probability:
             self.stats.chance += 1
-            self._remember(seed, now_ns)
+            self._remember(seed, at, now_ns)
             return None
         fit = self._fit(cand, (x0, y0))
         if fit is None:
-            self._remember(seed, now_ns)
+            self._remember(seed, at, now_ns)
             return None
         sol, mine, t0_ns, aerial = fit
         twin = self._same_shot(sol, t0_ns)
@@ -1040,19 +1047,19 @@ class Associator:
             # into the open event rather than publish a duplicate.
             merged = self._merge(twin, cand)
             if merged is None:
-                self._remember(seed, now_ns)
+                self._remember(seed, at, now_ns)
             return merged
         if self._chance_probability(sol, t0_ns, mine) > cfg.max_chance_probability:
             # As many sensors would line up this well by chance at the detection rates
             # they report now (a fireworks night): not a located shot.
             self.stats.chance += 1
-            self._remember(seed, now_ns)
+            self._remember(seed, at, now_ns)
             return None
         if not self._heard_by_nearer(sol, t0_ns, now_ns, mine):
             # Sensors nearer than those used should have heard a real shot and did not:
             # the candidate mixes detections of different sounds (or echoes).
             self.stats.silent_neighbours += 1
-            self._remember(seed, now_ns)
+            self._remember(seed, at, now_ns)
             return None
         if self._is_echo(sol, t0_ns, len(mine)):
             # Late, weaker copy of a shot just located nearby: reflections from facades
