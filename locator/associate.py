@@ -958,10 +958,13 @@ class Associator:
                     results.pop(d.key, None)
                     continue
                 if lost:
-                    # Searches whose windows held a taken detection are done again.
+                    # Searches whose windows held a taken detection are done again, unless
+                    # they found a candidate that kept every detection.
                     keys = list(results)
                     for r in np.flatnonzero(cur.touched(lost, [results[key][-1] for key in keys])).tolist():
-                        del results[keys[r]]
+                        row = results[keys[r]]
+                        if row[0] != kernels.SEED_CANDIDATE or not alive[cur.arr.find(row[6])].all():
+                            del results[keys[r]]
                     lost = []
                 if d.key not in results:
                     nxt = (p for p in itertools.islice(todo, q, None)
