@@ -11,6 +11,7 @@ Tables: ``detections``, ``events`` (latest version of each event), ``event_versi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sqlite3
@@ -53,6 +54,7 @@ def _locked(fn):
 class Store:
     def __init__(self, path: str | Path):
         self.lock = threading.RLock()
+        self._tx = 0                    # depth of transaction() blocks open (on the lock's thread)
         self.path = str(path)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -62,6 +64,29 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One transaction for several writes (``put_event``, ``put_incident``): they
+        commit together at the end of the block, or not at all. Holds the lock."""
+        with self.lock:
+            if self._tx:
+                self._tx += 1
+                try:
+                    yield self
+                finally:
+                    self._tx -= 1
+                return
+            self.db.execute("BEGIN IMMEDIATE")
+            self._tx = 1
+            try:
+                yield self
+            except BaseException:
+                self._tx = 0
+                self.db.execute("ROLLBACK")
+                raise
+            self._tx = 0
+            self.db.execute("COMMIT")
 
     # ------------------------------------------------------------ detections
     @_locked
@@ -113,13 +138,13 @@ class Store:
 
     # ------------------------------------------------------------ events
     @_locked
-    def put_event(self, ev: Event) -> str:
-        """Store an event. Returns ``"new"``, ``"updated"`` (more detections than the
-        stored version) or ``"same"`` (nothing to publish)."""
+    def put_event(self, ev: Event, body: str | None = None) -> str:
+        """Store an event (``body``: its JSON, if the caller has it). Returns ``"new"``,
+        ``"updated"`` (more detections than the stored version) or ``"same"`` (nothing
+        to publish)."""
         now = time.time_ns()
-        body = ev.to_json()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        body = ev.to_json() if body is None else body
+        with self.transaction():
             row = self.db.execute("SELECT n_sensors, version FROM events WHERE event_id = ?", (ev.event_id,)).fetchone()
             if row is None:
                 status = "new"
@@ -135,10 +160,6 @@ class Store:
                      body, now))
                 self.db.execute("INSERT OR REPLACE INTO event_versions VALUES (?,?,?,?)",
                                 (ev.event_id, ev.version, body, now))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return status
 
     @_locked

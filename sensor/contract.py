@@ -296,10 +296,15 @@ class Event:
     test: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["sensor_ids"] = list(self.sensor_ids)
-        d["detections"] = list(self.detections)
-        return d
+        # (written out: dataclasses.asdict deep-copies every field, and a crowded night
+        # publishes a hundred versions a second)
+        e = self.ellipse95_m
+        return {"event_id": self.event_id, "t_ns": self.t_ns, "lat": self.lat, "lon": self.lon, "alt_m": self.alt_m,
+                "ellipse95_m": {"major": e.major, "minor": e.minor, "azimuth_deg": e.azimuth_deg},
+                "sensor_ids": list(self.sensor_ids), "residual_rms_ms": self.residual_rms_ms, "label": self.label,
+                "confidence": self.confidence, "incident_id": self.incident_id, "detections": list(self.detections),
+                "x_m": self.x_m, "y_m": self.y_m, "t_sigma_ms": self.t_sigma_ms, "version": self.version,
+                "test": self.test}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))

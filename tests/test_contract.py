@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -80,6 +81,17 @@ def test_event_round_trip():
     assert math.isclose(back.ellipse95_m.major, 3.0)
     with pytest.raises(ContractError, match="unknown key"):
         event_from_dict(dict(json.loads(ev.to_json()), bogus=1))
+
+
+def test_event_to_dict_is_asdict_with_lists():
+    # to_dict is written out for speed; it must stay what dataclasses.asdict gives
+    # (every field, in order), with the tuples as lists.
+    ev = Event("abc", 1_800_000_000_000_000_000, 41.8, -87.6, 181.5, Ellipse(3.0, 1.0, 45.0), ("S01", "S02"),
+               0.3, "aerial", 0.9, "inc-abc", ("S01:1", "S02:4"), x_m=1.5, y_m=-2.5, t_sigma_ms=0.7, version=3,
+               test=True)
+    want = dataclasses.asdict(ev)
+    want["sensor_ids"], want["detections"] = list(ev.sensor_ids), list(ev.detections)
+    assert ev.to_dict() == want and list(ev.to_dict()) == list(want)
 
 
 def test_detection_is_frozen():

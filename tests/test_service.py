@@ -52,6 +52,31 @@ def test_store_is_idempotent(tmp_path, city_detections):
     assert st.count_detections() == 12
 
 
+def test_store_transaction_commits_a_steps_events_together(tmp_path):
+    # The service stores a step's events in one transaction (one commit, not two per
+    # version): all of them land, or, if the block fails, none.
+    from shotnet.sensor.contract import Ellipse, Event
+    path = tmp_path / "s.sqlite"
+    st = Store(path)
+
+    def ev(i, n=3):
+        return Event(f"e{i}", 1_800_000_000_000_000_000 + i, 41.8, -87.6, 181.5, Ellipse(3.0, 1.0, 45.0),
+                     tuple(f"S{k:02d}" for k in range(n)), 0.3, "gunshot", 0.9, f"inc-{i}")
+    with st.transaction():
+        assert [st.put_event(ev(i)) for i in range(3)] == ["new"] * 3
+        st.put_incident({"incident_id": "inc-0", "first_t_ns": 1, "last_t_ns": 2})
+        other = Store(path)                 # another connection sees nothing yet
+        assert other.events() == []
+    assert [e.event_id for e in other.events()] == ["e0", "e1", "e2"] and len(other.incidents()) == 1
+    with pytest.raises(RuntimeError):
+        with st.transaction():
+            assert st.put_event(ev(0, n=5)) == "updated" and st.put_event(ev(7)) == "new"
+            raise RuntimeError("the step failed")
+    assert [e.event_id for e in st.events()] == ["e0", "e1", "e2"]
+    assert len(st.events()[0].sensor_ids) == 3         # the update rolled back with the rest
+    assert st.put_event(ev(0)) == "same" and st.put_event(ev(0, n=4)) == "updated"   # outside a block: its own
+
+
 def _start_locator(tmp_path, sensors, bind, pub, extra=()):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.Popen([sys.executable, "-m", "shotnet", "locator", "run", "--sensors", str(sensors),
