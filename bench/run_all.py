@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["bench_solver.py", "bench_locator.py", "bench_robustness.py", "bench_node.py", "bench_cameras.py", "eval_classifier.py",
            "bench_load.py", "bench_load.py --rate 25 --duration-s 60 --gunshots 6",
            "bench_load.py --rate 40 --duration-s 60 --gunshots 6",
-           "bench_load.py --rate 60 --duration-s 60 --gunshots 6"]
+           "bench_load.py --rate 60 --duration-s 180 --gunshots 12 --figure docs/figures/load_2400.png"]
 
 
 def table(rows: list[dict]) -> str:
