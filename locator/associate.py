@@ -268,12 +268,12 @@ class _PendingArrays:
         ``dets``, so no id is reused meanwhile). A key index rebuilt whenever the
         pending list changed cost a crowded city's step 7%."""
         n = self.n
-        t = np.fromiter((d.t_ns for d in dets), dtype=np.int64, count=len(dets))
-        u = np.fromiter(map(id, dets), dtype=np.int64, count=len(dets))
-        i = np.searchsorted(self.t, t)
-        j = np.minimum(i, n - 1)
         if n == 0:
             return np.full(len(dets), -1, dtype=np.int64)
+        t = np.fromiter((d.t_ns for d in dets), dtype=np.int64, count=len(dets))
+        u = np.fromiter(map(id, dets), dtype=np.int64, count=len(dets))
+        i = np.searchsorted(self.t[:n], t)
+        j = np.minimum(i, n - 1)
         hit = (i < n) & (self.uid[j] == u)
         out = np.where(hit, i, -1)
         for q in np.flatnonzero(~hit & (i < n) & (self.t[j] == t)).tolist():
@@ -299,6 +299,7 @@ class _PendingArrays:
             self.n = len(new)
         else:
             self.n = 0
+            self._set(np.zeros(0, dtype=t) for t in self._DTYPES)
         self.of = new
         return new
 
@@ -913,11 +914,12 @@ class Associator:
 
         Seeds are searched a few at a time, in parallel, up to their candidates and the
         chance pre-test (:func:`kernels.search_seeds`); then each, in order, goes
-        through the checks and the solve. A seed whose window lost detections to a shot
-        found meanwhile is searched again. When the last step ran out of time (a night
-        with more impulses than the search keeps up with), the seeds the nodes rate
-        likelier gunshots than not go first: a dispatcher needs those; fireworks are
-        searched with the time left."""
+        through the checks and the solve. A search done ahead whose candidate lost
+        detections to a shot found meanwhile is done again (one whose window lost only
+        others stands: its candidate and pre-test are what a new search would find
+        there). When the last step ran out of time (a night with more impulses than the
+        search keeps up with), the seeds the nodes rate likelier gunshots than not go
+        first: a dispatcher needs those; fireworks are searched with the time left."""
         out: list[Event] = []
         self.search_lag_s = 0.0
         if not self.pending:

@@ -4,11 +4,11 @@ Rounds within ``gap_s`` of an incident's last round and within ``radius_m`` of i
 first round join it, up to ``max_span_s`` after its first round and ``max_rounds`` rounds
 (a fireworks night fills every 300 m with a round every few seconds for hours: an
 incident that never closed grew without bound, and so did the summary published with
-each of its rounds; the rounds after start a new one). Each incident reports its round count, the intervals between rounds,
-an automatic-fire flag (at least three rounds with a median interval under
-``auto_interval_s``, i.e. faster than a person can pull a trigger, ~5 rounds/s), and a
-multiple-shooter flag (rounds from at least two places further apart than
-``shooter_sep_m`` and their 95% ellipses).
+each of its rounds; the rounds after start a new one). Each incident reports its round
+count, the intervals between rounds, an automatic-fire flag (at least three rounds with
+a median interval under ``auto_interval_s``, i.e. faster than a person can pull a
+trigger, ~5 rounds/s), and a multiple-shooter flag (rounds from at least two places
+further apart than ``shooter_sep_m`` and their 95% ellipses).
 """
 
 from __future__ import annotations
