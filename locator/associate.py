@@ -268,7 +268,7 @@ class _PendingArrays:
         ``dets``, so no id is reused meanwhile). A key index rebuilt whenever the
         pending list changed cost a crowded city's step 7%."""
         n = self.n
-        if n == 0:
+        if n == 0 or not dets:
             return np.full(len(dets), -1, dtype=np.int64)
         t = np.fromiter((d.t_ns for d in dets), dtype=np.int64, count=len(dets))
         u = np.fromiter(map(id, dets), dtype=np.int64, count=len(dets))
