@@ -799,16 +799,16 @@ class Associator:
         # Where the tried ones are pending (in order, per event; those no longer pending out).
         tried_d = [d for op in ops for d in op.tried.values()]
         tried_a = self._parr.get(self.pending).find(tried_d)
+        tried_j = np.repeat(np.arange(n_ev), np.diff(tried_off))      # their events
         gone = np.flatnonzero(tried_a < 0).tolist()
         if gone:
             # Those neither pending nor waiting with an event never will be again (an
             # event took them, or they expired): the tried lists keep only the others.
             waiting = {id(d) for op in self.open for d in op.waiting}
-            j_of = np.repeat(np.arange(n_ev), np.diff(tried_off))
             for q in gone:
                 if id(tried_d[q]) not in waiting:
-                    ops[j_of[q]].tried.pop(tried_d[q].key, None)
-        tried_j = np.repeat(np.arange(n_ev), np.diff(tried_off))[tried_a >= 0]
+                    ops[tried_j[q]].tried.pop(tried_d[q].key, None)
+        tried_j = tried_j[tried_a >= 0]
         tried_a = tried_a[tried_a >= 0]
         order = np.lexsort((tried_a, tried_j))
         tried_a = tried_a[order]

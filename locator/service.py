@@ -435,9 +435,6 @@ class LocatorService:
         self.handle_batch([frames])
 
     # ------------------------------------------------------------------ output
-    def publish(self, ev: Event) -> None:
-        self.publish_all([ev])
-
     def publish_all(self, evs: list[Event]) -> None:
         """Store a step's events (and their incidents) in one transaction, then publish
         each: nothing goes out before the store has it, and a crowded night's hundred
@@ -683,7 +680,7 @@ def _association_main(endpoint: str, layout: SensorLayout, cfg: AssocConfig, sto
                       events_path: str | None, webhook_url: str, sender: str, step_s: float, step_budget_s: float,
                       quiet: bool, parent_pid: int, max_flush: int = 500, flush_budget_s: float = 5.0) -> None:
     """The association process: a :class:`LocatorService` without sockets of its own
-    (its ``publish`` writes the store, the incidents, the webhook and events.jsonl as in
+    (its ``publish_all`` writes the store, the incidents, the webhook and events.jsonl as in
     the threaded service; PUB frames and metrics go back over ``endpoint``). Replays the
     store at start, steps every ``step_s``, and on ``stop`` searches what is pending
     (:meth:`LocatorService._final_flush`) before it says ``done``."""
