@@ -1202,7 +1202,7 @@ class Associator:
         fireworks night, when every sensor reports several impulses a second, it takes
         more, unless the nodes rated the detections gunshots: the same test on those
         alone, at the rate of gunshot-rated detections (:func:`kernels.label_chance`)."""
-        sig = float(np.median(self._sigma(dets))) if dets else self.cfg.model_sigma_s
+        sig = _median(self._sigma(dets)) if dets else self.cfg.model_sigma_s
         # The fit chose the source and emission time to line up its detections: that many
         # of them (the unknowns) line up whatever they are; the rest are the evidence.
         n_unknowns = sol.ndim + 1 + (2 if sol.wind_estimated else 0)
@@ -1551,9 +1551,9 @@ class Associator:
             sds.popleft()
         n = len(cs)
         c_all = np.fromiter(cs, dtype=np.float64, count=n)
-        self.c = float(np.median(c_all))
-        spread = 1.4826 * float(np.median(np.abs(c_all - self.c))) if n >= 3 else 0.0
-        self.c_sd = max(_C_SD_FLOOR, float(np.median(np.fromiter(sds, dtype=np.float64, count=n))) / math.sqrt(n),
+        self.c = _median(c_all)
+        spread = 1.4826 * _median(np.abs(c_all - self.c)) if n >= 3 else 0.0
+        self.c_sd = max(_C_SD_FLOOR, _median(np.fromiter(sds, dtype=np.float64, count=n)) / math.sqrt(n),
                         1.2533 * spread / math.sqrt(n))
 
     def _learn_wind(self, sol: Solution) -> None:

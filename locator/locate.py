@@ -138,10 +138,13 @@ def _solve(cols, t, sig, mask, x0, mod: _Model, loss, loss_k, max_iter=50):
     return par, cov, chi2
 
 
+_OUTLIER_SIGMA, _RANSAC_BELOW, _MIN_USED, _MAX_WIND, _LATE_SIGMA = 4.0, 9, 4, 25.0, 3.0   # locate's defaults
+
+
 def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s: float,
            z_src_m: float = 1.5, x0=None, ndim: int = 2, wind_m_per_s=(0.0, 0.0),
-           estimate_wind: bool = False, outlier_sigma: float = 4.0, ransac_below: int = 9,
-           min_used: int = 4, max_wind_m_per_s: float = 25.0, late_sigma: float = 3.0,
+           estimate_wind: bool = False, outlier_sigma: float = _OUTLIER_SIGMA, ransac_below: int = _RANSAC_BELOW,
+           min_used: int = _MIN_USED, max_wind_m_per_s: float = _MAX_WIND, late_sigma: float = _LATE_SIGMA,
            wind_sigma_m_per_s: float = 0.0, c_sigma_m_per_s: float = 0.0) -> Solution | None:
     """Locate a source from arrival times.
 
@@ -189,20 +192,14 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
     cols = tuple(np.ascontiguousarray(pos[:, k]) for k in range(3))  # once, not per solve
     if n >= ransac_below:
         # Many detections: the same stages in one compiled call (no RANSAC needed).
-        par, cov = np.zeros(p), np.zeros((p, p))
-        used, r = np.zeros(n, dtype=np.int8), np.zeros(n)
-        sig_out = np.zeros(n)
-        status = kernels.robust_fit(cols[0], cols[1], cols[2], t, sig, x0, mod.c, mod.z_src, ndim, mod.est_wind,
-                                    mod.wind, float(outlier_sigma), float(late_sigma), float(max_wind_m_per_s),
-                                    int(min_used), par, cov, used, r, sig_out)
+        status, sol = _robust_many(pos, cols, t, sig, x0, mod, outlier_sigma, late_sigma, max_wind_m_per_s,
+                                   min_used, wind_sigma_m_per_s, c_sigma_m_per_s)
         if status == 1:
             return locate(pos_m, t_s, sigma_s, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0[: ndim + 1], ndim=ndim,
                           wind_m_per_s=wind_m_per_s, estimate_wind=False, outlier_sigma=outlier_sigma,
                           ransac_below=ransac_below, min_used=min_used, late_sigma=late_sigma,
                           wind_sigma_m_per_s=wind_sigma_m_per_s, c_sigma_m_per_s=c_sigma_m_per_s)
-        if status != 0:
-            return None
-        return _finish(pos, par, cov, used.astype(bool), r, sig_out, mod, wind_sigma_m_per_s, c_sigma_m_per_s)
+        return sol
     par, cov, chi2 = _solve(cols, t, sig, mask, x0, mod, kernels.LOSS_L2, 1.0)
     if mod.est_wind and (chi2 < 0 or np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
         # Too little geometry to tell wind from position: solve with the wind as given.
@@ -249,6 +246,24 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
         if chi2 < 0 or (mod.est_wind and np.hypot(*mod.wind_of(par)) > max_wind_m_per_s):
             return None
     return _finish(pos, par, cov, mask, t - _predict(pos, par, mod), sig, mod, wind_sigma_m_per_s, c_sigma_m_per_s)
+
+
+def _robust_many(pos, cols, t, sig, x0, mod: _Model, outlier_sigma, late_sigma, max_wind_m_per_s, min_used,
+                 wind_sigma_m_per_s, c_sigma_m_per_s) -> tuple[int, Solution | None]:
+    """:func:`locate`'s robust stages for many detections (:func:`kernels.robust_fit`,
+    one compiled call) on validated arrays (``cols``: ``pos``'s three columns,
+    contiguous). Returns the kernel's status (1: the estimated wind came out singular
+    or too strong; solve with it as given) and the solution (None unless status 0)."""
+    n, p = len(t), mod.n_params
+    par, cov = np.zeros(p), np.zeros((p, p))
+    used, r = np.zeros(n, dtype=np.int8), np.zeros(n)
+    sig_out = np.zeros(n)
+    status = kernels.robust_fit(cols[0], cols[1], cols[2], t, sig, x0, mod.c, mod.z_src, mod.ndim, mod.est_wind,
+                                mod.wind, float(outlier_sigma), float(late_sigma), float(max_wind_m_per_s),
+                                int(min_used), par, cov, used, r, sig_out)
+    if status != 0:
+        return status, None
+    return 0, _finish(pos, par, cov, used.astype(bool), r, sig_out, mod, wind_sigma_m_per_s, c_sigma_m_per_s)
 
 
 def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
@@ -299,8 +314,21 @@ def locate_wind_robust(pos_m, t_s, sigma_s, *, c_m_per_s: float, z_src_m: float 
         return fixed
     u = fixed.used
     start = [fixed.x_m, fixed.y_m] + ([fixed.z_m] if fixed.ndim == 3 else []) + [fixed.t0_s]
-    free = locate(pos[u], t[u], sig[u], c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=start,
-                  wind_m_per_s=wind_m_per_s, estimate_wind=True, wind_sigma_m_per_s=wind_sigma_m_per_s, **kw)
+    if fixed.n_used >= max(kw.get("ransac_below", _RANSAC_BELOW), kw.get("min_used", _MIN_USED), fixed.ndim + 3):
+        # What locate would do with these (already checked) inliers, without its checks
+        # and, when the wind comes out singular or too strong, without the fixed-wind
+        # solve it would fall back to: that is the solution already in hand.
+        mod = _Model(float(c_m_per_s), float(z_src_m), fixed.ndim, True,
+                     np.asarray(wind_m_per_s, dtype=np.float64)[:2].copy())
+        pu = np.ascontiguousarray(pos[u])
+        free = _robust_many(pu, tuple(np.ascontiguousarray(pu[:, k]) for k in range(3)), t[u], sig[u],
+                            np.array(start + [float(mod.wind[0]), float(mod.wind[1])]), mod,
+                            kw.get("outlier_sigma", _OUTLIER_SIGMA), kw.get("late_sigma", _LATE_SIGMA),
+                            kw.get("max_wind_m_per_s", _MAX_WIND), kw.get("min_used", _MIN_USED),
+                            wind_sigma_m_per_s, kw.get("c_sigma_m_per_s", 0.0))[1]
+    else:
+        free = locate(pos[u], t[u], sig[u], c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=start,
+                      wind_m_per_s=wind_m_per_s, estimate_wind=True, wind_sigma_m_per_s=wind_sigma_m_per_s, **kw)
     if free is None or not free.wind_estimated:
         return fixed
     used = np.zeros(len(t), dtype=bool)
