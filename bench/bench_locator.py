@@ -106,16 +106,23 @@ def clean_vs_crb(n_shots, seed, n_seeds=6):
            f"CRB {np.sqrt(np.mean(crb**2)):.3f} m", f"{pooled:.2f}")
 
 
-def _replay(lay, dets, truth, loc_layout, survey_sigma_m, on_step=None):
+def _replay(lay, dets, truth, loc_layout, survey_sigma_m, on_step=None, times_out=None):
     """The live code path over a stream: (seconds taken, score rows, false events, rows of
-    impulses heard by 6+ sensors, those located); ``on_step`` as :func:`locate_stream`'s."""
+    impulses heard by 6+ sensors, those located); ``on_step`` and ``times_out`` as
+    :func:`locate_stream`'s."""
     t0 = time.perf_counter()
     evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0, survey_sigma_m=survey_sigma_m),
-                        on_step=on_step)
+                        on_step=on_step, times_out=times_out)
     dt = time.perf_counter() - t0
     rows, false = score(evs, truth, lay)
     heard = [r for r in rows if r[0].n_heard >= 6]
     return dt, rows, false, heard, [r for r in heard if r[1] is not None]
+
+
+def _parts(times: dict) -> str:
+    """The association's compute time by part of the step, as shares."""
+    total = sum(times.values())
+    return ", ".join(f"{part} {100 * v / total:.0f}%" for part, v in times.items())
 
 
 def fireworks_night(rate_per_s, duration_s, seed):
@@ -124,7 +131,8 @@ def fireworks_night(rate_per_s, duration_s, seed):
     lay = default_layout()
     cfg = StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2)
     dets, truth, loc_layout = make_stream(lay, int(rate_per_s * duration_s), duration_s, cfg, seed=seed)
-    dt, rows, false, heard, found = _replay(lay, dets, truth, loc_layout, cfg.survey_sigma_m)
+    times: dict = {}
+    dt, rows, false, heard, found = _replay(lay, dets, truth, loc_layout, cfg.survey_sigma_m, times_out=times)
     guns = [r for r in heard if r[0].gunshot]
     gun_found = [r for r in guns if r[1] is not None]
     errs = [r[2] for r in found]
@@ -133,12 +141,14 @@ def fireworks_night(rate_per_s, duration_s, seed):
           f"horizontal error median {np.median(errs):.2f} m, p95 {np.percentile(errs, 95):.2f} m; false events {len(false)}")
     print(f"  association throughput {len(dets) / dt:,.0f} detections/s ({dt:.1f} s for {duration_s:g} s of stream: "
           f"{duration_s / dt:.1f}x real time)")
+    print(f"  compute by part of the step: {_parts(times)}")
     record(f"fireworks night ({rate_per_s:g} impulses/s over the city for {duration_s:g} s, 90% fireworks, "
            "0.2 false detections per sensor-second): located, error",
            f"{len(found)}/{len(heard)} heard by 6+ sensors (gunshots {len(gun_found)}/{len(guns)}), "
            f"median {np.median(errs):.2f} m, p95 {np.percentile(errs, 95):.2f} m, {len(false)} false events")
     record("fireworks night: association throughput", f"{len(dets) / dt:,.0f} detections/s "
            f"({duration_s / dt:.1f}x real time)", "target >= 10,000/s", f"{len(dets) / dt / 1e4:.2f}")
+    record("fireworks night: association compute by part of the step (`Associator.time_s`)", _parts(times))
 
 
 def big_city(rate_per_s, duration_s, seed):
@@ -160,7 +170,8 @@ def big_city(rate_per_s, duration_s, seed):
         if t_ns >= t_half and not half:
             half.append(time.perf_counter())
     t_start = time.perf_counter()
-    dt, rows, false, heard, found = _replay(lay, dets, truth, loc_layout, cfg.survey_sigma_m, on_step)
+    times: dict = {}
+    dt, rows, false, heard, found = _replay(lay, dets, truth, loc_layout, cfg.survey_sigma_m, on_step, times)
     dt2 = t_start + dt - half[0]
     n2 = sum(d.t_ns >= t_half for d in dets)
     rate = len(dets) / duration_s
@@ -168,6 +179,7 @@ def big_city(rate_per_s, duration_s, seed):
     print(f"  located {len(found)}/{len(heard)}; false events {len(false)}; association, second half (steady state) "
           f"{n2 / dt2:,.0f} detections/s ({duration_s / 2 / dt2:.2f}x real time); whole stream {len(dets) / dt:,.0f} "
           f"detections/s ({duration_s / dt:.2f}x)")
+    print(f"  compute by part of the step (whole stream): {_parts(times)}")
     record(f"196-sensor city, {rate:,.0f} detections/s (each impulse heard by ~50 sensors; steady state: the second "
            f"half of {duration_s:g} s): association throughput",
            f"{n2 / dt2:,.0f} detections/s ({duration_s / 2 / dt2:.2f}x real time; {len(found)}/{len(heard)} located, "

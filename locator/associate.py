@@ -203,6 +203,17 @@ class AssocStats:
     explained: int = 0              # seeds not searched: an open shot's arrival (or its echo)
 
 
+STEP_PARTS = ("search kernel", "fits", "search checks", "attach", "housekeeping")
+"""The parts of an association step whose compute time :attr:`Associator.time_s` adds
+up: the search kernel (:func:`kernels.search_seeds`, and the grid search where no
+triple forms); the robust fits (every one: a search's candidate, an event's re-solve,
+the 3-D tries, and what the fit learns of the wind and the speed of sound); the rest of
+the search (the per-seed checks, the bookkeeping of the searches done ahead, making the
+events); the rest of the attach step (matching pending detections to open events'
+predicted arrivals, merging); and housekeeping (sorting the pending detections,
+counting new ones into remembered seeds, expiring)."""
+
+
 def _event_id(keys: list[str]) -> str:
     return hashlib.sha256("|".join(keys).encode()).hexdigest()[:20]
 
@@ -380,6 +391,7 @@ class _Batch:
         cand = np.zeros((n, n_sens), dtype=np.int64)
         if self._by is None:
             self._by = kernels.by_sensor(self.sp, n_sens)
+        t0 = time.perf_counter()
         kernels.search_seeds(ks, self.tp, self.sp, *self._by, self.alive, sig_p, gun_p, a.shot_span_ns, a._pair_ns,
                              int(cfg.max_search), a._spx, a._spy, a._spz, float(a.z_src), float(a.c),
                              float(a.wind[0]), float(a.wind[1]),
@@ -388,11 +400,14 @@ class _Batch:
                              int(cfg.hyp_full_sensors),
                              a._d_min, float(cfg.coarse_cell_m), float(cfg.gate_s), *hist, int(cfg.min_sensors),
                              status, count, x, y, tau0, prob, cand)
+        a._kernel_s += time.perf_counter() - t0
         out = {}
         for q, k in enumerate(ks):
             st = int(status[q])
             if st == kernels.SEED_NO_TRIPLE:
+                t0 = time.perf_counter()
                 row = self._grid(int(k), hist)
+                a._kernel_s += time.perf_counter() - t0
             else:
                 got = [self.pend[j] for j in cand[q, :count[q]]] if st == kernels.SEED_CANDIDATE else []
                 row = (st, int(count[q]), float(x[q]), float(y[q]), float(tau0[q]), float(prob[q]), got)
@@ -524,6 +539,9 @@ class Associator:
         self._recent_tab = _EventTable()         # ...and the recent ones'
         self.recent: list[_Open] = []     # closed events, for incidents and late attachments
         self.stats = AssocStats()
+        # Compute time (s) of the steps so far, by part (STEP_PARTS; no part counted twice).
+        self.time_s: dict[str, float] = dict.fromkeys(STEP_PARTS, 0.0)
+        self._fit_s = self._kernel_s = 0.0        # running totals, inside the steps' parts
         lo = self.pos[:, :2].min(axis=0) - cfg.margin_m
         hi = self.pos[:, :2].max(axis=0) + cfg.margin_m
         gx = np.arange(lo[0], hi[0] + cfg.coarse_cell_m, cfg.coarse_cell_m)
@@ -655,15 +673,27 @@ class Associator:
         overloaded night cannot stall the loop or a shutdown); seeds not reached are
         searched at the next step. Batch replays pass none."""
         out: list[Event] = []
+        tick = time.perf_counter
+        t0, f0, k0 = tick(), self._fit_s, self._kernel_s
         if now_ns != NOW_INFINITE:
             self._now = max(self._now, now_ns)
         self._sort_pending()
         self._rate_cache.clear()
+        t1 = tick()
         out += self._attach_pending(now_ns)
+        t2, f1 = tick(), self._fit_s
         self._forget_stale_seeds()
-        out += self._search(now_ns, None if budget_s is None else time.perf_counter() + budget_s)
+        t3 = tick()
+        out += self._search(now_ns, None if budget_s is None else t3 + budget_s)
+        t4, f2, k2 = tick(), self._fit_s, self._kernel_s
         self._expire(now_ns)
         self._n_sorted = len(self.pending)
+        ts = self.time_s
+        ts["fits"] += f2 - f0
+        ts["search kernel"] += k2 - k0
+        ts["attach"] += (t2 - t1) - (f1 - f0)
+        ts["search checks"] += (t4 - t3) - (f2 - f1) - (k2 - k0)
+        ts["housekeeping"] += (t1 - t0) + (t3 - t2) + (tick() - t4)
         return out
 
     def _sort_pending(self) -> None:
@@ -1474,6 +1504,14 @@ class Associator:
         return ev, sol, t0_ns
 
     def _fit(self, dets: list[Detection], xy0):
+        """:meth:`_fit_timed`, its compute time counted (:attr:`time_s`)."""
+        t0 = time.perf_counter()
+        try:
+            return self._fit_timed(dets, xy0)
+        finally:
+            self._fit_s += time.perf_counter() - t0
+
+    def _fit_timed(self, dets: list[Detection], xy0):
         """The robust fit (3-D if the source was clearly in the air). Returns (solution,
         the detections it used, emission time ns, aerial) when it is good enough to
         publish (``min_sensors`` used, RMS under :meth:`_max_rms`), else None. Its only
@@ -1726,13 +1764,17 @@ def _majority_label(dets: list[Detection]) -> str:
 
 
 def locate_stream(layout: SensorLayout, dets: list[Detection], cfg: AssocConfig = AssocConfig(),
-                  step_ns: int = 100_000_000, on_step=None) -> list[Event]:
+                  step_ns: int = 100_000_000, on_step=None, times_out: dict | None = None) -> list[Event]:
     """Batch: feed detections in time order and return the final version of each event.
 
     Runs the live code path, replaying time: each detection is fed at its own time (plus
     the latency allowance), as the service would see it. ``on_step(t_ns)``, if given, is
-    called after each step (benchmarks time parts of a stream with it)."""
+    called after each step (benchmarks time parts of a stream with it); ``times_out``, if
+    given, receives the compute time (s) by part of the step (:attr:`Associator.time_s`)."""
     a = Associator(layout, cfg)
+    if times_out is not None:
+        a.time_s = times_out
+        times_out.update(dict.fromkeys(STEP_PARTS, 0.0))
     latest: dict[str, Event] = {}
     last_step = None
     for d in sorted(dets, key=lambda d: d.t_ns):

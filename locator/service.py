@@ -71,7 +71,7 @@ from shotnet.sensor.config import check_table, toml_value
 from shotnet.sensor.layout import SensorLayout, load_layout
 
 from .alerts import Webhook, cap_alert, geojson_feature
-from .associate import Associator, AssocConfig
+from .associate import STEP_PARTS, Associator, AssocConfig
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,10 @@ class Metrics:
                                  buckets=(0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 20), registry=r)
         self.step = Histogram("shotnet_locator_step_seconds", "Association step duration",
                               buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1), registry=r)
+        self.step_part = Counter("shotnet_locator_step_part_seconds",
+                                 "Association compute time by part of the step: search kernel, fits, search "
+                                 "checks, attach, housekeeping (which one an overloaded locator spends it on)",
+                                 ["part"], registry=r)
         self.node_status = Gauge("shotnet_node_status", "Node status (1 for the current one)",
                                  ["sensor_id", "status"], registry=r)
         self.node_clock_sigma = Gauge("shotnet_node_clock_sigma_seconds", "Node clock 1-sigma", ["sensor_id"],
@@ -242,6 +246,7 @@ class LocatorService:
         self.sender = sender
         self.webhook = Webhook(webhook_url) if webhook_url else None
         self.metrics = Metrics(metrics_port)
+        self._parts_reported = dict.fromkeys(STEP_PARTS, 0.0)     # assoc.time_s as last reported
         self.stats = ServiceStats()
         self.health_policy = health or HealthPolicy(max_clock_sigma_ns=int(cfg.max_clock_sigma_ms * 1e6))
         self.node_hb: dict[str, tuple[float, Heartbeat, Heartbeat | None]] = {}  # sid -> (mono, hb, prev)
@@ -572,6 +577,11 @@ class LocatorService:
         self.metrics.pending.set(len(self.assoc.pending))
         self.metrics.search_lag.set(self.assoc.search_lag_s)
         a = self.assoc
+        for part, v in a.time_s.items():
+            d = v - self._parts_reported.get(part, 0.0)
+            if d > 0:
+                self.metrics.step_part.labels(part).inc(d)
+                self._parts_reported[part] = v
         for quantity, v in (("speed_of_sound", a.c), ("speed_of_sound_sigma", a.c_sd), ("wind_east", a.wind[0]),
                             ("wind_north", a.wind[1])):
             self.metrics.medium.labels(quantity).set(float(v))
@@ -644,7 +654,7 @@ class _MetricsRelay:
 
     def __init__(self):
         self.ops: list = []
-        for name in ("events", "latency", "step", "pending", "search_lag", "medium"):
+        for name in ("events", "latency", "step", "step_part", "pending", "search_lag", "medium"):
             setattr(self, name, _MetricRelay(name, self.ops))
 
     def take(self) -> list:
@@ -703,6 +713,7 @@ def _association_main(endpoint: str, layout: SensorLayout, cfg: AssocConfig, sto
     svc.step_s, svc.step_budget_s, svc.sender = step_s, step_budget_s, sender
     svc.webhook = Webhook(webhook_url) if webhook_url else None
     svc.metrics = _MetricsRelay()
+    svc._parts_reported = dict.fromkeys(STEP_PARTS, 0.0)
     svc.stats = ServiceStats()
     svc.pub = _PubRelay(sock)
     svc._assoc_thread = None

@@ -1,11 +1,12 @@
 """Association on the simulated city: every gunshot found once, placed to metres."""
 
 import json
+import time
 
 import numpy as np
 import pytest
 
-from shotnet.locator.associate import AssocConfig, Associator, _event_id, locate_stream
+from shotnet.locator.associate import STEP_PARTS, AssocConfig, Associator, _event_id, locate_stream
 from shotnet.sensor.contract import NS_PER_S, detection_to_json
 from shotnet.sensor.scene import truth_records
 
@@ -31,9 +32,17 @@ def test_city_gunshots_located(city_scene, city_detections):
     # their triggers at the others); at most one of the 16 may be missed.
     assert len(found) >= 0.9 * len(truth), f"{len(found)}/{len(truth)} located"
     assert np.median(found) < 2.0
-    # event ids are deterministic: a replay gives the same ids
-    again = locate_stream(city_scene.layout, city_detections, AssocConfig(temperature_c=city_scene.temperature_c))
+    # event ids are deterministic: a replay gives the same ids, and counting where the
+    # compute time goes (by part of the step) changes nothing
+    times: dict = {}
+    t0 = time.perf_counter()
+    again = locate_stream(city_scene.layout, city_detections, AssocConfig(temperature_c=city_scene.temperature_c),
+                          times_out=times)
+    wall = time.perf_counter() - t0
     assert [e.event_id for e in again] == [e.event_id for e in events]
+    assert set(times) == set(STEP_PARTS)
+    assert times["search kernel"] > 0 and times["fits"] > 0 and times["attach"] > 0, times
+    assert min(times.values()) > -1e-6 and sum(times.values()) <= wall
 
 
 def test_grid_search_alone_locates_the_city(city_scene, city_detections):

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from shotnet.locator.alerts import Webhook
-from shotnet.locator.associate import AssocConfig
+from shotnet.locator.associate import STEP_PARTS, AssocConfig
 from shotnet.locator.service import LocatorService, load_config
 from shotnet.locator.store import Store
 from shotnet.sensor.contract import KIND_EVENT, NS_PER_S, event_from_dict
@@ -364,6 +364,12 @@ def test_metrics_endpoint(tmp_path, city_scene, city_detections, process):
     ctx.destroy(linger=0)
     assert 'shotnet_locator_messages_total{outcome="accepted"} 50.0' in body
     assert "shotnet_locator_step_seconds_count" in body
+    # Where the association's compute time went, by part of the step (the seeds were
+    # searched; with a process of its own, also its start's replay of the stored backlog).
+    parts = {m.group(1): float(m.group(2))
+             for m in re.finditer(r'shotnet_locator_step_part_seconds_total\{part="([^"]+)"\} (\S+)', body)}
+    assert parts.get("search kernel", 0) > 0 and parts.get("housekeeping", 0) > 0, parts
+    assert set(parts) <= set(STEP_PARTS)
     # The medium: the speed of sound from the configured 18 C until shots measure it.
     c = float(re.search(r'shotnet_locator_medium\{quantity="speed_of_sound"\} (\S+)', body).group(1))
     assert abs(c - 342.0) < 3.0 and 'shotnet_locator_medium{quantity="wind_east"}' in body
