@@ -38,7 +38,10 @@ One step:
    outcome is remembered until a new detection lands in its window or its candidate
    matures, so each detection is searched a bounded number of times however long it
    waits. Seeds are searched sixteen at a time, in parallel, up to the chance pre-test
-   (:func:`kernels.search_seeds`); the checks and solves then go in time order. When
+   (:func:`kernels.search_seeds`: the candidate's detections beyond the fit's three
+   unknowns must already be unlikely by chance; a candidate large enough for the fit
+   to estimate the wind too is pre-tested again with its five); the checks and solves
+   then go in time order. When
    a step ran out of its time budget, the next one searches the gunshot-rated seeds
    first.
 3. *Publish* once the solution is good (``min_sensors`` used, residual RMS under
@@ -1067,7 +1070,13 @@ class Associator:
             return merged
         # Before the solve: could this many detections pass the chance-alignment test
         # at all? (The solve can only drop detections and widen the window.)
-        if prob > cfg.max_chance_probability:
+        if prob > cfg.max_chance_probability or (
+                cfg.estimate_wind and len(cand) >= cfg.wind_min_sensors and
+                self._pretest(cand, x0, y0, t0_guess_ns, 5) > cfg.max_chance_probability):
+            # (With this many detections the fit estimates the wind too: two more unknowns
+            # that line up detections whatever they are. Should the wind solve fail, the
+            # fit with the wind given could pass with two fewer; a candidate is rarely
+            # that, and it is searched again.)
             self.stats.chance += 1
             self._remember(seed, at, now_ns)
             return None
@@ -1216,6 +1225,15 @@ class Associator:
             checked += 1
             silent += 1
         return silent <= max(self.cfg.max_silent, int(self.cfg.max_silent_fraction * checked))
+
+    def _pretest(self, cand: list[Detection], x: float, y: float, t0_ns: int, n_free: int) -> float:
+        """The chance pre-test of a search's candidate at its source ``(x, y)`` m, emitted
+        at ``t0_ns`` (:func:`kernels.candidate_at`'s, there with three detections free),
+        with ``n_free`` detections free for the fit's unknowns."""
+        return kernels.label_chance(x, y, float(self.z_src), self._spx, self._spy, self._spz,
+                                    np.array([self.idx[d.sensor_id] for d in cand], dtype=np.int64),
+                                    np.array([_gun(d) for d in cand], dtype=np.bool_),
+                                    3.0 * _median(self._sigma(cand)), *self._rates(t0_ns), n_free)
 
     def _chance_probability(self, sol: Solution, t0_ns: int, dets: list[Detection]) -> float:
         """Probability that detections of unrelated impulses would line up as well as

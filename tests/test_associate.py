@@ -726,6 +726,39 @@ def test_label_chance_uses_the_rate_of_gunshot_rated_detections():
     assert both == pytest.approx(2 * p_gun) and both < 1e-12
 
 
+def test_the_wind_pretest_is_the_kernels_pretest_with_two_more_unknowns():
+    """A search's candidate large enough for the fit to estimate the wind is pre-tested
+    again with five detections free instead of three (``Associator._pretest``). With
+    three it must equal the search kernel's own pre-test, figure for figure, and with
+    five it can only be likelier by chance. On a fireworks night the stricter test
+    refuses candidates the kernel's passes (their fits would have been refused after)."""
+    from shotnet.locator import associate, kernels
+    from shotnet.locator.synthetic import StreamConfig, make_stream
+    from shotnet.sensor.scene import default_layout
+
+    lay = default_layout()
+    dets, _, loc = make_stream(lay, 150, 30.0, StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2),
+                               seed=3)
+    a = Associator(loc, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
+    for d in sorted(dets, key=lambda d: d.t_ns)[:1500]:
+        a.feed(d)
+    a._sort_pending()
+    cur = associate._Batch(a, a.pending)
+    found = cur.run(list(range(0, len(a.pending), 3)))
+    big = refused = 0
+    for seed_key, (status, count, x, y, tau0, prob, cand, k) in found.items():
+        if status != kernels.SEED_CANDIDATE:
+            continue
+        t0 = a.pending[k].t_ns + int(tau0 * NS_PER_S)
+        assert a._pretest(cand, x, y, t0, 3) == pytest.approx(prob, rel=1e-9, abs=1e-300)
+        if len(cand) >= a.cfg.wind_min_sensors:
+            big += 1
+            p5 = a._pretest(cand, x, y, t0, 5)
+            assert p5 >= prob
+            refused += prob <= a.cfg.max_chance_probability < p5
+    assert big > 20 and refused > 0, (big, refused)
+
+
 @pytest.mark.parametrize("true_c", [8.0, 32.0])
 def test_the_speed_of_sound_is_learned_when_the_temperature_is_wrong(true_c):
     """The locator is told 20 C; the air is 8 C (night) or 32 C (a summer afternoon),
