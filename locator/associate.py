@@ -1230,10 +1230,16 @@ class Associator:
         """The chance pre-test of a search's candidate at its source ``(x, y)`` m, emitted
         at ``t0_ns`` (:func:`kernels.candidate_at`'s, there with three detections free),
         with ``n_free`` detections free for the fit's unknowns."""
-        return kernels.label_chance(x, y, float(self.z_src), self._spx, self._spy, self._spz,
-                                    np.array([self.idx[d.sensor_id] for d in cand], dtype=np.int64),
-                                    np.array([_gun(d) for d in cand], dtype=np.bool_),
-                                    3.0 * _median(self._sigma(cand)), *self._rates(t0_ns), n_free)
+        return self._label_chance(cand, x, y, float(self.z_src), 3.0 * _median(self._sigma(cand)), t0_ns, n_free)
+
+    def _label_chance(self, dets: list[Detection], x: float, y: float, z: float, w_s: float, t0_ns: int,
+                      n_free: int) -> float:
+        """:func:`kernels.label_chance` of ``dets`` from the source ``(x, y, z)`` m, within
+        +-``w_s`` s, at the sensors' rates around ``t0_ns``."""
+        return kernels.label_chance(x, y, z, self._spx, self._spy, self._spz,
+                                    np.array([self.idx[d.sensor_id] for d in dets], dtype=np.int64),
+                                    np.array([_gun(d) for d in dets], dtype=np.bool_),
+                                    w_s, *self._rates(t0_ns), n_free)
 
     def _chance_probability(self, sol: Solution, t0_ns: int, dets: list[Detection]) -> float:
         """Probability that detections of unrelated impulses would line up as well as
@@ -1254,10 +1260,8 @@ class Associator:
         # The fit chose the source and emission time to line up its detections: that many
         # of them (the unknowns) line up whatever they are; the rest are the evidence.
         n_unknowns = sol.ndim + 1 + (2 if sol.wind_estimated else 0)
-        return kernels.label_chance(sol.x_m, sol.y_m, sol.z_m, self._spx, self._spy, self._spz,
-                                    np.array([self.idx[d.sensor_id] for d in dets], dtype=np.int64),
-                                    np.array([_gun(d) for d in dets], dtype=np.bool_),
-                                    3.0 * max(sol.residual_rms_s, sig), *self._rates(t0_ns), n_unknowns)
+        return self._label_chance(dets, sol.x_m, sol.y_m, sol.z_m, 3.0 * max(sol.residual_rms_s, sig), t0_ns,
+                                  n_unknowns)
 
     def _rates(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Each sensor's rate (per s) of detections, and of gunshot-rated ones, over the
