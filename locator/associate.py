@@ -334,6 +334,78 @@ class _PendingArrays:
         return self._replaced(old, new, lambda a, k: np.insert(a, at, cols[k]))
 
 
+class _Counting:
+    """The seed memo entries still counting new detections (:meth:`Associator._forget_stale_seeds`),
+    by seed key, with what the count needs as arrays: the seeds' times (ns) and sensor
+    indices, and for a candidate waiting to mature its source (m, m, emission ns).
+    Rows are appended and marked dead, and compacted when the arrays fill: a crowded
+    night keeps hundreds remembered, and gathering them from the memo lists every
+    step was a tenth of the step."""
+
+    def __init__(self):
+        self.row: dict[str, int] = {}
+        self.keys: list[str | None] = []
+        self.memo: list[list | None] = []
+        self.n = 0
+        self._alloc(64)
+
+    def _alloc(self, cap: int) -> None:
+        self.t, self.s, self.t0 = (np.zeros(cap, dtype=np.int64) for _ in range(3))
+        self.x, self.y = np.zeros(cap), np.zeros(cap)
+        self.src, self.alive = np.zeros(cap, dtype=np.bool_), np.zeros(cap, dtype=np.bool_)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __iter__(self):
+        return iter(list(self.row))
+
+    def __setitem__(self, key: str, m: list) -> None:
+        self.pop(key)
+        if self.n == len(self.t):
+            self._make_room()
+        k = self.n
+        self.n += 1
+        self.row[key] = k
+        self.keys.append(key)
+        self.memo.append(m)
+        self.t[k], self.s[k], self.alive[k] = m[0], m[4], True
+        self.src[k] = len(m) > 5
+        if self.src[k]:
+            self.x[k], self.y[k], self.t0[k] = m[5], m[6], m[7]
+
+    def pop(self, key: str, default=None):
+        k = self.row.pop(key, None)
+        if k is None:
+            return default
+        self.alive[k] = False
+        self.keys[k] = None
+        m, self.memo[k] = self.memo[k], None
+        return m
+
+    __delitem__ = pop
+
+    def _make_room(self) -> None:
+        live = np.flatnonzero(self.alive[:self.n])
+        old = (self.t, self.s, self.t0, self.x, self.y, self.src)
+        if len(live) > self.n // 2:
+            self._alloc(2 * len(self.t))
+        for a, b in zip((self.t, self.s, self.t0, self.x, self.y, self.src), old):
+            a[:len(live)] = b[live]
+        self.alive[:] = False
+        self.alive[:len(live)] = True
+        self.keys = [self.keys[k] for k in live.tolist()]
+        self.memo = [self.memo[k] for k in live.tolist()]
+        self.row = {key: k for k, key in enumerate(self.keys)}
+        self.n = len(live)
+
+    def live(self, src: bool) -> np.ndarray:
+        """The live rows (indices) of candidates waiting to mature (``src``), or of the
+        other seeds."""
+        n = self.n
+        return np.flatnonzero(self.alive[:n] & (self.src[:n] == src))
+
+
 class _Batch:
     """The pending detections, as arrays, for searching many seeds at once: a snapshot
     at the start of a search, whose detections the shots found meanwhile take
@@ -473,6 +545,17 @@ class _EventTable:
         self.n += 1
         self.changed(op)
 
+    def keep(self, kept: np.ndarray, ops: list[_Open]) -> None:
+        """Only the rows ``kept`` (bool, by row) stay, in order: the list is now ``ops``."""
+        if not self.valid:
+            return
+        idx = np.flatnonzero(kept[:self.n])
+        m = len(idx)
+        for a in (self.t0, self.x, self.y, self.major, self.cnt):
+            a[:m] = a[idx]
+        self.row = {id(op): k for k, op in enumerate(ops)}
+        self.n = m
+
     def changed(self, op: _Open) -> None:
         """``op`` (if in the list) has a new version."""
         k = self.row.get(id(op)) if self.valid else None
@@ -519,7 +602,7 @@ class Associator:
         # new detections: in its window (at another sensor, no later than the pair gate
         # to it), or for a candidate waiting to mature, where its source predicts. Also
         # each seed's last failed candidate, never solved twice.
-        self._counting: dict[str, list] = {}     # the memo entries still counting new detections
+        self._counting = _Counting()             # the memo entries still counting new detections
         self._failed: dict[str, frozenset] = {}
         self._new_times: list[int] = []         # times (ns) and sensor indices of detections fed since
         self._new_sensors: list[int] = []       # the last count (_forget_stale_seeds)
@@ -744,6 +827,7 @@ class Associator:
             released = []
         still = []
         back: list[Detection] = list(released)
+        n_recent = len(self.recent)
         for op in self.open:
             closing = now_ns >= op.close_at_ns
             if op.waiting and (closing or len(op.waiting) >= max(1, int(self.cfg.update_growth * len(op.dets)))):
@@ -764,16 +848,21 @@ class Associator:
                 op.arrivals = op.hearing = None
                 op.tried = {}
             (self.recent if closing else still).append(op)
-        n_recent = len(self.recent)
         closed = len(self.open) - len(still)
-        self.open = still
         if closed:
-            self._open_closed()
+            # (The closing ones went to the end of ``recent``.)
+            self._open_closed(np.array([now_ns < op.close_at_ns for op in self.open], dtype=np.bool_), still)
+            for op in self.recent[n_recent:]:
+                self._recent_tab.append(op)
+        else:
+            self.open = still
         if back:                            # not kept: pending again (tried with that event)
             self.pending = self._parr.merged(self.pending, back)
-        self.recent = [op for op in self.recent if now_ns == NOW_INFINITE or now_ns - op.t0_ns < 120 * NS_PER_S]
-        if closed or len(self.recent) != n_recent:
-            self._recent_tab.invalidate()
+        if now_ns != NOW_INFINITE:
+            kept = [now_ns - op.t0_ns < 120 * NS_PER_S for op in self.recent]
+            if not all(kept):
+                self.recent = [op for op, k in zip(self.recent, kept) if k]
+                self._recent_tab.keep(np.array(kept, dtype=np.bool_), self.recent)
         return out
 
     def _choose_attached(self, ops: list[_Open], idx: np.ndarray, miss: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -862,7 +951,7 @@ class Associator:
                 released.append(d)
         # The sensors' rates around each shot (_rates: per second of its emission time).
         secs, inv = np.unique(t0 // NS_PER_S, return_inverse=True)
-        rates = np.stack([self._rates(int(b) * NS_PER_S)[0] for b in secs])[inv]
+        rates = self._rates_at(secs)[inv]
         # For the chance of a match by chance, its own sensors count at the plain gate.
         gate_ns = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S)
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
@@ -891,32 +980,34 @@ class Associator:
             order = np.argsort(new_t, kind="stable")
             new_s = np.array(self._new_sensors, dtype=np.int64)[order]
             new_t = new_t[order]
-            counting = list(self._counting.items())
+            cnt = self._counting
             # A candidate waiting to mature counts the arrivals its source predicts; any
             # other seed, the detections landing in its window.
-            at_src = [km for km in counting if len(km[1]) > 5]
-            in_win = [km for km in counting if len(km[1]) == 5]
-            if at_src:
+            at_src, in_win = cnt.live(True), cnt.live(False)
+            if len(at_src):
                 n_new = np.zeros(len(at_src), dtype=np.int64)
-                x, y, t0 = (np.array([m[i] for _, m in at_src]) for i in (5, 6, 7))
-                kernels.new_at_sources(x, y, t0.astype(np.int64), new_t, new_s, self._spx, self._spy, self._spz,
-                                       float(self.z_src), float(self.c), float(self.wind[0]), float(self.wind[1]),
-                                       int((self._hyp_window_s() + self.cfg.gate_s) * NS_PER_S), n_new)
+                kernels.new_at_sources(cnt.x[at_src], cnt.y[at_src], cnt.t0[at_src], new_t, new_s, self._spx,
+                                       self._spy, self._spz, float(self.z_src), float(self.c), float(self.wind[0]),
+                                       float(self.wind[1]), int((self._hyp_window_s() + self.cfg.gate_s) * NS_PER_S),
+                                       n_new)
                 self._count_new(at_src, n_new)
-            if in_win:
+            if len(in_win):
                 n_new = np.zeros(len(in_win), dtype=np.int64)
-                ts, ss = (np.array([m[i] for _, m in in_win], dtype=np.int64) for i in (0, 4))
-                kernels.new_in_windows(ts, ss, new_t, new_s, self._pair_ns, self.shot_span_ns, n_new)
+                kernels.new_in_windows(cnt.t[in_win], cnt.s[in_win], new_t, new_s, self._pair_ns, self.shot_span_ns,
+                                       n_new)
                 self._count_new(in_win, n_new)
         self._new_times.clear()
         self._new_sensors.clear()
 
-    def _count_new(self, counting: list[tuple[str, list]], n_new: np.ndarray) -> None:
+    def _count_new(self, rows: np.ndarray, n_new: np.ndarray) -> None:
+        """Count ``n_new`` (per row of ``rows``) into the counting seeds' memo entries."""
+        cnt = self._counting
         for k in np.flatnonzero(n_new).tolist():
-            key, m = counting[k]
+            r = rows[k]
+            m = cnt.memo[r]
             m[3] -= int(n_new[k])
             if m[3] <= 0:
-                del self._counting[key]
+                cnt.pop(cnt.keys[r])
 
     def _set_memo(self, seed: Detection, at: int, not_before_ns: int, wake_ns: int | None, need_new: int,
                   source: tuple[float, float, int] | None = None) -> None:
@@ -1276,6 +1367,19 @@ class Associator:
             kernels.rate_row(t_gun, off_gun, b, self._seen_from, self._seen_to, got[1])
         return got[0], got[1]
 
+    def _rates_at(self, secs: np.ndarray) -> np.ndarray:
+        """:meth:`_rates`' detection rates (per s, not the gunshot-rated ones) for each
+        epoch second of ``secs``: ``(len(secs), sensors)``. Those not yet cached this
+        step are computed in one call (the attach step asks for every open event's)."""
+        todo = np.array([b for b in secs.tolist() if b not in self._rate_cache], dtype=np.int64)
+        if len(todo):
+            new = np.zeros((len(todo), 2, len(self.layout)))
+            t_all, off_all, t_gun, off_gun = self._flat_history()
+            kernels.rate_rows(t_all, off_all, todo, self._seen_from, self._seen_to, new[:, 0])
+            kernels.rate_rows(t_gun, off_gun, todo, self._seen_from, self._seen_to, new[:, 1])
+            self._rate_cache.update(zip(todo.tolist(), new))
+        return np.stack([self._rate_cache[b][0] for b in secs.tolist()])
+
     def _flat_history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The sensor histories as arrays for the kernels: (times ns, offsets by sensor
         index) of all detections, then of gunshot-rated ones; rebuilt when they change."""
@@ -1438,10 +1542,26 @@ class Associator:
         self.open.append(op)
         self._open_tab.append(op)
 
-    def _open_closed(self) -> None:
-        """Events left the open list: its tables are rebuilt when next asked for."""
-        self._open_tab.invalidate()
-        self._arr_tab = None
+    def _open_closed(self, kept: np.ndarray | None = None, still: list[_Open] | None = None) -> None:
+        """Events left the open list: only those ``kept`` (bool, by place in the list)
+        stay, and the list is now ``still``; its tables keep those rows. Without
+        ``kept``, all of them left (or it is not known which): the tables are rebuilt
+        when next asked for."""
+        if kept is None:
+            self._open_tab.invalidate()
+            self._arr_tab = None
+            return
+        tab = self._arr_tab
+        if tab is not None:
+            idx = np.flatnonzero(kept[:tab["n"]])
+            m = len(idx)
+            for a in tab["m"] + [tab["close"]]:
+                a[:m] = a[idx]
+            tab["ver"] = [tab["ver"][k] for k in idx.tolist()]
+            tab["row"] = {id(op): k for k, op in enumerate(itertools.islice(still, m))}
+            tab["n"] = m
+        self.open = still
+        self._open_tab.keep(kept, still)
 
     def _open_table(self) -> tuple[np.ndarray, ...]:
         """The open events' emission times (ns), positions (m), ellipses' major

@@ -1285,6 +1285,13 @@ def rate_row(hist_t, hist_off, sec, seen_from, seen_to, out):
 
 
 @numba.njit(cache=True, nogil=True)
+def rate_rows(hist_t, hist_off, secs, seen_from, seen_to, out):
+    """:func:`rate_row` for each epoch second of ``secs``, into ``out[k, sensor]``."""
+    for k in range(secs.shape[0]):
+        rate_row(hist_t, hist_off, secs[k], seen_from, seen_to, out[k])
+
+
+@numba.njit(cache=True, nogil=True)
 def new_in_windows(seed_t, seed_s, new_t, new_s, pair_ns, span_ns, out):
     """How many new detections (``new_t`` ns ascending, at sensors ``new_s``) land in
     each seed's window (:func:`seed_window_by_sensor`'s): at another sensor ``s``, at
