@@ -589,7 +589,8 @@ class Associator:
         self._n_sorted = 0                       # its first this many are sorted (then appended)
         self.history: dict[str, list[int]] = {}  # recent detection times per sensor, sorted
         self.gun_history: dict[str, list[int]] = {}  # ...of those the node rated gunshots
-        self._flat = None                        # both as (times, offsets by sensor index) x 2
+        self._flat = None                        # both as (times, offsets by sensor index) x 2...
+        self._flat_add: list[tuple[int, int, bool]] = []   # ...and what they still lack (sensor, ns, gunshot)
         self._sids = sorted(self.idx, key=self.idx.get)
         self._snr: dict[tuple[str, int], float] = {}  # their onset SNRs (dB), where known
         self._seen_from, self._seen_to = NOW_INFINITE, -NOW_INFINITE  # times the histories cover
@@ -706,9 +707,11 @@ class Associator:
         """Record that ``det``'s sensor heard something at its time (sensor histories for
         the silent-neighbour check and the chance test)."""
         bisect.insort(self.history.setdefault(det.sensor_id, []), det.t_ns)
-        if _gun(det):
+        gun = _gun(det)
+        if gun:
             bisect.insort(self.gun_history.setdefault(det.sensor_id, []), det.t_ns)
-        self._flat = None
+        if self._flat is not None:
+            self._flat_add.append((self.idx[det.sensor_id], det.t_ns, gun))
         self._seen_from = min(self._seen_from, det.t_ns)
         self._seen_to = max(self._seen_to, det.t_ns)
         if det.snr_db is not None:
@@ -1382,7 +1385,10 @@ class Associator:
 
     def _flat_history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The sensor histories as arrays for the kernels: (times ns, offsets by sensor
-        index) of all detections, then of gunshot-rated ones; rebuilt when they change."""
+        index) of all detections, then of gunshot-rated ones. Kept up to date (every step
+        feeds some and expires some, and gathering a fireworks night's histories
+        from their lists anew each step cost 4% of it): what was fed since is merged in,
+        and the expiry cuts them as it cuts the lists (:meth:`_cut_flat_history`)."""
         if self._flat is None:
             flat = []
             for hist in (self.history, self.gun_history):
@@ -1391,7 +1397,24 @@ class Associator:
                 np.cumsum([len(h) for h in lists], out=off[1:])
                 flat += [np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(off[-1])), off]
             self._flat = tuple(flat)
+            self._flat_add = []
+        elif self._flat_add:
+            self._cut_flat_history(-NOW_INFINITE)
         return self._flat
+
+    def _cut_flat_history(self, cut_ns: int) -> None:
+        """Merge what was fed since into the flat histories (if built), and drop their
+        times before ``cut_ns``."""
+        if self._flat is None:
+            return
+        add = self._flat_add
+        add_s = np.fromiter((a[0] for a in add), dtype=np.int64, count=len(add))
+        add_t = np.fromiter((a[1] for a in add), dtype=np.int64, count=len(add))
+        gun = np.fromiter((a[2] for a in add), dtype=np.bool_, count=len(add))
+        t_all, off_all, t_gun, off_gun = self._flat
+        self._flat = (kernels.hist_update(t_all, off_all, add_s, add_t, cut_ns) +
+                      kernels.hist_update(t_gun, off_gun, add_s[gun], add_t[gun], cut_ns))
+        self._flat_add = []
 
     def _arrivals_all(self, op: _Open) -> tuple:
         """``(version,) +`` :meth:`_predict` of an open event: its predicted arrival (ns)
@@ -1871,9 +1894,9 @@ class Associator:
                     for t in h[:n]:
                         self._snr.pop((sid, t), None)
                     del h[:n]
-                    self._flat = None
             for h in self.gun_history.values():
                 del h[:bisect.bisect_left(h, old)]
+            self._cut_flat_history(old)
         self.pending = keep
         # Keys older than the duplicate window are forgotten (a night's keys would grow
         # without bound: 2,400 detections/s is 8 million an hour).

@@ -708,6 +708,41 @@ def robust_fit(px, py, pz, t, sigma, x0, c, z_src, ndim, est_wind, wind, outlier
 
 
 @numba.njit(cache=True, nogil=True)
+def wind_robust_fit(px, py, pz, t, sigma, x0, c, z_src, ndim, wind, outlier_sigma, late_sigma, max_wind, min_used,
+                    min_free, fix_par, fix_cov, fix_mask, fix_r, fix_sig, free_par, free_cov, free_mask, free_r,
+                    free_sig, r_all):
+    """:func:`shotnet.locator.locate.locate_wind_robust`'s two robust fits in one call
+    (both :func:`robust_fit`): the wind as given (``wind``, from ``x0``, into the
+    ``fix_`` arrays), then, if at least ``min_free`` detections were kept, the wind as
+    two more unknowns on those (from the first fit's solution and ``wind``, into the
+    first ``n_kept`` entries of the ``free_`` arrays), and the arrivals that solution
+    predicts, with its wind as given, for every detection (``r_all``: t - predicted, s).
+
+    Returns (the first fit's status, the second's, or -1 if it was not tried)."""
+    st = robust_fit(px, py, pz, t, sigma, x0, c, z_src, ndim, False, wind, outlier_sigma, late_sigma, max_wind,
+                    min_used, fix_par, fix_cov, fix_mask, fix_r, fix_sig)
+    if st != 0:
+        return st, -1
+    idx = np.flatnonzero(fix_mask)
+    nu = idx.shape[0]
+    if nu < min_free:
+        return 0, -1
+    m = ndim + 1
+    x0f = np.empty(m + 2)
+    for a in range(m):
+        x0f[a] = fix_par[a]
+    x0f[m] = wind[0]
+    x0f[m + 1] = wind[1]
+    st2 = robust_fit(px[idx], py[idx], pz[idx], t[idx], sigma[idx], x0f, c, z_src, ndim, True, wind, outlier_sigma,
+                     late_sigma, max_wind, min_used, free_par, free_cov, free_mask[:nu], free_r[:nu], free_sig[:nu])
+    if st2 == 0:
+        predict_arrivals(px, py, pz, free_par[:m], ndim, z_src, c, free_par[m], free_par[m + 1], r_all)
+        for i in range(t.shape[0]):
+            r_all[i] = t[i] - r_all[i]
+    return 0, st2
+
+
+@numba.njit(cache=True, nogil=True)
 def _given_normal(px, py, pz, sig, mask, par, ndim, z_src, c, est_wind, r, jtj, jtg, jtr, gtg, gtr):
     """The weighted normal sums behind :func:`given_cov` and :func:`c_offset`, to first
     order (travel time ``|d| / c - d . w / c^2``, ``d`` sensor minus source): ``J`` the
@@ -1282,6 +1317,45 @@ def rate_row(hist_t, hist_off, sec, seen_from, seen_to, out):
     for s in range(out.shape[0]):
         h = hist_t[hist_off[s]:hist_off[s + 1]]
         out[s] = (np.searchsorted(h, hi, side="right") - np.searchsorted(h, lo, side="left")) / span
+
+
+@numba.njit(cache=True, nogil=True)
+def hist_update(hist_t, hist_off, add_s, add_t, cut):
+    """Sensor histories (``hist_t[hist_off[s]:hist_off[s + 1]]``: sensor ``s``'s detection
+    times, ns ascending) with the times ``add_t`` (at sensors ``add_s``, any order)
+    added and every time before ``cut`` (ns) dropped. Returns the new ``(times, offsets)``."""
+    n_s = hist_off.shape[0] - 1
+    order = np.argsort(add_t, kind="mergesort")
+    cnt = np.zeros(n_s + 1, dtype=np.int64)
+    for k in range(add_s.shape[0]):
+        cnt[add_s[k] + 1] += 1
+    for s in range(n_s):
+        cnt[s + 1] += cnt[s]
+    by_s = np.empty(add_t.shape[0], dtype=np.int64)       # the added times, by sensor then time
+    fill = cnt[:n_s].copy()
+    for k in order:
+        by_s[fill[add_s[k]]] = add_t[k]
+        fill[add_s[k]] += 1
+    out = np.empty(hist_t.shape[0] + add_t.shape[0], dtype=np.int64)
+    off = np.zeros(n_s + 1, dtype=np.int64)
+    w = 0
+    for s in range(n_s):
+        i, i_end = hist_off[s], hist_off[s + 1]
+        j, j_end = cnt[s], cnt[s + 1]
+        while i < i_end and hist_t[i] < cut:
+            i += 1
+        while j < j_end and by_s[j] < cut:
+            j += 1
+        while i < i_end or j < j_end:
+            if j >= j_end or (i < i_end and hist_t[i] <= by_s[j]):
+                out[w] = hist_t[i]
+                i += 1
+            else:
+                out[w] = by_s[j]
+                j += 1
+            w += 1
+        off[s + 1] = w
+    return out[:w].copy(), off
 
 
 @numba.njit(cache=True, nogil=True)

@@ -308,8 +308,15 @@ def locate_wind_robust(pos_m, t_s, sigma_s, *, c_m_per_s: float, z_src_m: float 
     pos = np.asarray(pos_m, dtype=np.float64)
     t = np.asarray(t_s, dtype=np.float64)
     sig = np.asarray(sigma_s, dtype=np.float64)
-    fixed = locate(pos, t, sig, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0, wind_m_per_s=wind_m_per_s,
-                   wind_sigma_m_per_s=wind_sigma_m_per_s, **kw)
+    if x0 is not None and len(t) >= kw.get("ransac_below", _RANSAC_BELOW) and set(kw) <= _FUSED_KW:
+        fixed = _wind_robust_fused(pos, t, sig, float(c_m_per_s), float(z_src_m), x0, wind_m_per_s,
+                                   wind_sigma_m_per_s, min_wind_used, **kw)
+        if not isinstance(fixed, tuple):
+            return fixed
+        fixed = fixed[0]        # (the free solve needs locate's small-sample path)
+    else:
+        fixed = locate(pos, t, sig, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0, wind_m_per_s=wind_m_per_s,
+                       wind_sigma_m_per_s=wind_sigma_m_per_s, **kw)
     if fixed is None or fixed.n_used < min_wind_used:
         return fixed
     u = fixed.used
@@ -336,6 +343,56 @@ def locate_wind_robust(pos_m, t_s, sigma_s, *, c_m_per_s: float, z_src_m: float 
     mod = _Model(float(c_m_per_s), float(z_src_m), free.ndim, False, np.asarray(free.wind_m_per_s, dtype=np.float64))
     par = np.array([free.x_m, free.y_m] + ([free.z_m] if free.ndim == 3 else []) + [free.t0_s])
     return dataclasses.replace(free, used=used, residuals_s=t - _predict(pos, par, mod))
+
+
+_FUSED_KW = frozenset({"ndim", "ransac_below", "min_used", "outlier_sigma", "late_sigma", "max_wind_m_per_s",
+                       "c_sigma_m_per_s"})
+
+
+def _wind_robust_fused(pos, t, sig, c, z_src, x0, wind_m_per_s, wind_sigma_m_per_s, min_wind_used, *, ndim=2,
+                       ransac_below=_RANSAC_BELOW, min_used=_MIN_USED, outlier_sigma=_OUTLIER_SIGMA,
+                       late_sigma=_LATE_SIGMA, max_wind_m_per_s=_MAX_WIND, c_sigma_m_per_s=0.0):
+    """:func:`locate_wind_robust` for many detections (at least ``ransac_below``), its two
+    robust fits in one compiled call (:func:`kernels.wind_robust_fit`): the same
+    checks, fits and solutions as :func:`locate` with the wind given, then on its
+    inliers with the wind free. Returns the solution, or ``(the fixed-wind solution,)``
+    when the free solve needs :func:`locate`'s small-sample path (fewer inliers than
+    ``ransac_below`` but at least ``min_wind_used``)."""
+    pos = np.ascontiguousarray(pos, dtype=np.float64)
+    t = np.ascontiguousarray(t, dtype=np.float64)
+    sig = np.ascontiguousarray(sig, dtype=np.float64)
+    n = len(t)
+    if pos.shape != (n, 3) or sig.shape != (n,):
+        raise ValueError("pos_m must be (n, 3) and sigma_s (n,) for n arrival times")
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(t)) and np.all(sig > 0)):
+        raise ValueError("positions and times must be finite and sigmas positive")
+    wind = np.asarray(wind_m_per_s, dtype=np.float64)[:2].copy()
+    mod = _Model(c, z_src, ndim, False, wind)
+    m = mod.n_params
+    if n < max(min_used, m):
+        return None
+    x0 = np.asarray(list(np.asarray(x0, dtype=np.float64)[: ndim + 1]))
+    fix_par, fix_cov, free_par, free_cov = np.zeros(m), np.zeros((m, m)), np.zeros(m + 2), np.zeros((m + 2, m + 2))
+    fix_used, free_used = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int8)
+    fix_r, fix_sig, free_r, free_sig, r_all = (np.zeros(n) for _ in range(5))
+    cols = [np.ascontiguousarray(pos[:, k]) for k in range(3)]
+    st, st2 = kernels.wind_robust_fit(*cols, t, sig, x0, c, z_src, ndim, wind, float(outlier_sigma), float(late_sigma),
+                                      float(max_wind_m_per_s), int(min_used),
+                                      max(min_wind_used, ransac_below, min_used, ndim + 3), fix_par, fix_cov, fix_used,
+                                      fix_r, fix_sig, free_par, free_cov, free_used, free_r, free_sig, r_all)
+    if st != 0:
+        return None
+    u = fix_used.astype(bool)
+    if st2 != 0:
+        fixed = _finish(pos, fix_par, fix_cov, u, fix_r, fix_sig, mod, wind_sigma_m_per_s, c_sigma_m_per_s)
+        return (fixed,) if st2 == -1 and fixed.n_used >= min_wind_used else fixed
+    idx = np.flatnonzero(u)
+    nu = len(idx)
+    free = _finish(np.ascontiguousarray(pos[u]), free_par, free_cov, free_used[:nu].astype(bool), free_r[:nu],
+                   free_sig[:nu], _Model(c, z_src, ndim, True, wind), wind_sigma_m_per_s, c_sigma_m_per_s)
+    used = np.zeros(n, dtype=bool)
+    used[idx[free.used]] = True
+    return dataclasses.replace(free, used=used, residuals_s=r_all)
 
 
 def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma, max_wind_m_per_s=25.0):

@@ -589,22 +589,24 @@ def _guns_found(events, truth, label="gunshot"):
     return found, [ev for ev in mine if not any(near(ev, tr) for tr in truth)]
 
 
-def test_the_open_events_arrival_table_equals_stacking_them_anew():
+def test_the_tables_kept_between_steps_equal_building_them_anew():
     """Associator._open_arrivals keeps the open events' predicted arrivals as matrices
-    between steps (a new event adds its row, a new version rewrites its own, a change in
-    which events are open rebuilds). Through a fireworks night, at every step, they
+    between steps (a new event adds its row, a new version rewrites its own, events
+    closing take theirs out). Through a fireworks night, at every step, they
     equal the rows stacked anew from each open event's current version, and so do the
     closing times and the distances; new events, new versions and closings all happen on
     the way. The open and the closed events' tables of times, positions, ellipses and
     counts (kept row by row too) equal theirs built anew, and closed events no longer
-    hold predictions."""
+    hold predictions. The sensor histories as flat arrays (merged into and cut as
+    detections come and expire) equal the histories' lists, and the seeds counting new
+    detections hold their memo entries' times and sensors."""
     from shotnet.locator.synthetic import StreamConfig, make_stream
     from shotnet.sensor.scene import default_layout
 
     cfg = StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2)
     dets, _, loc_layout = make_stream(default_layout(), 150, 30.0, cfg, seed=5)
     a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
-    last, checked, versions, closed = None, 0, 0, 0
+    last, checked, versions, closed, counted = None, 0, 0, 0, 0
     for d in dets:
         if last is None or d.t_ns - last >= 100_000_000:
             n_open = len(a.open)
@@ -625,8 +627,21 @@ def test_the_open_events_arrival_table_equals_stacking_them_anew():
                         np.array([len(op.dets) for op in ops], dtype=np.int64))
                 assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want))
             assert all(op.arrivals is None for op in a.recent)
+            flat = a._flat_history()
+            for k, hist in enumerate((a.history, a.gun_history)):
+                lists = [hist.get(sid, []) for sid in a._sids]
+                assert np.array_equal(flat[2 * k], np.array([t for h in lists for t in h], dtype=np.int64))
+                assert np.array_equal(flat[2 * k + 1], np.cumsum([0] + [len(h) for h in lists]))
+            cnt = a._counting
+            assert int(cnt.alive[:cnt.n].sum()) == len(cnt)
+            for key in cnt:
+                m, r = a._memo[key], cnt.row[key]
+                assert cnt.memo[r] is m and cnt.keys[r] == key and cnt.alive[r] and m[3] > 0
+                assert (cnt.t[r], cnt.s[r], cnt.src[r]) == (m[0], m[4], len(m) > 5)
+                assert not cnt.src[r] or (cnt.x[r], cnt.y[r], cnt.t0[r]) == tuple(m[5:8])
+            counted = max(counted, len(cnt))
         a.feed(d)
-    assert checked > 100 and versions > 10 and closed > 10
+    assert checked > 100 and versions > 10 and closed > 10 and counted > 50
 
 
 def test_a_dense_night_on_a_large_array_is_located():

@@ -153,6 +153,65 @@ def test_a_free_wind_does_not_swallow_late_arrivals(rng):
     assert np.percentile(err_robust, 90) < 0.5 * np.percentile(err_free, 90)
 
 
+def _wind_robust_by_locate(pos, t, sig, x0, wind, min_wind_used, **kw):
+    """What locate_wind_robust is specified to do, written with two plain locate calls."""
+    fixed = locate(pos, t, sig, c_m_per_s=C, x0=x0, wind_m_per_s=wind, wind_sigma_m_per_s=1.5, **kw)
+    if fixed is None or fixed.n_used < min_wind_used:
+        return fixed
+    u = fixed.used
+    start = [fixed.x_m, fixed.y_m] + ([fixed.z_m] if fixed.ndim == 3 else []) + [fixed.t0_s]
+    free = locate(pos[u], t[u], sig[u], c_m_per_s=C, x0=start, wind_m_per_s=wind, estimate_wind=True,
+                  wind_sigma_m_per_s=1.5, **kw)
+    if free is None or not free.wind_estimated:
+        return fixed
+    used = np.zeros(len(t), dtype=bool)
+    used[np.flatnonzero(u)[free.used]] = True
+    par = [free.x_m, free.y_m] + ([free.z_m] if free.ndim == 3 else []) + [free.t0_s]
+    return free, used, par
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_the_fused_wind_robust_fit_is_the_two_fits_it_stands_for(rng, ndim):
+    """locate_wind_robust's two robust fits run as one compiled call when there are many
+    detections (kernels.wind_robust_fit). On scenes with late arrivals, strong or
+    absent wind, few and many sensors, 2-D and 3-D, its solution is the one two plain
+    locate calls give (the wind given; then free on the first fit's inliers), figure for
+    figure: the fixed-wind solution where too few inliers remain or the free solve
+    fails, and otherwise the free one over every detection."""
+    kinds = {"fixed": 0, "free": 0, "none": 0}
+    for trial in range(120):
+        n = int(rng.integers(9, 22))
+        pos = _geometry(rng, n)
+        src = np.r_[rng.uniform(-600, 600, 2), 1.5 if ndim == 2 else rng.uniform(1.5, 150)]
+        w = rng.normal(0, 4, 2) if trial % 3 else np.zeros(2)
+        t = travel_time_s(src, pos, C, tuple(w)) + rng.normal(0, 5e-4, n)
+        late = rng.choice(n, int(rng.integers(0, n // 2 + 1)), replace=False)
+        t[late] += rng.uniform(0.003, 0.05, len(late))
+        sig = np.full(n, 5e-4)
+        x0 = [src[0] + 30, src[1] - 20] + ([60.0] if ndim == 3 else []) + [float(t.min()) - 0.5]
+        wind, min_wind_used = (3.0, -2.0), int(rng.integers(7, 13))
+        got = locate_wind_robust(pos, t, sig, c_m_per_s=C, x0=x0, wind_m_per_s=wind, wind_sigma_m_per_s=1.5,
+                                 min_wind_used=min_wind_used, ndim=ndim)
+        want = _wind_robust_by_locate(pos, t, sig, x0, wind, min_wind_used, ndim=ndim)
+        if want is None or not isinstance(want, tuple):
+            kinds["none" if want is None else "fixed"] += 1
+            assert (got is None) == (want is None)
+            if want is not None:
+                assert not got.wind_estimated
+                for f in ("x_m", "y_m", "z_m", "t0_s", "chi2", "dof", "scale2"):
+                    assert getattr(got, f) == getattr(want, f), f
+                assert np.array_equal(got.cov, want.cov) and np.array_equal(got.used, want.used)
+            continue
+        kinds["free"] += 1
+        free, used, par = want
+        assert got.wind_estimated and got.wind_m_per_s == free.wind_m_per_s
+        assert [got.x_m, got.y_m] + ([got.z_m] if ndim == 3 else []) + [got.t0_s] == par
+        assert np.array_equal(got.cov, free.cov) and (got.chi2, got.dof) == (free.chi2, free.dof)
+        assert np.array_equal(got.used, used)
+        assert np.array_equal(got.residuals_s[used], free.residuals_s[free.used])
+    assert kinds["free"] > 30 and kinds["fixed"] > 5, kinds
+
+
 def test_an_uncertain_speed_of_sound_is_in_the_ellipse(rng):
     """The speed of sound comes from a temperature that is off by a few degrees (1.8 m/s
     per 3 C); sixteen sensors over 2 km, 0.2 ms picks. With that uncertainty stated, the
