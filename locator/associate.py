@@ -448,8 +448,9 @@ class _Batch:
     def run(self, seeds: list[int]) -> dict[str, tuple]:
         """Search ``seeds`` (indices of pending detections; :func:`kernels.search_seeds`,
         the grid search where no triple could be formed). Returns per seed key:
-        ``(status, count, x m, y m, emission offset s, chance pre-test, candidate
-        detections, the seed's index)``."""
+        ``(status, count, x m, y m, emission offset s, chance pre-test, the same with
+        five detections free (0.0 for a candidate too small for the fit to estimate the
+        wind), candidate detections, the seed's index)``."""
         if not seeds:
             return {}
         a, cfg = self.a, self.a.cfg
@@ -462,7 +463,7 @@ class _Batch:
         hist = a._flat_history() + (a._seen_from, a._seen_to)
         status = np.zeros(n, dtype=np.int64)
         count = np.zeros(n, dtype=np.int64)
-        x, y, tau0, prob = np.zeros(n), np.zeros(n), np.zeros(n), np.ones(n)
+        x, y, tau0, prob, prob5 = np.zeros(n), np.zeros(n), np.zeros(n), np.ones(n), np.zeros(n)
         cand = np.zeros((n, n_sens), dtype=np.int64)
         if self._by is None:
             self._by = kernels.by_sensor(self.sp, n_sens)
@@ -474,7 +475,7 @@ class _Batch:
                              int(cfg.hyp_neighbours), int(cfg.hyp_per_sensor), int(cfg.hyp_near), int(cfg.hyp_full),
                              int(cfg.hyp_full_sensors),
                              a._d_min, float(cfg.coarse_cell_m), float(cfg.gate_s), *hist, int(cfg.min_sensors),
-                             status, count, x, y, tau0, prob, cand)
+                             a._n_wind, status, count, x, y, tau0, prob, prob5, cand)
         a._kernel_s += time.perf_counter() - t0
         out = {}
         for q, k in enumerate(ks):
@@ -485,7 +486,8 @@ class _Batch:
                 a._kernel_s += time.perf_counter() - t0
             else:
                 got = [self.pend[j] for j in cand[q, :count[q]]] if st == kernels.SEED_CANDIDATE else []
-                row = (st, int(count[q]), float(x[q]), float(y[q]), float(tau0[q]), float(prob[q]), got)
+                row = (st, int(count[q]), float(x[q]), float(y[q]), float(tau0[q]), float(prob[q]), float(prob5[q]),
+                       got)
             out[self.pend[k].key] = row + (int(k),)
         return out
 
@@ -497,14 +499,15 @@ class _Batch:
                                                           int(cfg.max_search), len(a.layout), a._nbr_order[s0])
         found = a._grid_search(s0, t, offsets)
         if isinstance(found, int):
-            return kernels.SEED_WEAK, found, 0.0, 0.0, 0.0, 1.0, []
+            return kernels.SEED_WEAK, found, 0.0, 0.0, 0.0, 1.0, 0.0, []
         x0, y0, w = found
         buf = np.zeros(len(a.layout), dtype=np.int64)
-        n, tau0, prob = kernels.candidate_at(x0, y0, float(a.z_src), k, self.tp, self.sp, self._sig, self._gun, js,
-                                             t, offsets, a._spx, a._spy, a._spz, float(a.c), float(a.wind[0]),
-                                             float(a.wind[1]), float(w + cfg.gate_s), *hist, int(cfg.min_sensors),
-                                             buf)
-        return kernels.SEED_CANDIDATE, int(n), x0, y0, float(tau0), float(prob), [self.pend[j] for j in buf[:n]]
+        n, tau0, prob, prob5 = kernels.candidate_at(x0, y0, float(a.z_src), k, self.tp, self.sp, self._sig, self._gun,
+                                                    js, t, offsets, a._spx, a._spy, a._spz, float(a.c),
+                                                    float(a.wind[0]), float(a.wind[1]), float(w + cfg.gate_s), *hist,
+                                                    int(cfg.min_sensors), a._n_wind, buf)
+        return (kernels.SEED_CANDIDATE, int(n), x0, y0, float(tau0), float(prob), float(prob5),
+                [self.pend[j] for j in buf[:n]])
 
 
 class _EventTable:
@@ -668,6 +671,9 @@ class Associator:
         self._nbr_order = np.ascontiguousarray(np.array([row[row != k] for k, row in enumerate(order)],
                                                         dtype=np.int64).reshape(len(layout), len(layout) - 1))
         self._box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+        # A candidate this large is fitted with the wind as two more unknowns (its chance
+        # pre-test then frees five detections, not three); 0: never.
+        self._n_wind = int(cfg.wind_min_sensors) if cfg.estimate_wind else 0
         # A seed is first searched once sound from anywhere in its region has had time to
         # reach min_sensors - 1 other sensors (those nearest the seed's sensor, whose pair
         # windows close first) and their detections to arrive: earlier, a real shot
@@ -1092,7 +1098,7 @@ class Associator:
                     keys = list(results)
                     for r in np.flatnonzero(cur.touched(lost, [results[key][-1] for key in keys])).tolist():
                         row = results[keys[r]]
-                        if row[0] != kernels.SEED_CANDIDATE or not alive[cur.arr.find(row[6])].all():
+                        if row[0] != kernels.SEED_CANDIDATE or not alive[cur.arr.find(row[7])].all():
                             del results[keys[r]]
                     lost = []
                 if d.key not in results:
@@ -1125,9 +1131,9 @@ class Associator:
                      cur: _Batch) -> Event | None:
         """The checks and the solve for a seed (the pending detection ``at``) searched by
         :meth:`_Batch.run` (``cur``): ``found`` is ``(status, count, x m, y m, emission
-        offset s, chance pre-test, candidate detections)``."""
+        offset s, chance pre-test, with five free, candidate detections)``."""
         cfg = self.cfg
-        status, count, x0, y0, tau0, prob, cand = found
+        status, count, x0, y0, tau0, prob, prob5, cand = found
         if status == kernels.SEED_FEW:
             self._remember(seed, at, now_ns, need_new=cfg.min_sensors - count)
             return None
@@ -1164,9 +1170,7 @@ class Associator:
             return merged
         # Before the solve: could this many detections pass the chance-alignment test
         # at all? (The solve can only drop detections and widen the window.)
-        if prob > cfg.max_chance_probability or (
-                cfg.estimate_wind and len(cand) >= cfg.wind_min_sensors and
-                self._pretest(cand, x0, y0, t0_guess_ns, 5) > cfg.max_chance_probability):
+        if prob > cfg.max_chance_probability or prob5 > cfg.max_chance_probability:
             # (With this many detections the fit estimates the wind too: two more unknowns
             # that line up detections whatever they are. Should the wind solve fail, the
             # fit with the wind given could pass with two fewer; a candidate is rarely
@@ -1319,12 +1323,6 @@ class Associator:
             checked += 1
             silent += 1
         return silent <= max(self.cfg.max_silent, int(self.cfg.max_silent_fraction * checked))
-
-    def _pretest(self, cand: list[Detection], x: float, y: float, t0_ns: int, n_free: int) -> float:
-        """The chance pre-test of a search's candidate at its source ``(x, y)`` m, emitted
-        at ``t0_ns`` (:func:`kernels.candidate_at`'s, there with three detections free),
-        with ``n_free`` detections free for the fit's unknowns."""
-        return self._label_chance(cand, x, y, float(self.z_src), 3.0 * _median(self._sigma(cand)), t0_ns, n_free)
 
     def _label_chance(self, dets: list[Detection], x: float, y: float, z: float, w_s: float, t0_ns: int,
                       n_free: int) -> float:

@@ -1128,16 +1128,19 @@ def label_chance(x, y, z, sx, sy, sz, sens, gun, w_s, r_all, r_gun, n_free):
 
 @numba.njit(cache=True, nogil=True)
 def candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, sz, c, wx, wy, w_s, hist_t, hist_off,
-                 gun_t, gun_off, seen_from, seen_to, min_count, out_cand):
+                 gun_t, gun_off, seen_from, seen_to, min_count, n_wind, out_cand):
     """The candidate shot at a source ``(x, y, z_src)`` found for the seed ``k`` (pending
     detection times ``tp`` ns, sensors ``sp``, stated sigmas ``sig_p`` s; its window
     ``js, t, offsets`` from :func:`seed_window`): the seed and the detections
     :func:`choose_candidate` keeps (within ``w_s`` s), written to ``out_cand`` as
     indices into ``tp``. Returns ``(how many, emission offset tau0 s from the seed's
-    time, chance pre-test)``: the pre-test is :func:`label_chance` with the detections'
-    median sigma times three as the window and three detections free for the fit's
-    unknowns (the solve can only drop detections and widen the window, so a candidate
-    failing it cannot pass the test after its fit); 1.0 with fewer than ``min_count``.
+    time, chance pre-test, the same with five free)``: the pre-test is
+    :func:`label_chance` with the detections' median sigma times three as the window
+    and three detections free for the fit's unknowns (the solve can only drop
+    detections and widen the window, so a candidate failing it cannot pass the test
+    after its fit); 1.0 with fewer than ``min_count``. A candidate of ``n_wind`` or more
+    (if positive) will be fitted with the wind as two more unknowns: the same test with
+    five free (else 0.0).
     Chance rates are the sensors' rates around the emission time (:func:`rate_row`),
     of all detections from the histories ``hist_t, hist_off`` and of gunshot-rated ones
     (``gun_p`` marks the pending ones) from ``gun_t, gun_off``, both covering
@@ -1153,7 +1156,7 @@ def candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, s
     for i in range(n - 1):
         out_cand[i + 1] = js[chosen[i]]
     if n < min_count:
-        return n, tau0, 1.0
+        return n, tau0, 1.0, 0.0
     sens = np.empty(n, dtype=np.int64)
     sig = np.empty(n)
     gun = np.empty(n, dtype=np.bool_)
@@ -1163,7 +1166,9 @@ def candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, s
         gun[i] = gun_p[out_cand[i]]
     r_gun = np.empty(sx.shape[0])
     rate_row(gun_t, gun_off, sec, seen_from, seen_to, r_gun)
-    return n, tau0, label_chance(x, y, z_src, sx, sy, sz, sens, gun, 3.0 * np.median(sig), r, r_gun, 3)
+    w = 3.0 * np.median(sig)
+    p5 = label_chance(x, y, z_src, sx, sy, sz, sens, gun, w, r, r_gun, 5) if 0 < n_wind <= n else 0.0
+    return n, tau0, label_chance(x, y, z_src, sx, sy, sz, sens, gun, w, r, r_gun, 3), p5
 
 
 SEED_FEW = 0            # fewer than min_count sensors in the seed's window (count: sensors)
@@ -1247,7 +1252,8 @@ def _best_source(s0, t, offsets, sx, sy, sz, z_src, c, wx, wy, half_window_s, se
 def search_seeds(seeds, tp, sp, by_idx, by_off, alive, sig_p, gun_p, span_ns, pair_ns, max_search, sx, sy, sz,
                  z_src, c, wx, wy, half_window_s, seed_region_m, x_lo, x_hi, y_lo, y_hi, nbr_order, n_nbrs,
                  max_per_sensor, n_near, n_full, n_full_sens, d_min, cell_m, gate_s, hist_t, hist_off, gun_t, gun_off,
-                 seen_from, seen_to, min_count, out_status, out_count, out_x, out_y, out_tau0, out_prob, out_cand):
+                 seen_from, seen_to, min_count, n_wind, out_status, out_count, out_x, out_y, out_tau0, out_prob,
+                 out_prob5, out_cand):
     """Search many seeds at once (in parallel): for each pending detection ``seeds[q]``
     (an index into the pending times ``tp`` ns, ascending, sensors ``sp``, grouped by
     sensor ``by_idx, by_off`` (:func:`by_sensor`), still pending ``alive``, stated sigmas
@@ -1264,7 +1270,8 @@ def search_seeds(seeds, tp, sp, by_idx, by_off, alive, sig_p, gun_p, span_ns, pa
 
     Writes per seed: ``out_status`` (``SEED_*``), ``out_count``, the source
     ``out_x, out_y`` (m) and emission offset ``out_tau0`` (s), the chance pre-test
-    ``out_prob`` and the candidate's pending indices ``out_cand[q, :count]``. The
+    ``out_prob`` (and with five free ``out_prob5``, for candidates of ``n_wind`` or more)
+    and the candidate's pending indices ``out_cand[q, :count]``. The
     searches are independent: the caller re-searches a seed whose window lost
     detections to a shot found meanwhile."""
     for q in prange(seeds.shape[0]):
@@ -1294,15 +1301,16 @@ def search_seeds(seeds, tp, sp, by_idx, by_off, alive, sig_p, gun_p, span_ns, pa
             out_status[q] = st
             out_count[q] = cnt
             continue
-        n_c, tau0, prob = candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, sz, c, wx, wy,
-                                       half_window_s + gate_s, hist_t, hist_off, gun_t, gun_off, seen_from, seen_to,
-                                       min_count, out_cand[q])
+        n_c, tau0, prob, prob5 = candidate_at(x, y, z_src, k, tp, sp, sig_p, gun_p, js, t, offsets, sx, sy, sz, c, wx,
+                                              wy, half_window_s + gate_s, hist_t, hist_off, gun_t, gun_off, seen_from,
+                                              seen_to, min_count, n_wind, out_cand[q])
         out_status[q] = SEED_CANDIDATE
         out_count[q] = n_c
         out_x[q] = x
         out_y[q] = y
         out_tau0[q] = tau0
         out_prob[q] = prob
+        out_prob5[q] = prob5
 
 
 @numba.njit(cache=True, nogil=True)

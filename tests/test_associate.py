@@ -741,12 +741,14 @@ def test_label_chance_uses_the_rate_of_gunshot_rated_detections():
     assert both == pytest.approx(2 * p_gun) and both < 1e-12
 
 
-def test_the_wind_pretest_is_the_kernels_pretest_with_two_more_unknowns():
+def test_the_wind_pretest_is_the_pretest_with_two_more_unknowns():
     """A search's candidate large enough for the fit to estimate the wind is pre-tested
-    again with five detections free instead of three (``Associator._pretest``). With
-    three it must equal the search kernel's own pre-test, figure for figure, and with
-    five it can only be likelier by chance. On a fireworks night the stricter test
-    refuses candidates the kernel's passes (their fits would have been refused after)."""
+    again, in the search kernel, with five detections free instead of three. Both equal
+    the chance test (``Associator._label_chance``) of the candidate's detections at its
+    source, with three and five free, figure for figure; with five it can only be
+    likelier by chance, and a smaller candidate has none (0.0). On a fireworks night the
+    stricter test refuses candidates the three-free one passes (their fits would have
+    been refused after)."""
     from shotnet.locator import associate, kernels
     from shotnet.locator.synthetic import StreamConfig, make_stream
     from shotnet.sensor.scene import default_layout
@@ -761,16 +763,19 @@ def test_the_wind_pretest_is_the_kernels_pretest_with_two_more_unknowns():
     cur = associate._Batch(a, a.pending)
     found = cur.run(list(range(0, len(a.pending), 3)))
     big = refused = 0
-    for seed_key, (status, count, x, y, tau0, prob, cand, k) in found.items():
+    for seed_key, (status, count, x, y, tau0, prob, prob5, cand, k) in found.items():
         if status != kernels.SEED_CANDIDATE:
             continue
         t0 = a.pending[k].t_ns + int(tau0 * NS_PER_S)
-        assert a._pretest(cand, x, y, t0, 3) == pytest.approx(prob, rel=1e-9, abs=1e-300)
+        w = 3.0 * float(np.median(a._sigma(cand)))
+        assert a._label_chance(cand, x, y, a.z_src, w, t0, 3) == pytest.approx(prob, rel=1e-9, abs=1e-300)
         if len(cand) >= a.cfg.wind_min_sensors:
             big += 1
-            p5 = a._pretest(cand, x, y, t0, 5)
-            assert p5 >= prob
-            refused += prob <= a.cfg.max_chance_probability < p5
+            assert a._label_chance(cand, x, y, a.z_src, w, t0, 5) == pytest.approx(prob5, rel=1e-9, abs=1e-300)
+            assert prob5 >= prob
+            refused += prob <= a.cfg.max_chance_probability < prob5
+        else:
+            assert prob5 == 0.0
     assert big > 20 and refused > 0, (big, refused)
 
 
