@@ -450,7 +450,9 @@ class _Batch:
         the grid search where no triple could be formed). Returns per seed key:
         ``(status, count, x m, y m, emission offset s, chance pre-test, the same with
         five detections free (0.0 for a candidate too small for the fit to estimate the
-        wind), candidate detections, the seed's index)``."""
+        wind), candidate detections, the index of the open event the candidate's source
+        is near (:meth:`Associator._near_event`; -1: none) and the generation of the open
+        events' table it was found at (-1: not looked for), the seed's index)``."""
         if not seeds:
             return {}
         a, cfg = self.a, self.a.cfg
@@ -477,6 +479,18 @@ class _Batch:
                              a._d_min, float(cfg.coarse_cell_m), float(cfg.gate_s), *hist, int(cfg.min_sensors),
                              a._n_wind, status, count, x, y, tau0, prob, prob5, cand)
         a._kernel_s += time.perf_counter() - t0
+        # Each candidate's open event nearby (Associator._near_event), at this state of
+        # the open events' table (its generation; asked again if it changed by then).
+        near = np.full(n, -1, dtype=np.int64)
+        is_c = status == kernels.SEED_CANDIDATE
+        gen = a._open_tab.gen
+        if a.open and is_c.any():
+            c = np.flatnonzero(is_c)
+            t0s = self.tp[ks[c]] + (tau0[c] * NS_PER_S).astype(np.int64)
+            got_near = np.empty(len(c), dtype=np.int64)
+            kernels.event_near_many(*a._open_table()[:4], t0s, x[c], y[c], a.cfg.same_shot_s * NS_PER_S,
+                                    a.cfg.same_shot_m + a.cfg.coarse_cell_m, got_near)
+            near[c] = got_near
         out = {}
         for q, k in enumerate(ks):
             st = int(status[q])
@@ -487,7 +501,7 @@ class _Batch:
             else:
                 got = [self.pend[j] for j in cand[q, :count[q]]] if st == kernels.SEED_CANDIDATE else []
                 row = (st, int(count[q]), float(x[q]), float(y[q]), float(tau0[q]), float(prob[q]), float(prob5[q]),
-                       got)
+                       got, int(near[q]), gen)
             out[self.pend[k].key] = row + (int(k),)
         return out
 
@@ -499,7 +513,7 @@ class _Batch:
                                                           int(cfg.max_search), len(a.layout), a._nbr_order[s0])
         found = a._grid_search(s0, t, offsets)
         if isinstance(found, int):
-            return kernels.SEED_WEAK, found, 0.0, 0.0, 0.0, 1.0, 0.0, []
+            return kernels.SEED_WEAK, found, 0.0, 0.0, 0.0, 1.0, 0.0, [], -1, -1
         x0, y0, w = found
         buf = np.zeros(len(a.layout), dtype=np.int64)
         n, tau0, prob, prob5 = kernels.candidate_at(x0, y0, float(a.z_src), k, self.tp, self.sp, self._sig, self._gun,
@@ -507,7 +521,7 @@ class _Batch:
                                                     float(a.wind[0]), float(a.wind[1]), float(w + cfg.gate_s), *hist,
                                                     int(cfg.min_sensors), a._n_wind, buf)
         return (kernels.SEED_CANDIDATE, int(n), x0, y0, float(tau0), float(prob), float(prob5),
-                [self.pend[j] for j in buf[:n]])
+                [self.pend[j] for j in buf[:n]], -1, -1)
 
 
 class _EventTable:
@@ -519,9 +533,11 @@ class _EventTable:
 
     def __init__(self):
         self.valid = False
+        self.gen = 0        # counts the changes (what was computed from the table is stale)
 
     def invalidate(self) -> None:
         self.valid = False
+        self.gen += 1
 
     def rows(self, ops: list[_Open]) -> tuple[np.ndarray, ...]:
         if not self.valid:
@@ -537,6 +553,7 @@ class _EventTable:
         return self.t0[:n], self.x[:n], self.y[:n], self.major[:n], self.cnt[:n]
 
     def append(self, op: _Open) -> None:
+        self.gen += 1
         if not self.valid:
             return
         if self.n == len(self.t0):
@@ -550,6 +567,7 @@ class _EventTable:
 
     def keep(self, kept: np.ndarray, ops: list[_Open]) -> None:
         """Only the rows ``kept`` (bool, by row) stay, in order: the list is now ``ops``."""
+        self.gen += 1
         if not self.valid:
             return
         idx = np.flatnonzero(kept[:self.n])
@@ -561,6 +579,7 @@ class _EventTable:
 
     def changed(self, op: _Open) -> None:
         """``op`` (if in the list) has a new version."""
+        self.gen += 1
         k = self.row.get(id(op)) if self.valid else None
         if k is not None:
             self.t0[k], self.x[k], self.y[k] = op.t0_ns, op.sol.x_m, op.sol.y_m
@@ -1131,9 +1150,10 @@ class Associator:
                      cur: _Batch) -> Event | None:
         """The checks and the solve for a seed (the pending detection ``at``) searched by
         :meth:`_Batch.run` (``cur``): ``found`` is ``(status, count, x m, y m, emission
-        offset s, chance pre-test, with five free, candidate detections)``."""
+        offset s, chance pre-test, with five free, candidate detections, the open event
+        nearby and the open events' table generation it was found at)``."""
         cfg = self.cfg
-        status, count, x0, y0, tau0, prob, prob5, cand = found
+        status, count, x0, y0, tau0, prob, prob5, cand, near, near_gen = found
         if status == kernels.SEED_FEW:
             self._remember(seed, at, now_ns, need_new=cfg.min_sensors - count)
             return None
@@ -1160,7 +1180,10 @@ class Associator:
             self._remember(seed, at, now_ns)       # the same candidate failed before: nothing new
             return None
         self._failed[seed.key] = keys
-        twin = self._near_event(x0, y0, t0_guess_ns)
+        if near_gen == self._open_tab.gen:
+            twin = self.open[near] if near >= 0 else None        # (as the search found it)
+        else:
+            twin = self._near_event(x0, y0, t0_guess_ns)
         if twin is not None:
             # A shot already located (a late arrival or an echo of it seeded this search):
             # offer the candidate's new sensors to that event instead of solving it anew.
@@ -1764,11 +1787,13 @@ class Associator:
         later checks reject (most are real sounds: fireworks, shots heard by too few
         sensors yet); the median keeps a chance alignment's odd wind out."""
         if sol.wind_estimated and sol.n_used >= self.cfg.wind_min_sensors:
-            sd = np.sqrt(np.maximum(np.diag(sol.cov)[sol.ndim + 1:sol.ndim + 3], 1e-6))
-            if np.all(sd < 3.0) and np.hypot(*sol.wind_m_per_s) < 25.0:
+            k = sol.ndim + 1
+            # (Per component: sd = sqrt(max(var, 1e-6)) < 3 m/s; NaN fails.)
+            if (math.sqrt(max(sol.cov[k, k], 1e-6)) < 3.0 and math.sqrt(max(sol.cov[k + 1, k + 1], 1e-6)) < 3.0
+                    and math.hypot(*sol.wind_m_per_s) < 25.0):
                 self._winds.append(sol.wind_m_per_s)
-                self.wind = np.array([statistics.median(w[0] for w in self._winds),
-                                      statistics.median(w[1] for w in self._winds)])
+                self.wind = np.array([statistics.median([w[0] for w in self._winds]),
+                                      statistics.median([w[1] for w in self._winds])])
                 self.wind_known = True
 
     def _make_event(self, sol: Solution, used: list[Detection], t0_ns: int, aerial: bool,

@@ -1441,6 +1441,13 @@ def event_near(t0, ex, ey, major, t0_ns, x, y, max_dt_ns, radius_m, first):
 
 
 @numba.njit(cache=True, nogil=True)
+def event_near_many(t0, ex, ey, major, t0s, xs, ys, max_dt_ns, radius_m, out):
+    """:func:`event_near` (the first such) for each ``(t0s[q], xs[q], ys[q])``, into ``out[q]``."""
+    for q in range(t0s.shape[0]):
+        out[q] = event_near(t0, ex, ey, major, t0s[q], xs[q], ys[q], max_dt_ns, radius_m, True)
+
+
+@numba.njit(cache=True, nogil=True)
 def louder_before(t0, ex, ey, n, t0_ns, x, y, window_ns, radius_m, n_sensors):
     """Whether an event (emission times ``t0`` ns, positions ``ex, ey`` m, detection
     counts ``n``) emitted up to ``window_ns`` before ``t0_ns``, within ``radius_m`` of

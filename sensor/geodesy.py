@@ -6,6 +6,7 @@ it lives in the base package (``sensor``) because ``sensor`` never imports ``loc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,25 +58,35 @@ class LocalFrame:
     lon0_deg: float
     alt0_m: float = 0.0
 
-    def _rot(self) -> np.ndarray:
+    # (The rotation and the origin's ECEF position are computed once per frame: the
+    # locator converts every event it publishes, thousands a minute on a crowded night.)
+    @functools.cached_property
+    def _rotation(self) -> np.ndarray:
+        """ECEF offsets to ENU (rows: east, north, up), read-only."""
         la, lo = np.radians(self.lat0_deg), np.radians(self.lon0_deg)
         sla, cla, slo, clo = np.sin(la), np.cos(la), np.sin(lo), np.cos(lo)
-        return np.array([[-slo, clo, 0.0],
-                         [-sla * clo, -sla * slo, cla],
-                         [cla * clo, cla * slo, sla]])
+        rot = np.array([[-slo, clo, 0.0],
+                        [-sla * clo, -sla * slo, cla],
+                        [cla * clo, cla * slo, sla]])
+        rot.setflags(write=False)
+        return rot
+
+    @functools.cached_property
+    def _origin_ecef(self) -> tuple:
+        return geodetic_to_ecef(self.lat0_deg, self.lon0_deg, self.alt0_m)
 
     def to_enu(self, lat_deg, lon_deg, alt_m):
         """Geodetic to (east, north, up) metres in this frame."""
         x, y, z = geodetic_to_ecef(lat_deg, lon_deg, alt_m)
-        x0, y0, z0 = geodetic_to_ecef(self.lat0_deg, self.lon0_deg, self.alt0_m)
+        x0, y0, z0 = self._origin_ecef
         d = np.stack([np.asarray(x - x0), np.asarray(y - y0), np.asarray(z - z0)])
-        e, n, u = np.tensordot(self._rot(), d, axes=1)
+        e, n, u = np.tensordot(self._rotation, d, axes=1)
         return e, n, u
 
     def to_geodetic(self, e_m, n_m, u_m):
         """(east, north, up) metres in this frame to geodetic (deg, deg, m)."""
         enu = np.stack([np.asarray(e_m, dtype=np.float64), np.asarray(n_m, dtype=np.float64),
                         np.asarray(u_m, dtype=np.float64)])
-        d = np.tensordot(self._rot().T, enu, axes=1)
-        x0, y0, z0 = geodetic_to_ecef(self.lat0_deg, self.lon0_deg, self.alt0_m)
+        d = np.tensordot(self._rotation.T, enu, axes=1)
+        x0, y0, z0 = self._origin_ecef
         return ecef_to_geodetic(d[0] + x0, d[1] + y0, d[2] + z0)

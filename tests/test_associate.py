@@ -606,7 +606,7 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
     cfg = StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2)
     dets, _, loc_layout = make_stream(default_layout(), 150, 30.0, cfg, seed=5)
     a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
-    last, checked, versions, closed, counted = None, 0, 0, 0, 0
+    last, checked, versions, closed, counted, near_seen = None, 0, 0, 0, 0, 0
     for d in dets:
         if last is None or d.t_ns - last >= 100_000_000:
             n_open = len(a.open)
@@ -640,8 +640,20 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
                 assert (cnt.t[r], cnt.s[r], cnt.src[r]) == (m[0], m[4], len(m) > 5)
                 assert not cnt.src[r] or (cnt.x[r], cnt.y[r], cnt.t0[r]) == tuple(m[5:8])
             counted = max(counted, len(cnt))
+            if a.open and a.pending and checked % 5 == 0:
+                # A search's candidates carry the open event near their source, as
+                # Associator._near_event finds it, at the table's generation.
+                from shotnet.locator import associate, kernels
+                found = associate._Batch(a, a.pending).run(list(range(len(a.pending))))
+                for row in found.values():
+                    if row[0] == kernels.SEED_CANDIDATE:
+                        t0 = a.pending[row[-1]].t_ns + int(row[4] * NS_PER_S)
+                        twin = a._near_event(row[2], row[3], t0)
+                        assert row[9] == a._open_tab.gen and (row[8] < 0) == (twin is None)
+                        assert twin is None or a.open[row[8]] is twin
+                        near_seen += twin is not None
         a.feed(d)
-    assert checked > 100 and versions > 10 and closed > 10 and counted > 50
+    assert checked > 100 and versions > 10 and closed > 10 and counted > 50 and near_seen > 5, near_seen
 
 
 def test_a_dense_night_on_a_large_array_is_located():
@@ -763,7 +775,7 @@ def test_the_wind_pretest_is_the_pretest_with_two_more_unknowns():
     cur = associate._Batch(a, a.pending)
     found = cur.run(list(range(0, len(a.pending), 3)))
     big = refused = 0
-    for seed_key, (status, count, x, y, tau0, prob, prob5, cand, k) in found.items():
+    for seed_key, (status, count, x, y, tau0, prob, prob5, cand, near, gen, k) in found.items():
         if status != kernels.SEED_CANDIDATE:
             continue
         t0 = a.pending[k].t_ns + int(tau0 * NS_PER_S)
