@@ -217,6 +217,13 @@ predicted arrivals, merging); and housekeeping (sorting the pending detections,
 counting new ones into remembered seeds, expiring)."""
 
 
+def _offsets(lengths: list[int]) -> np.ndarray:
+    """CSR offsets (int64, ``len(lengths) + 1``) of consecutive runs of these lengths."""
+    off = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=off[1:])
+    return off
+
+
 def _event_id(keys: list[str]) -> str:
     return hashlib.sha256("|".join(keys).encode()).hexdigest()[:20]
 
@@ -918,34 +925,28 @@ class Associator:
         i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
         held_i = np.zeros(len(p_s), dtype=np.bool_)
         # Per event (CSR): the pending detections it has tried (sorted pending indices),
-        # those waiting with it, its own sensors, and the radius cached for its matches.
-        wait_d: list[Detection] = []
-        wait_s: list[int] = []
-        wait_t: list[int] = []
-        used_s: list[int] = []
-        cache_mine: list[int] = []
-        tried_off, wait_off, used_off, cache_off = (np.zeros(n_ev + 1, dtype=np.int64) for _ in range(4))
-        cache_ok = np.zeros(n_ev, dtype=np.bool_)
-        cache_r = np.zeros(n_ev)
-        r_used = np.zeros(n_ev)
-        t0 = np.zeros(n_ev, dtype=np.int64)
-        for j, op in enumerate(ops):
-            tried_off[j + 1] = tried_off[j] + len(op.tried)
-            wait_d += op.waiting
-            wait_s += op.wait_s
-            wait_t += op.wait_t
-            wait_off[j + 1] = len(wait_d)
-            arr = op.arrivals
-            used_s += arr[6]
-            used_off[j + 1] = len(used_s)
-            r_used[j] = arr[8]
-            t0[j] = op.t0_ns
-            h = op.hearing
-            if h is not None and h[0][0] == op.event.version and h[0][1] == len(op.waiting):
-                cache_ok[j] = True
-                cache_mine += h[0][2]
-                cache_r[j] = h[1]
-            cache_off[j + 1] = len(cache_mine)
+        # those waiting with it, its own sensors (where its own predicted arrival is -1)
+        # and the farthest of them (m), and the radius cached for its matches.
+        chain = itertools.chain.from_iterable
+        tried_off = _offsets([len(op.tried) for op in ops])
+        wait_off = _offsets([len(op.waiting) for op in ops])
+        if wait_off[-1]:
+            wait_d: list[Detection] = list(chain(op.waiting for op in ops))
+            wait_s, wait_t = list(chain(op.wait_s for op in ops)), list(chain(op.wait_t for op in ops))
+        else:
+            wait_d, wait_s, wait_t = [], [], []
+        own = pred_ns == -1
+        own_j, used_s = np.nonzero(own)
+        used_off = np.searchsorted(own_j, np.arange(n_ev + 1)).astype(np.int64)
+        r_used = np.where(own, dist, -np.inf).max(axis=1)
+        t0 = np.array([op.t0_ns for op in ops], dtype=np.int64)
+        hearing = [op.hearing for op in ops]
+        cache_ok = np.array([h is not None and h[0][0] == op.event.version and h[0][1] == len(op.waiting)
+                             for h, op in zip(hearing, ops)], dtype=np.bool_)
+        cached = [h[0][2] if ok else () for h, ok in zip(hearing, cache_ok.tolist())]
+        cache_off = _offsets([len(c) for c in cached])
+        cache_mine = list(chain(cached))
+        cache_r = np.array([h[1] if ok else 0.0 for h, ok in zip(hearing, cache_ok.tolist())])
         # Where the tried ones are pending (in order, per event; those no longer pending out).
         tried_d = [d for op in ops for d in op.tried.values()]
         tried_a = self._parr.get(self.pending).find(tried_d)

@@ -267,9 +267,11 @@ def _robust_many(pos, cols, t, sig, x0, mod: _Model, outlier_sigma, late_sigma, 
 
 
 def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
-            c_sigma_m_per_s: float = 0.0) -> Solution:
+            c_sigma_m_per_s: float = 0.0, cols=None, used_out=None, r_out=None) -> Solution:
     """Package a fit: covariance scaled by the residuals, the errors of a given wind and
-    of the speed of sound added."""
+    of the speed of sound added. ``cols``: ``pos``'s columns, contiguous, if at hand.
+    ``used_out`` and ``r_out``: the mask and residuals the solution states, if not
+    ``used`` and ``r`` (a fit on a subset of the detections, stated for all of them)."""
     ndim = mod.ndim
     dof = int(used.sum()) - mod.n_params
     chi2 = float(np.sum((r[used] / sig[used]) ** 2))
@@ -282,15 +284,17 @@ def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
     cov = cov * scale2
     if (not mod.est_wind and wind_sigma_m_per_s > 0) or c_sigma_m_per_s > 0:
         add = np.zeros((mod.n_params, mod.n_params))
-        if kernels.given_cov(np.ascontiguousarray(pos[:, 0]), np.ascontiguousarray(pos[:, 1]),
-                             np.ascontiguousarray(pos[:, 2]), sig, used, par, ndim, mod.z_src, mod.c, mod.est_wind,
+        if cols is None:
+            cols = [np.ascontiguousarray(pos[:, k]) for k in range(3)]
+        if kernels.given_cov(*cols, sig, used, par, ndim, mod.z_src, mod.c, mod.est_wind,
                              float(wind_sigma_m_per_s), float(c_sigma_m_per_s), add):
             cov = cov + add
     wx, wy = mod.wind_of(par)
     z_src_m = mod.z_src
     return Solution(
         x_m=float(par[0]), y_m=float(par[1]), z_m=float(par[2]) if ndim == 3 else float(z_src_m),
-        t0_s=float(par[ndim]), cov=cov, used=used, residuals_s=r, chi2=chi2, dof=dof,
+        t0_s=float(par[ndim]), cov=cov, used=used if used_out is None else used_out,
+        residuals_s=r if r_out is None else r_out, chi2=chi2, dof=dof,
         scale2=scale2, ellipse_factor=k, ndim=ndim, wind_m_per_s=(wx, wy), wind_estimated=mod.est_wind)
 
 
@@ -384,15 +388,15 @@ def _wind_robust_fused(pos, t, sig, c, z_src, x0, wind_m_per_s, wind_sigma_m_per
         return None
     u = fix_used.astype(bool)
     if st2 != 0:
-        fixed = _finish(pos, fix_par, fix_cov, u, fix_r, fix_sig, mod, wind_sigma_m_per_s, c_sigma_m_per_s)
+        fixed = _finish(pos, fix_par, fix_cov, u, fix_r, fix_sig, mod, wind_sigma_m_per_s, c_sigma_m_per_s, cols)
         return (fixed,) if st2 == -1 and fixed.n_used >= min_wind_used else fixed
     idx = np.flatnonzero(u)
     nu = len(idx)
-    free = _finish(np.ascontiguousarray(pos[u]), free_par, free_cov, free_used[:nu].astype(bool), free_r[:nu],
-                   free_sig[:nu], _Model(c, z_src, ndim, True, wind), wind_sigma_m_per_s, c_sigma_m_per_s)
+    free_u = free_used[:nu].astype(bool)
     used = np.zeros(n, dtype=bool)
-    used[idx[free.used]] = True
-    return dataclasses.replace(free, used=used, residuals_s=r_all)
+    used[idx[free_u]] = True
+    return _finish(None, free_par, free_cov, free_u, free_r[:nu], free_sig[:nu], _Model(c, z_src, ndim, True, wind),
+                   wind_sigma_m_per_s, c_sigma_m_per_s, [col[idx] for col in cols], used, r_all)
 
 
 def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma, max_wind_m_per_s=25.0):
