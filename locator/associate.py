@@ -217,6 +217,12 @@ predicted arrivals, merging); and housekeeping (sorting the pending detections,
 counting new ones into remembered seeds, expiring)."""
 
 
+def _sorted_median(v: list[float]) -> float:
+    """The median of a sorted list (as :func:`~shotnet.locator.locate._median`)."""
+    n = len(v)
+    return float(v[n // 2]) if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
 def _offsets(lengths: list[int]) -> np.ndarray:
     """CSR offsets (int64, ``len(lengths) + 1``) of consecutive runs of these lengths."""
     off = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -606,6 +612,7 @@ class Associator:
                                               speed_of_sound_m_per_s(cfg.temperature_c - cfg.temperature_sigma_c))
         # Measurements of the speed of sound: the shots' times (ns), c (m/s), its sd (m/s).
         self._cs = (collections.deque(), collections.deque(), collections.deque())
+        self._cs_sorted: tuple[list[float], list[float]] = ([], [])
         self.z_src = layout.ground_enu_up_m + cfg.source_height_m
         self.idx = layout.index()
         self.wind = np.asarray(cfg.wind_m_per_s, dtype=np.float64).copy()
@@ -1770,16 +1777,17 @@ class Associator:
         ts.append(t0_ns)
         cs.append(c_new)
         sds.append(sd)
+        c_sorted, sd_sorted = self._cs_sorted        # (the same, kept sorted for the medians)
+        bisect.insort(c_sorted, c_new)
+        bisect.insort(sd_sorted, sd)
         while len(ts) > cfg.c_history and (ts[-1] - ts[0] > cfg.c_window_s * NS_PER_S or len(ts) > _C_MAX_ESTIMATES):
             ts.popleft()
-            cs.popleft()
-            sds.popleft()
+            del c_sorted[bisect.bisect_left(c_sorted, cs.popleft())]
+            del sd_sorted[bisect.bisect_left(sd_sorted, sds.popleft())]
         n = len(cs)
-        c_all = np.fromiter(cs, dtype=np.float64, count=n)
-        self.c = _median(c_all)
-        spread = 1.4826 * _median(np.abs(c_all - self.c)) if n >= 3 else 0.0
-        self.c_sd = max(_C_SD_FLOOR, _median(np.fromiter(sds, dtype=np.float64, count=n)) / math.sqrt(n),
-                        1.2533 * spread / math.sqrt(n))
+        self.c = _sorted_median(c_sorted)
+        spread = 1.4826 * _median(np.abs(np.array(c_sorted) - self.c)) if n >= 3 else 0.0
+        self.c_sd = max(_C_SD_FLOOR, _sorted_median(sd_sorted) / math.sqrt(n), 1.2533 * spread / math.sqrt(n))
 
     def _learn_wind(self, sol: Solution) -> None:
         """The wind is shared by every sound in the region: the regional wind is the
