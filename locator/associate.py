@@ -671,20 +671,14 @@ class Associator:
         gy = np.arange(lo[1], hi[1] + cfg.coarse_cell_m, cfg.coarse_cell_m)
         mx, my = np.meshgrid(gx, gy, indexing="ij")
         cgx, cgy = mx.ravel(), my.ravel()
-        # Each sensor's seed region: the coarse nodes where it is at most seed_region_m
-        # farther than the nearest sensor (k-d trees: a dense nodes x sensors matrix
-        # would take gigabytes for a city of a thousand sensors).
+        # The nearest sensor's distance per coarse node (a k-d tree: a dense nodes x
+        # sensors matrix would take gigabytes for a city of a thousand sensors).
         nodes = np.column_stack([cgx, cgy])
         d_min = cKDTree(self.pos[:, :2]).query(nodes)[0]
         self._d_min = np.ascontiguousarray(d_min.reshape(len(gx), len(gy)))   # nearest sensor (m) per node
-        node_tree = cKDTree(nodes)
-        reach = float(d_min.max()) + cfg.seed_region_m
-        self._region = []
-        for k in range(len(layout)):
-            cand = np.asarray(node_tree.query_ball_point(self.pos[k, :2], reach), dtype=np.int64)
-            d_k = np.hypot(cgx[cand] - self.pos[k, 0], cgy[cand] - self.pos[k, 1])
-            sel = np.sort(cand[d_k <= d_min[cand] + cfg.seed_region_m])
-            self._region.append((np.ascontiguousarray(cgx[sel]), np.ascontiguousarray(cgy[sel])))
+        self._nodes = (cgx, cgy, d_min)
+        self._node_tree: cKDTree | None = None
+        self._regions: dict[int, tuple[np.ndarray, np.ndarray]] = {}      # (_region)
         self._spx, self._spy, self._spz = (np.ascontiguousarray(self.pos[:, k]) for k in range(3))
         diag = float(np.linalg.norm(hi - lo))
         # Windows that must hold every arrival of a shot are sized for the slowest sound
@@ -1279,7 +1273,7 @@ class Associator:
         region, refined around several separate peaks. Returns ``(x, y, half window s)``,
         or the best count when it is below ``min_sensors``."""
         cfg = self.cfg
-        gx, gy = self._region[s0]
+        gx, gy = self._region(s0)
         hw_c = cfg.coarse_cell_m * math.sqrt(2) / self.c + 2 * cfg.window_tol_s
         cnt, cost = self._grid(gx, gy, s0, t, offsets, hw_c)
         n_max = int(cnt.max())
@@ -1677,6 +1671,23 @@ class Associator:
         gate, 3 sigma of the prediction, and the medium's error's ``e d / c^2``
         (:meth:`_medium_err`)."""
         return self.cfg.gate_s + 3.0 * sd_pred_s + self._medium_err() * dist_m / self.c**2
+
+    def _region(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sensor ``k``'s seed region: the coarse nodes' (x, y) m where it is at most
+        ``seed_region_m`` farther than the nearest sensor. Only the grid search asks
+        (where no triple forms: a few seeds a night), so each is found when first asked
+        for (all of them took a twentieth of a fireworks night's replay)."""
+        got = self._regions.get(k)
+        if got is None:
+            cgx, cgy, d_min = self._nodes
+            if self._node_tree is None:
+                self._node_tree = cKDTree(np.column_stack([cgx, cgy]))
+            reach = float(d_min.max()) + self.cfg.seed_region_m
+            cand = np.asarray(self._node_tree.query_ball_point(self.pos[k, :2], reach), dtype=np.int64)
+            d_k = np.hypot(cgx[cand] - self.pos[k, 0], cgy[cand] - self.pos[k, 1])
+            sel = np.sort(cand[d_k <= d_min[cand] + self.cfg.seed_region_m])
+            got = self._regions[k] = (np.ascontiguousarray(cgx[sel]), np.ascontiguousarray(cgy[sel]))
+        return got
 
     def _grid(self, gx, gy, s0, t, offsets, half_window_s):
         n = len(gx)
