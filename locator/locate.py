@@ -68,8 +68,11 @@ class Solution:
 
     def ellipse95(self) -> tuple[float, float, float]:
         """(major, minor semi-axis in m, azimuth of the major axis in degrees clockwise from
-        north, 0..180)."""
-        return ellipse_from_cov(self.cov[:2, :2], self.ellipse_factor)
+        north, 0..180). (Computed once.)"""
+        got = self.__dict__.get("_ellipse95")
+        if got is None:
+            got = self.__dict__["_ellipse95"] = ellipse_from_cov(self.cov[:2, :2], self.ellipse_factor)
+        return got
 
 
 def ellipse_from_cov(cov2: np.ndarray, k: float) -> tuple[float, float, float]:
