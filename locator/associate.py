@@ -979,15 +979,15 @@ class Associator:
                 op.wait_t[w - wait_off[wait_j[w]]] = new.t_ns
                 op.tried[d.key] = d
                 released.append(d)
-        # The sensors' rates around each shot (_rates: per second of its emission time).
-        secs, inv = np.unique(t0 // NS_PER_S, return_inverse=True)
-        rates = self._rates_at(secs)[inv]
-        # For the chance of a match by chance, its own sensors count at the plain gate.
-        gate_ns = np.where(gate_ns > 0, gate_ns, self._gate_s(dist) * NS_PER_S)
+        # The sensors' rates around each shot (as _rates: per second of its emission time),
+        # and for the chance of a match by chance its own sensors at the plain gate
+        # (_gate_s), where the kernel works out a radius.
+        t_all, off_all = self._flat_history()[:2]
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             idx, miss, lo, hi, p_s, held_i, wait_off, wait_s, tried_off,
-            tried_a, used_off, i64(used_s), dist, r_used, gate_ns, rates, int(self.cfg.min_sensors), cache_ok,
-            cache_off, i64(cache_mine), cache_r)
+            tried_a, used_off, i64(used_s), dist, r_used, gate_ns, t_all, off_all, t0 // NS_PER_S, self._seen_from,
+            self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
+            int(self.cfg.min_sensors), cache_ok, cache_off, i64(cache_mine), cache_r)
         for j in np.flatnonzero(computed):
             op = ops[j]
             op.hearing = ((op.event.version, len(op.waiting), tuple(mine[mine_off[j]:mine_off[j + 1]].tolist())),
@@ -1392,19 +1392,6 @@ class Associator:
             kernels.rate_row(t_all, off_all, b, self._seen_from, self._seen_to, got[0])
             kernels.rate_row(t_gun, off_gun, b, self._seen_from, self._seen_to, got[1])
         return got[0], got[1]
-
-    def _rates_at(self, secs: np.ndarray) -> np.ndarray:
-        """:meth:`_rates`' detection rates (per s, not the gunshot-rated ones) for each
-        epoch second of ``secs``: ``(len(secs), sensors)``. Those not yet cached this
-        step are computed in one call (the attach step asks for every open event's)."""
-        todo = np.array([b for b in secs.tolist() if b not in self._rate_cache], dtype=np.int64)
-        if len(todo):
-            new = np.zeros((len(todo), 2, len(self.layout)))
-            t_all, off_all, t_gun, off_gun = self._flat_history()
-            kernels.rate_rows(t_all, off_all, todo, self._seen_from, self._seen_to, new[:, 0])
-            kernels.rate_rows(t_gun, off_gun, todo, self._seen_from, self._seen_to, new[:, 1])
-            self._rate_cache.update(zip(todo.tolist(), new))
-        return np.stack([self._rate_cache[b][0] for b in secs.tolist()])
 
     def _flat_history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The sensor histories as arrays for the kernels: (times ns, offsets by sensor

@@ -1367,13 +1367,6 @@ def hist_update(hist_t, hist_off, add_s, add_t, cut):
 
 
 @numba.njit(cache=True, nogil=True)
-def rate_rows(hist_t, hist_off, secs, seen_from, seen_to, out):
-    """:func:`rate_row` for each epoch second of ``secs``, into ``out[k, sensor]``."""
-    for k in range(secs.shape[0]):
-        rate_row(hist_t, hist_off, secs[k], seen_from, seen_to, out[k])
-
-
-@numba.njit(cache=True, nogil=True)
 def new_in_windows(seed_t, seed_s, new_t, new_s, pair_ns, span_ns, out):
     """How many new detections (``new_t`` ns ascending, at sensors ``new_s``) land in
     each seed's window (:func:`seed_window_by_sensor`'s): at another sensor ``s``, at
@@ -1574,7 +1567,8 @@ def give_way(idx, miss, lo, hi, p_s, held, tried_off, tried_i, wait_off, wait_s,
 
 @numba.njit(cache=True, nogil=True)
 def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tried_i, used_off, used_s, dist, r_used,
-                  gate, rates, min_count, cache_ok, cache_off, cache_mine, cache_r):
+                  gate, hist_t, hist_off, secs, seen_from, seen_to, gate0_s, medium_err, c2, min_count, cache_ok,
+                  cache_off, cache_mine, cache_r):
     """The attach step's choice, for each open event ``j`` with matches (its pairs from
     :func:`arrival_matches` at ``idx[lo[j]:hi[j]]``, pending indices, ``miss`` ns from
     the prediction; events in order): per sensor the pending detection nearest the
@@ -1584,9 +1578,13 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
     none is farther than its farthest own sensor ``r_used[j]`` (m; ``dist[j]`` the
     distances, m); else those within the radius of the most significant disc
     (:func:`significant_radius` of its own sensors ``used``, the waiting ones and the
-    matched ones, chance per sensor ``1 - exp(-rate * 2 g)`` at ``rates[j]`` per s,
-    ``g`` the gate ``gate[j]`` ns, its own sensors' included), reusing the radius cached for the same matched sensors when ``cache_ok[j]``
-    (``cache_mine``, ``cache_r``). The CSR pairs ``*_off, *_s/_i`` are per event.
+    matched ones, chance per sensor ``1 - exp(-rate * 2 g)`` at the sensors' rates per s
+    around the epoch second ``secs[j]`` (:func:`rate_row` of the histories ``hist_t,
+    hist_off`` covering ``seen_from..seen_to`` ns), ``g`` the gate ``gate[j]`` ns, at its
+    own sensors (gate 0) the plain one, ``gate0_s + medium_err d / c2`` s at distance
+    ``d``), reusing the radius cached for the same matched sensors when ``cache_ok[j]``
+    (``cache_mine``, ``cache_r``): the rates and plain gates are only worked out where a
+    radius is. The CSR pairs ``*_off, *_s/_i`` are per event.
 
     Returns ``(joined pending indices, their offsets per event, matched sensors, their
     offsets, radius, computed)``: where ``computed[j]`` the radius was computed for
@@ -1605,6 +1603,7 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
     computed = np.zeros(n_ev, dtype=np.bool_)
     hit = np.zeros(n_sens, dtype=np.bool_)
     p = np.empty(n_sens)
+    rates = np.empty(n_sens)
     n_join = 0
     n_mine = 0
     for j in range(n_ev):
@@ -1641,8 +1640,12 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
                         hit[have_s[q]] = True
                     for q in range(n_t):
                         hit[mine[q]] = True
+                    rate_row(hist_t, hist_off, secs[j], seen_from, seen_to, rates)
                     for s in range(n_sens):
-                        p[s] = -math.expm1(-(rates[j, s] * 2.0) * (gate[j, s] / 1e9))
+                        g = gate[j, s]
+                        if not g > 0:
+                            g = (gate0_s + medium_err * dist[j, s] / c2) * 1e9
+                        p[s] = -math.expm1(-(rates[s] * 2.0) * (g / 1e9))
                     r_keep = significant_radius(dist[j], hit, p, r_own, min_count, 3)
                     computed[j] = True
                 radius[j] = r_keep

@@ -274,7 +274,15 @@ def test_the_attach_choice_equals_its_plain_statement(rng):
     p_s = rng.integers(0, n_sens, n_pend).astype(np.int64)
     dist = rng.uniform(50, 3000, (n_ev, n_sens))
     gate = np.where(rng.random((n_ev, n_sens)) < 0.2, 0.0, rng.uniform(5e6, 2e7, (n_ev, n_sens)))
-    rates = rng.uniform(0.1, 5.0, (n_ev, n_sens))
+    # Sensor histories (times ns, by sensor) and each event's second: the kernel takes the
+    # rates from them (kernels.rate_row) where it works out a radius.
+    hist = [np.sort(rng.integers(0, 40 * NS_PER_S, rng.integers(0, 120))) for _ in range(n_sens)]
+    hist_t, hist_off = np.concatenate(hist).astype(np.int64), np.cumsum([0] + [len(h) for h in hist]).astype(np.int64)
+    secs = rng.integers(5, 35, n_ev).astype(np.int64)
+    rates = np.zeros((n_ev, n_sens))
+    for j in range(n_ev):
+        lo_t, hi_t = max((secs[j] - 10) * NS_PER_S, 3 * NS_PER_S), min((secs[j] + 11) * NS_PER_S, 38 * NS_PER_S)
+        rates[j] = [(np.sum((h >= lo_t) & (h <= hi_t))) / max((hi_t - lo_t) / NS_PER_S, 1.0) for h in hist]
     used = [list(rng.choice(n_sens, rng.integers(5, 9), replace=False)) for _ in range(n_ev)]
     r_used = np.array([dist[j, u].max() for j, u in enumerate(used)])
     have = [list(rng.choice(n_sens, rng.integers(0, 3), replace=False)) for _ in range(n_ev)]
@@ -318,8 +326,8 @@ def test_the_attach_choice_equals_its_plain_statement(rng):
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             i64(np.concatenate(pairs)), i64(np.concatenate(miss)), lo, hi, p_s, np.zeros(n_pend, dtype=np.bool_),
             off(have), i64(sum(have, [])), off(tried), i64(sum(tried, [])), off(used), i64(sum(used, [])), dist,
-            r_used, np.where(gate > 0, gate, (0.01 + 1.5 * dist / 343.0**2) * 1e9), rates, 5, ok, off(mine_c),
-            i64(sum(mine_c, [])),
+            r_used, gate, hist_t, hist_off, secs, 3 * NS_PER_S, 38 * NS_PER_S, 0.01, 1.5, 343.0**2, 5, ok,
+            off(mine_c), i64(sum(mine_c, [])),
             np.array([c[1] if c is not None else 0.0 for c in cache]))
         joins = [join[join_off[j]:join_off[j + 1]].tolist() for j in range(n_ev)]
         radii = {j: (tuple(mine[mine_off[j]:mine_off[j + 1]].tolist()), radius[j]) for j in np.flatnonzero(computed)}
