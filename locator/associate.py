@@ -627,6 +627,7 @@ class Associator:
         self.gun_history: dict[str, list[int]] = {}  # ...of those the node rated gunshots
         self._flat = None                        # both as (times, offsets by sensor index) x 2...
         self._flat_add: list[tuple[int, int, bool]] = []   # ...and what they still lack (sensor, ns, gunshot)
+        self._hist_oldest = NOW_INFINITE         # the earliest time in the histories (ns)
         self._sids = sorted(self.idx, key=self.idx.get)
         self._snr: dict[tuple[str, int], float] = {}  # their onset SNRs (dB), where known
         self._seen_from, self._seen_to = NOW_INFINITE, -NOW_INFINITE  # times the histories cover
@@ -740,6 +741,7 @@ class Associator:
         """Record that ``det``'s sensor heard something at its time (sensor histories for
         the silent-neighbour check and the chance test)."""
         bisect.insort(self.history.setdefault(det.sensor_id, []), det.t_ns)
+        self._hist_oldest = min(self._hist_oldest, det.t_ns)
         gun = _gun(det)
         if gun:
             bisect.insort(self.gun_history.setdefault(det.sensor_id, []), det.t_ns)
@@ -1079,7 +1081,6 @@ class Associator:
         if not self.pending:
             return out
         skip: set[str] = set()      # members of a candidate waiting to mature, this step
-        explained = self._explained_by_open()
         cur = _Batch(self, self.pending)
         pend, alive = cur.pend, cur.alive
         ripe = np.flatnonzero((now_ns - cur.tp >= self._first_search_ns[cur.sp]) &
@@ -1090,6 +1091,9 @@ class Associator:
         if self._behind and self.cfg.overload_gunshots_first:
             todo.sort(key=lambda i: not _gun(pend[i]))      # stable: time order within each
         self._behind = False
+        if not todo:
+            return out
+        explained = self._explained_by_open()
         results: dict[str, tuple] = {}  # seed key -> its search, until used
         lost: list[int] = []        # detections shots took (indices), until the searches they affect are dropped
         self._taken = []
@@ -1918,15 +1922,17 @@ class Associator:
             oldest = min(horizon, keep[0].t_ns) if keep else horizon
             old = oldest - max(self.shot_span_ns, 10 * NS_PER_S)
             self._seen_from = max(self._seen_from, old)
-            for sid, h in self.history.items():
-                n = bisect.bisect_left(h, old)
-                if n:
-                    for t in h[:n]:
-                        self._snr.pop((sid, t), None)
-                    del h[:n]
-            for h in self.gun_history.values():
-                del h[:bisect.bisect_left(h, old)]
-            self._cut_flat_history(old)
+            if old > self._hist_oldest:
+                for sid, h in self.history.items():
+                    n = bisect.bisect_left(h, old)
+                    if n:
+                        for t in h[:n]:
+                            self._snr.pop((sid, t), None)
+                        del h[:n]
+                for h in self.gun_history.values():
+                    del h[:bisect.bisect_left(h, old)]
+                self._hist_oldest = min((h[0] for h in self.history.values() if h), default=NOW_INFINITE)
+                self._cut_flat_history(old)
         self.pending = keep
         # Keys older than the duplicate window are forgotten (a night's keys would grow
         # without bound: 2,400 detections/s is 8 million an hour).
