@@ -396,7 +396,7 @@ class _Counting:
         m, self.memo[k] = self.memo[k], None
         return m
 
-    __delitem__ = pop
+    __delitem__ = pop       # (a key not counting is no error: it is not counting either way)
 
     def _make_room(self) -> None:
         live = np.flatnonzero(self.alive[:self.n])
@@ -864,10 +864,12 @@ class Associator:
         else:
             released = []
         still = []
+        stays: list[bool] = []          # (by place in the open list)
         back: list[Detection] = list(released)
         n_recent = len(self.recent)
         for op in self.open:
             closing = now_ns >= op.close_at_ns
+            stays.append(not closing)
             if op.waiting and (closing or len(op.waiting) >= max(1, int(self.cfg.update_growth * len(op.dets)))):
                 joined, op.waiting, op.wait_s, op.wait_t = op.waiting, [], [], []
                 ev, n_kept = self._grow(op, joined, consume=False)
@@ -889,7 +891,7 @@ class Associator:
         closed = len(self.open) - len(still)
         if closed:
             # (The closing ones went to the end of ``recent``.)
-            self._open_closed(np.array([now_ns < op.close_at_ns for op in self.open], dtype=np.bool_), still)
+            self._open_closed(np.array(stays, dtype=np.bool_), still)
             for op in self.recent[n_recent:]:
                 self._recent_tab.append(op)
         else:
