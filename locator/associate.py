@@ -1260,7 +1260,7 @@ class Associator:
         n = int(np.searchsorted(cur.tp, first.t_ns))
         if n == 0:
             return first
-        pred, gate = self._predict(sol, t0_ns, mine)[:2]
+        pred, gate = self._predict(sol, t0_ns, mine, keep=True)[:2]
         live = np.flatnonzero(cur.alive[:n])
         miss = np.abs(cur.tp[live] - pred[cur.sp[live]])
         ok = np.flatnonzero(miss <= gate[cur.sp[live]])
@@ -1440,14 +1440,22 @@ class Associator:
             op.arrivals = (op.event.version,) + self._predict(op.sol, op.t0_ns, op.dets)
         return op.arrivals
 
-    def _predict(self, sol: Solution, t0_ns: int, dets: list[Detection]) -> tuple:
+    def _predict(self, sol: Solution, t0_ns: int, dets: list[Detection], keep: bool = False) -> tuple:
         """A solution's predicted arrival (ns) at every sensor and its gate (ns: 3 sigma
         of the prediction from the solution's covariance, and the wind); sensors
         ``dets`` use get -1 and 0 (never match). Then, for :meth:`_explained_by_open`,
         the arrivals at its own sensors and at those no farther than they are (beyond,
         its arrivals are not heard, and on a crowded night every detection would be
         near some far event's prediction), all gates, the distances (m) (also as a
-        list), the sensor indices of ``dets`` and the farthest of them (m)."""
+        list), the sensor indices of ``dets`` and the farthest of them (m). With ``keep``,
+        held with the solution for the next call for the same emission time, detections
+        and medium, which takes it (a new shot's are asked for twice, naming it and
+        opening it; closed events must not hold them)."""
+        used = [self.idx[d.sensor_id] for d in dets]
+        key = (t0_ns, used, self.c, self._medium_err())
+        got = sol.__dict__.pop("_predicted", None)
+        if got is not None and got[0] == key:
+            return got[1]
         v = np.array([sol.x_m, sol.y_m, sol.z_m]) - self.pos
         dist = np.linalg.norm(v, axis=1)
         pred = t0_ns + (dist / self.c * NS_PER_S).astype(np.int64)
@@ -1455,13 +1463,15 @@ class Associator:
         k = [0, 1, sol.ndim]                        # x, y, emission time (a 3-D solution has z at 2)
         sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, sol.cov[np.ix_(k, k)], jac), 0.0))
         gate = self._gate_s(dist, sd_pred) * NS_PER_S
-        used = [self.idx[d.sensor_id] for d in dets]
         r_used = float(dist[used].max())
         far = dist > r_used
         own_pred, own_gate = pred.copy(), gate.copy()
         own_pred[used] = -1
         own_gate[used] = 0.0
-        return own_pred, own_gate, np.where(far, -NOW_INFINITE, pred), gate, dist, used, dist.tolist(), r_used
+        out = own_pred, own_gate, np.where(far, -NOW_INFINITE, pred), gate, dist, used, dist.tolist(), r_used
+        if keep:
+            sol.__dict__["_predicted"] = (key, out)
+        return out
 
     def _open_arrivals(self) -> tuple[np.ndarray, ...]:
         """The open events' rows of :meth:`_predict`, as matrices (events in ``open``'s
