@@ -1442,8 +1442,8 @@ class Associator:
 
     def _predict(self, sol: Solution, t0_ns: int, dets: list[Detection], keep: bool = False) -> tuple:
         """A solution's predicted arrival (ns) at every sensor and its gate (ns: 3 sigma
-        of the prediction from the solution's covariance, and the wind); sensors
-        ``dets`` use get -1 and 0 (never match). Then, for :meth:`_explained_by_open`,
+        of the prediction from the solution's covariance, and the wind); the sensors of
+        ``dets`` get -1 and 0 (never match). Then, for :meth:`_explained_by_open`,
         the arrivals at its own sensors and at those no farther than they are (beyond,
         its arrivals are not heard, and on a crowded night every detection would be
         near some far event's prediction), all gates, the distances (m) (also as a
