@@ -1409,8 +1409,7 @@ class Associator:
             flat = []
             for hist in (self.history, self.gun_history):
                 lists = [hist.get(sid, ()) for sid in self._sids]
-                off = np.zeros(len(lists) + 1, dtype=np.int64)
-                np.cumsum([len(h) for h in lists], out=off[1:])
+                off = _offsets([len(h) for h in lists])
                 flat += [np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(off[-1])), off]
             self._flat = tuple(flat)
             self._flat_add = []

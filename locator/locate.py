@@ -144,6 +144,21 @@ def _solve(cols, t, sig, mask, x0, mod: _Model, loss, loss_k, max_iter=50):
 _OUTLIER_SIGMA, _RANSAC_BELOW, _MIN_USED, _MAX_WIND, _LATE_SIGMA = 4.0, 9, 4, 25.0, 3.0   # locate's defaults
 
 
+def _checked(pos_m, t_s, sigma_s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A solve's input as contiguous float64 arrays: positions (n, 3) m, arrival times
+    (n,) s, sigmas (n,) s; a ValueError unless the shapes agree, positions and times are
+    finite and sigmas positive."""
+    pos = np.ascontiguousarray(pos_m, dtype=np.float64)
+    t = np.ascontiguousarray(t_s, dtype=np.float64)
+    sig = np.ascontiguousarray(sigma_s, dtype=np.float64)
+    n = len(t)
+    if pos.shape != (n, 3) or sig.shape != (n,):
+        raise ValueError("pos_m must be (n, 3) and sigma_s (n,) for n arrival times")
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(t)) and np.all(sig > 0)):
+        raise ValueError("positions and times must be finite and sigmas positive")
+    return pos, t, sig
+
+
 def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s: float,
            z_src_m: float = 1.5, x0=None, ndim: int = 2, wind_m_per_s=(0.0, 0.0),
            estimate_wind: bool = False, outlier_sigma: float = _OUTLIER_SIGMA, ransac_below: int = _RANSAC_BELOW,
@@ -169,14 +184,8 @@ def locate(pos_m: np.ndarray, t_s: np.ndarray, sigma_s: np.ndarray, *, c_m_per_s
 
     Returns None when fewer than ``min_used`` detections remain or the problem is singular.
     """
-    pos = np.ascontiguousarray(pos_m, dtype=np.float64)
-    t = np.ascontiguousarray(t_s, dtype=np.float64)
-    sig = np.ascontiguousarray(sigma_s, dtype=np.float64)
+    pos, t, sig = _checked(pos_m, t_s, sigma_s)
     n = len(t)
-    if pos.shape != (n, 3) or sig.shape != (n,):
-        raise ValueError("pos_m must be (n, 3) and sigma_s (n,) for n arrival times")
-    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(t)) and np.all(sig > 0)):
-        raise ValueError("positions and times must be finite and sigmas positive")
     mod = _Model(float(c_m_per_s), float(z_src_m), ndim, bool(estimate_wind),
                  np.asarray(wind_m_per_s, dtype=np.float64)[:2].copy())
     p = mod.n_params
@@ -365,14 +374,8 @@ def _wind_robust_fused(pos, t, sig, c, z_src, x0, wind_m_per_s, wind_sigma_m_per
     inliers with the wind free. Returns the solution, or ``(the fixed-wind solution,)``
     when the free solve needs :func:`locate`'s small-sample path (fewer inliers than
     ``ransac_below`` but at least ``min_wind_used``)."""
-    pos = np.ascontiguousarray(pos, dtype=np.float64)
-    t = np.ascontiguousarray(t, dtype=np.float64)
-    sig = np.ascontiguousarray(sig, dtype=np.float64)
+    pos, t, sig = _checked(pos, t, sig)
     n = len(t)
-    if pos.shape != (n, 3) or sig.shape != (n,):
-        raise ValueError("pos_m must be (n, 3) and sigma_s (n,) for n arrival times")
-    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(t)) and np.all(sig > 0)):
-        raise ValueError("positions and times must be finite and sigmas positive")
     wind = np.asarray(wind_m_per_s, dtype=np.float64)[:2].copy()
     mod = _Model(c, z_src, ndim, False, wind)
     m = mod.n_params
