@@ -235,6 +235,7 @@ def _event_id(keys: list[str]) -> str:
 
 
 _GUN_P = 0.5       # a detection the node rates at least this likely a gunshot is gunshot-rated
+_NO_INDEX = np.zeros(0, dtype=np.int64)      # (no candidate: an empty index array)
 
 
 def _gun(d: Detection) -> bool:
@@ -463,7 +464,7 @@ class _Batch:
         the grid search where no triple could be formed). Returns per seed key:
         ``(status, count, x m, y m, emission offset s, chance pre-test, the same with
         five detections free (0.0 for a candidate too small for the fit to estimate the
-        wind), candidate detections, the index of the open event the candidate's source
+        wind), the candidate's detections (pending indices), the index of the open event the candidate's source
         is near (:meth:`Associator._near_event`; -1: none) and the generation of the open
         events' table it was found at (-1: not looked for), the seed's index)``."""
         if not seeds:
@@ -505,17 +506,17 @@ class _Batch:
                                     a.cfg.same_shot_m + a.cfg.coarse_cell_m, got_near)
             near[c] = got_near
         out = {}
-        for q, k in enumerate(ks):
-            st = int(status[q])
+        for q, (k, st, n, xq, yq, tq, pq, p5q, nq) in enumerate(zip(seeds, status.tolist(), count.tolist(), x.tolist(),
+                                                                    y.tolist(), tau0.tolist(), prob.tolist(),
+                                                                    prob5.tolist(), near.tolist())):
             if st == kernels.SEED_NO_TRIPLE:
                 t0 = time.perf_counter()
-                row = self._grid(int(k), hist)
+                row = self._grid(k, hist)
                 a._kernel_s += time.perf_counter() - t0
             else:
-                got = [self.pend[j] for j in cand[q, :count[q]]] if st == kernels.SEED_CANDIDATE else []
-                row = (st, int(count[q]), float(x[q]), float(y[q]), float(tau0[q]), float(prob[q]), float(prob5[q]),
-                       got, int(near[q]), gen)
-            out[self.pend[k].key] = row + (int(k),)
+                got = cand[q, :n].copy() if st == kernels.SEED_CANDIDATE else _NO_INDEX
+                row = (st, n, xq, yq, tq, pq, p5q, got, nq, gen)
+            out[self.pend[k].key] = row + (k,)
         return out
 
     def _grid(self, k: int, hist: tuple) -> tuple:
@@ -526,15 +527,14 @@ class _Batch:
                                                           int(cfg.max_search), len(a.layout), a._nbr_order[s0])
         found = a._grid_search(s0, t, offsets)
         if isinstance(found, int):
-            return kernels.SEED_WEAK, found, 0.0, 0.0, 0.0, 1.0, 0.0, [], -1, -1
+            return kernels.SEED_WEAK, found, 0.0, 0.0, 0.0, 1.0, 0.0, _NO_INDEX, -1, -1
         x0, y0, w = found
         buf = np.zeros(len(a.layout), dtype=np.int64)
         n, tau0, prob, prob5 = kernels.candidate_at(x0, y0, float(a.z_src), k, self.tp, self.sp, self._sig, self._gun,
                                                     js, t, offsets, a._spx, a._spy, a._spz, float(a.c),
                                                     float(a.wind[0]), float(a.wind[1]), float(w + cfg.gate_s), *hist,
                                                     int(cfg.min_sensors), a._n_wind, buf)
-        return (kernels.SEED_CANDIDATE, int(n), x0, y0, float(tau0), float(prob), float(prob5),
-                [self.pend[j] for j in buf[:n]], -1, -1)
+        return kernels.SEED_CANDIDATE, int(n), x0, y0, float(tau0), float(prob), float(prob5), buf[:n].copy(), -1, -1
 
 
 class _EventTable:
@@ -1125,7 +1125,7 @@ class Associator:
                     keys = list(results)
                     for r in np.flatnonzero(cur.touched(lost, [results[key][-1] for key in keys])).tolist():
                         row = results[keys[r]]
-                        if row[0] != kernels.SEED_CANDIDATE or not alive[cur.arr.find(row[7])].all():
+                        if row[0] != kernels.SEED_CANDIDATE or not alive[row[7]].all():
                             del results[keys[r]]
                     lost = []
                 if d.key not in results:
@@ -1158,7 +1158,8 @@ class Associator:
                      cur: _Batch) -> Event | None:
         """The checks and the solve for a seed (the pending detection ``at``) searched by
         :meth:`_Batch.run` (``cur``): ``found`` is ``(status, count, x m, y m, emission
-        offset s, chance pre-test, with five free, candidate detections, the open event
+        offset s, chance pre-test, with five free, the candidate's detections (indices in
+        ``cur``), the open event
         nearby and the open events' table generation it was found at)``."""
         cfg = self.cfg
         status, count, x0, y0, tau0, prob, prob5, cand, near, near_gen = found
@@ -1170,24 +1171,32 @@ class Associator:
             # Each new detection adds at most one sensor to any source's count.
             self._remember(seed, at, now_ns, need_new=cfg.min_sensors - count)
             return None
-        cand = sorted(cand, key=lambda d: d.t_ns)
-        if len(cand) < cfg.min_sensors:
-            self._remember(seed, at, now_ns, need_new=cfg.min_sensors - len(cand))
+        n_cand = len(cand)
+        if n_cand < cfg.min_sensors:
+            self._remember(seed, at, now_ns, need_new=cfg.min_sensors - n_cand)
             return None
+        pend = cur.pend
         # Alert as soon as the solution can be good: when enough sensors have reported,
         # or when sound has had time to reach every sensor within settle_range_m.
         t0_guess_ns = seed.t_ns + int(tau0 * NS_PER_S)
         mature_at = t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S)
-        if len(cand) < cfg.early_alert_sensors and now_ns < mature_at:
-            for d, k in zip(cand, cur.arr.find(cand).tolist()):
-                self._set_memo(d, k, 0, mature_at, cfg.early_alert_sensors - len(cand), (x0, y0, t0_guess_ns))
+        if n_cand < cfg.early_alert_sensors and now_ns < mature_at:
+            for k in cand[np.argsort(cur.tp[cand], kind="stable")].tolist():     # (in time order)
+                d = pend[k]
+                self._set_memo(d, k, 0, mature_at, cfg.early_alert_sensors - n_cand, (x0, y0, t0_guess_ns))
                 skip.add(d.key)
             return None
-        keys = frozenset(d.key for d in cand)
+        cand_i = cand.tolist()
+        keys = frozenset([pend[k].key for k in cand_i])
         if keys <= self._failed.get(seed.key, frozenset()):
             self._remember(seed, at, now_ns)       # the same candidate failed before: nothing new
             return None
         self._failed[seed.key] = keys
+        # (Most candidates of a crowded night end at the chance pre-test below: their
+        # detections are gathered in time order, as the merge and the fit take them,
+        # only past it.)
+        def in_order() -> list[Detection]:
+            return [pend[k] for k in cand[np.argsort(cur.tp[cand], kind="stable")].tolist()]
         if near_gen == self._open_tab.gen:
             twin = self.open[near] if near >= 0 else None        # (as the search found it)
         else:
@@ -1195,7 +1204,7 @@ class Associator:
         if twin is not None:
             # A shot already located (a late arrival or an echo of it seeded this search):
             # offer the candidate's new sensors to that event instead of solving it anew.
-            merged = self._merge(twin, cand)
+            merged = self._merge(twin, in_order())
             if merged is None:
                 self._remember(seed, at, now_ns)
             return merged
@@ -1209,6 +1218,7 @@ class Associator:
             self.stats.chance += 1
             self._remember(seed, at, now_ns)
             return None
+        cand = in_order()
         fit = self._fit(cand, (x0, y0))
         if fit is None:
             self._remember(seed, at, now_ns)

@@ -743,6 +743,31 @@ def wind_robust_fit(px, py, pz, t, sigma, x0, c, z_src, ndim, wind, outlier_sigm
 
 
 @numba.njit(cache=True, nogil=True)
+def wind_robust_solution(px, py, pz, t, sigma, x0, c, z_src, ndim, wind, outlier_sigma, late_sigma, max_wind,
+                         min_used, min_free, wind_sigma, c_sigma, fix_par, fix_cov, fix_mask, fix_r, fix_sig, free_par,
+                         free_cov, free_mask, free_r, free_sig, r_all, add):
+    """:func:`wind_robust_fit`, and the summary (:func:`fit_summary`) of the solution it
+    ends with: the free-wind fit's (on the first fit's inliers; ``add`` (m + 2, m + 2))
+    if that succeeded, else the first fit's (``add[:m, :m]``). Returns (the first fit's
+    status, the second's or -1, chi-square, whether ``add`` was written)."""
+    st, st2 = wind_robust_fit(px, py, pz, t, sigma, x0, c, z_src, ndim, wind, outlier_sigma, late_sigma, max_wind,
+                              min_used, min_free, fix_par, fix_cov, fix_mask, fix_r, fix_sig, free_par, free_cov,
+                              free_mask, free_r, free_sig, r_all)
+    if st != 0:
+        return st, st2, 0.0, False
+    m = ndim + 1
+    if st2 != 0:
+        chi2, added = fit_summary(px, py, pz, fix_r, fix_sig, fix_mask, fix_par, ndim, z_src, c, False, wind_sigma,
+                                  c_sigma, add[:m, :m])
+        return st, st2, chi2, added
+    idx = np.flatnonzero(fix_mask)
+    nu = idx.shape[0]
+    chi2, added = fit_summary(px[idx], py[idx], pz[idx], free_r[:nu], free_sig[:nu], free_mask[:nu], free_par, ndim,
+                              z_src, c, True, wind_sigma, c_sigma, add)
+    return st, st2, chi2, added
+
+
+@numba.njit(cache=True, nogil=True)
 def _given_normal(px, py, pz, sig, mask, par, ndim, z_src, c, est_wind, r, jtj, jtg, jtr, gtg, gtr):
     """The weighted normal sums behind :func:`given_cov` and :func:`c_offset`, to first
     order (travel time ``|d| / c - d . w / c^2``, ``d`` sensor minus source): ``J`` the
@@ -812,6 +837,106 @@ def given_cov(px, py, pz, sig, mask, par, ndim, z_src, c, est_wind, wind_sigma, 
     for a in range(m):
         for b in range(m):
             out[a, b] = ws2 * (s_mat[a, 0] * s_mat[b, 0] + s_mat[a, 1] * s_mat[b, 1]) + cs2 * s_mat[a, 2] * s_mat[b, 2]
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_leaf(a, lo, n):
+    """numpy's pairwise summation of ``a[lo:lo + n]``, ``n <= 128``: below 8 values in
+    turn, else in eight running sums."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[lo + i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - n % 8:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@numba.njit(cache=True, nogil=True)
+def pairwise_sum(a, lo, n):
+    """``np.sum(a[lo:lo + n])`` operation for operation: numpy's pairwise summation
+    (:func:`_pairwise_leaf` up to 128 values; above, the sum of the two halves' sums,
+    the first half a multiple of 8 long), so the two agree to the last bit. (Its
+    recursion is unrolled onto a stack: Numba's cache cannot hold a recursive function,
+    numba#6061.)"""
+    if n <= 128:
+        return _pairwise_leaf(a, lo, n)
+    s_lo = np.empty(64, dtype=np.int64)
+    s_n = np.empty(64, dtype=np.int64)
+    s_stage = np.empty(64, dtype=np.int64)      # 0: left half next, 1: right half next, 2: add them
+    vals = np.empty(64)
+    top = 0
+    nv = 0
+    s_lo[0], s_n[0], s_stage[0] = lo, n, 0
+    while top >= 0:
+        m = s_n[top]
+        if m <= 128:
+            vals[nv] = _pairwise_leaf(a, s_lo[top], m)
+            nv += 1
+            top -= 1
+            continue
+        m2 = m // 2
+        m2 -= m2 % 8
+        stage = s_stage[top]
+        s_stage[top] = stage + 1
+        if stage == 0:
+            top += 1
+            s_lo[top], s_n[top], s_stage[top] = s_lo[top - 1], m2, 0
+        elif stage == 1:
+            top += 1
+            s_lo[top], s_n[top], s_stage[top] = s_lo[top - 1] + m2, m - m2, 0
+        else:
+            vals[nv - 2] = vals[nv - 2] + vals[nv - 1]
+            nv -= 1
+            top -= 1
+    return vals[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def fit_summary(px, py, pz, r, sig, mask, par, ndim, z_src, c, est_wind, wind_sigma, c_sigma, add):
+    """A fit's chi-square over the detections in ``mask`` (``sum((r / sig)^2)``, summed
+    as ``np.sum`` does) and the covariance of what the solve took as given
+    (:func:`given_cov`: a given wind's ``wind_sigma`` m/s unless ``est_wind``, the speed
+    of sound's ``c_sigma`` m/s) into ``add`` (m, m). Returns ``(chi2, added)``: added is
+    False (``add`` untouched) when there is nothing to add or ``J^T W J`` is singular."""
+    z = np.empty(r.shape[0])
+    m = 0
+    for i in range(r.shape[0]):
+        if mask[i]:
+            v = r[i] / sig[i]
+            z[m] = v * v
+            m += 1
+    chi2 = pairwise_sum(z, 0, m)
+    added = False
+    if (not est_wind and wind_sigma > 0) or c_sigma > 0:
+        added = given_cov(px, py, pz, sig, mask, par, ndim, z_src, c, est_wind, wind_sigma, c_sigma, add)
+    return chi2, added
+
+
+@numba.njit(cache=True, nogil=True)
+def valid_input(pos, t, sig):
+    """Whether positions (n, 3) m and times s are finite and sigmas positive."""
+    for i in range(t.shape[0]):
+        if not (math.isfinite(pos[i, 0]) and math.isfinite(pos[i, 1]) and math.isfinite(pos[i, 2]) and
+                math.isfinite(t[i]) and sig[i] > 0):
+            return False
     return True
 
 

@@ -154,7 +154,7 @@ def _checked(pos_m, t_s, sigma_s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(t)
     if pos.shape != (n, 3) or sig.shape != (n,):
         raise ValueError("pos_m must be (n, 3) and sigma_s (n,) for n arrival times")
-    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(t)) and np.all(sig > 0)):
+    if not kernels.valid_input(pos, t, sig):
         raise ValueError("positions and times must be finite and sigmas positive")
     return pos, t, sig
 
@@ -279,14 +279,23 @@ def _robust_many(pos, cols, t, sig, x0, mod: _Model, outlier_sigma, late_sigma, 
 
 
 def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
-            c_sigma_m_per_s: float = 0.0, cols=None, used_out=None, r_out=None) -> Solution:
+            c_sigma_m_per_s: float = 0.0, cols=None, used_out=None, r_out=None, summary=None) -> Solution:
     """Package a fit: covariance scaled by the residuals, the errors of a given wind and
     of the speed of sound added. ``cols``: ``pos``'s columns, contiguous, if at hand.
     ``used_out`` and ``r_out``: the mask and residuals the solution states, if not
-    ``used`` and ``r`` (a fit on a subset of the detections, stated for all of them)."""
+    ``used`` and ``r`` (a fit on a subset of the detections, stated for all of them).
+    ``summary``: :func:`kernels.fit_summary`'s ``(chi2, the added covariance or None)``
+    if already worked out."""
     ndim = mod.ndim
     dof = int(used.sum()) - mod.n_params
-    chi2 = float(np.sum((r[used] / sig[used]) ** 2))
+    if summary is None:
+        if cols is None:
+            cols = [np.ascontiguousarray(pos[:, k]) for k in range(3)]
+        add = np.zeros((mod.n_params, mod.n_params))
+        chi2, added = kernels.fit_summary(*cols, r, sig, used, par, ndim, mod.z_src, mod.c, mod.est_wind,
+                                          float(wind_sigma_m_per_s), float(c_sigma_m_per_s), add)
+        summary = (chi2, add if added else None)
+    chi2, add = summary
     # Scale the covariance by the residuals (sigma estimated: F-distribution factor), but
     # never below the stated sigmas: a few detections that fit by chance must not shrink
     # the ellipse below what the timing errors allow (then chi-square, sigma known).
@@ -294,13 +303,8 @@ def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
     if dof >= 1 and chi2 / dof * ellipse_factor(dof, estimated=True) > k:
         scale2, k = chi2 / dof, ellipse_factor(dof, estimated=True)
     cov = cov * scale2
-    if (not mod.est_wind and wind_sigma_m_per_s > 0) or c_sigma_m_per_s > 0:
-        add = np.zeros((mod.n_params, mod.n_params))
-        if cols is None:
-            cols = [np.ascontiguousarray(pos[:, k]) for k in range(3)]
-        if kernels.given_cov(*cols, sig, used, par, ndim, mod.z_src, mod.c, mod.est_wind,
-                             float(wind_sigma_m_per_s), float(c_sigma_m_per_s), add):
-            cov = cov + add
+    if add is not None:
+        cov = cov + add
     wx, wy = mod.wind_of(par)
     z_src_m = mod.z_src
     return Solution(
@@ -369,7 +373,7 @@ def _wind_robust_fused(pos, t, sig, c, z_src, x0, wind_m_per_s, wind_sigma_m_per
                        ransac_below=_RANSAC_BELOW, min_used=_MIN_USED, outlier_sigma=_OUTLIER_SIGMA,
                        late_sigma=_LATE_SIGMA, max_wind_m_per_s=_MAX_WIND, c_sigma_m_per_s=0.0):
     """:func:`locate_wind_robust` for many detections (at least ``ransac_below``), its two
-    robust fits in one compiled call (:func:`kernels.wind_robust_fit`): the same
+    robust fits in one compiled call (:func:`kernels.wind_robust_solution`): the same
     checks, fits and solutions as :func:`locate` with the wind given, then on its
     inliers with the wind free. Returns the solution, or ``(the fixed-wind solution,)``
     when the free solve needs :func:`locate`'s small-sample path (fewer inliers than
@@ -385,16 +389,18 @@ def _wind_robust_fused(pos, t, sig, c, z_src, x0, wind_m_per_s, wind_sigma_m_per
     fix_par, fix_cov, free_par, free_cov = np.zeros(m), np.zeros((m, m)), np.zeros(m + 2), np.zeros((m + 2, m + 2))
     fix_used, free_used = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int8)
     fix_r, fix_sig, free_r, free_sig, r_all = (np.zeros(n) for _ in range(5))
-    cols = [np.ascontiguousarray(pos[:, k]) for k in range(3)]
-    st, st2 = kernels.wind_robust_fit(*cols, t, sig, x0, c, z_src, ndim, wind, float(outlier_sigma), float(late_sigma),
-                                      float(max_wind_m_per_s), int(min_used),
-                                      max(min_wind_used, ransac_below, min_used, ndim + 3), fix_par, fix_cov, fix_used,
-                                      fix_r, fix_sig, free_par, free_cov, free_used, free_r, free_sig, r_all)
+    add = np.zeros((m + 2, m + 2))
+    st, st2, chi2, added = kernels.wind_robust_solution(
+        *(np.ascontiguousarray(pos[:, k]) for k in range(3)), t, sig, x0, c, z_src, ndim, wind, float(outlier_sigma),
+        float(late_sigma), float(max_wind_m_per_s), int(min_used), max(min_wind_used, ransac_below, min_used, ndim + 3),
+        float(wind_sigma_m_per_s), float(c_sigma_m_per_s), fix_par, fix_cov, fix_used, fix_r, fix_sig, free_par,
+        free_cov, free_used, free_r, free_sig, r_all, add)
     if st != 0:
         return None
     u = fix_used.astype(bool)
     if st2 != 0:
-        fixed = _finish(pos, fix_par, fix_cov, u, fix_r, fix_sig, mod, wind_sigma_m_per_s, c_sigma_m_per_s, cols)
+        fixed = _finish(pos, fix_par, fix_cov, u, fix_r, fix_sig, mod, wind_sigma_m_per_s, c_sigma_m_per_s,
+                        summary=(chi2, add[:m, :m] if added else None))
         return (fixed,) if st2 == -1 and fixed.n_used >= min_wind_used else fixed
     idx = np.flatnonzero(u)
     nu = len(idx)
@@ -402,7 +408,7 @@ def _wind_robust_fused(pos, t, sig, c, z_src, x0, wind_m_per_s, wind_sigma_m_per
     used = np.zeros(n, dtype=bool)
     used[idx[free_u]] = True
     return _finish(None, free_par, free_cov, free_u, free_r[:nu], free_sig[:nu], _Model(c, z_src, ndim, True, wind),
-                   wind_sigma_m_per_s, c_sigma_m_per_s, [col[idx] for col in cols], used, r_all)
+                   wind_sigma_m_per_s, c_sigma_m_per_s, used_out=used, r_out=r_all, summary=(chi2, add if added else None))
 
 
 def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma, max_wind_m_per_s=25.0):

@@ -787,6 +787,7 @@ def test_the_wind_pretest_is_the_pretest_with_two_more_unknowns():
         if status != kernels.SEED_CANDIDATE:
             continue
         t0 = a.pending[k].t_ns + int(tau0 * NS_PER_S)
+        cand = [cur.pend[j] for j in cand]      # (pending indices)
         w = 3.0 * float(np.median(a._sigma(cand)))
         assert a._label_chance(cand, x, y, a.z_src, w, t0, 3) == pytest.approx(prob, rel=1e-9, abs=1e-300)
         if len(cand) >= a.cfg.wind_min_sensors:

@@ -170,6 +170,36 @@ def _wind_robust_by_locate(pos, t, sig, x0, wind, min_wind_used, **kw):
     return free, used, par
 
 
+def test_a_fit_summary_is_numpys_sum_and_the_given_covariance(rng):
+    """A fit's chi-square is summed in the compiled code as ``np.sum`` sums (pairwise,
+    to the last bit: the published ellipses must not depend on which path packaged a
+    fit), and the covariance of a given wind and speed of sound is
+    :func:`kernels.given_cov`'s; bad input is refused as before."""
+    from shotnet.locator import kernels
+    for n in list(range(0, 300)) + [1000, 4097]:
+        a = rng.standard_normal(n + 3) ** 2 * 10 ** rng.uniform(-4, 4, n + 3)
+        assert kernels.pairwise_sum(a, 3, n) == np.sum(a[3:]), n
+    for trial in range(50):
+        n = int(rng.integers(4, 160))
+        pos = rng.uniform(-800, 800, (n, 3))
+        r, sig = rng.normal(0, 2e-3, n), rng.uniform(5e-4, 3e-3, n)
+        used = rng.random(n) < 0.8
+        par = np.array([10.0, -20.0, 0.1, 1.5, -2.0])
+        est, m = bool(trial % 2), 5 if trial % 2 else 3
+        add, want = np.zeros((m, m)), np.zeros((m, m))
+        cols = [np.ascontiguousarray(pos[:, k]) for k in range(3)]
+        chi2, added = kernels.fit_summary(*cols, r, sig, used, par[:m], 2, 1.5, 343.0, est, 1.5, 0.8, add)
+        assert chi2 == float(np.sum((r[used] / sig[used]) ** 2))
+        assert added == kernels.given_cov(*cols, sig, used, par[:m], 2, 1.5, 343.0, est, 1.5, 0.8, want)
+        assert np.array_equal(add, want)
+    t = rng.uniform(0, 1, 6)
+    for bad in ("pos", "t", "sig"):
+        p, tt, s = rng.uniform(0, 100, (6, 3)), t.copy(), np.full(6, 1e-3)
+        {"pos": p, "t": tt, "sig": s}[bad][2] = np.nan if bad != "sig" else 0.0
+        with pytest.raises(ValueError, match="finite"):
+            locate(p, tt, s, c_m_per_s=343.0)
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_the_fused_wind_robust_fit_is_the_two_fits_it_stands_for(rng, ndim):
     """locate_wind_robust's two robust fits run as one compiled call when there are many
