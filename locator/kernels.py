@@ -1578,8 +1578,9 @@ def louder_before(t0, ex, ey, n, t0_ns, x, y, window_ns, radius_m, n_sensors):
 
 
 @numba.njit(cache=True, nogil=True)
-def arrival_matches(p_t, p_s, pred, gate, n_sensors):
-    """Every pair of an open event ``e`` and a pending detection ``i`` (time ``p_t[i]`` ns,
+def _arrival_matches_serial(p_t, p_s, pred, gate, n_sensors):
+    """:func:`arrival_matches` in one thread (few events: the threads' start costs more).
+    Every pair of an open event ``e`` and a pending detection ``i`` (time ``p_t[i]`` ns,
     ascending; sensor ``p_s[i]``) that sits within ``gate[e, s]`` (ns) of the event's
     predicted arrival ``pred[e, s]`` (ns) at its sensor: ``|t - pred| <= gate``. The
     pending detections are grouped by sensor, so each (event, sensor) costs one binary
@@ -1628,6 +1629,83 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
             out_i[first:m] = out_i[first:m][order]
             out_m[first:m] = out_m[first:m][order]
     return out_e[:m], out_i[:m], out_m[:m]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _arrival_matches_parallel(p_t, p_s, pred, gate, n_sensors):
+    """:func:`arrival_matches` with the events shared among the threads: each (event,
+    sensor)'s first match and count, the events' offsets, then the pairs written (each
+    event's sorted by pending index, as in one thread)."""
+    grouped, off = by_sensor(p_s, n_sensors)
+    tg = p_t[grouped]
+    n_ev = pred.shape[0]
+    start = np.empty((n_ev, n_sensors), dtype=np.int64)
+    count = np.zeros((n_ev, n_sensors), dtype=np.int64)
+    per_ev = np.zeros(n_ev + 1, dtype=np.int64)
+    for e in prange(n_ev):
+        tot = 0
+        for s in range(n_sensors):
+            lo = off[s]
+            hi = off[s + 1]
+            if lo == hi:
+                continue
+            p = pred[e, s]
+            g = gate[e, s]
+            a = lo
+            b = hi
+            while a < b:
+                c = (a + b) >> 1
+                if p - tg[c] <= g:
+                    b = c
+                else:
+                    a = c + 1
+            k = a
+            while k < hi and tg[k] - p <= g:
+                k += 1
+            start[e, s] = a
+            count[e, s] = k - a
+            tot += k - a
+        per_ev[e + 1] = tot
+    for e in range(n_ev):
+        per_ev[e + 1] += per_ev[e]
+    m = per_ev[n_ev]
+    out_e = np.empty(m, dtype=np.int64)
+    out_i = np.empty(m, dtype=np.int64)
+    out_m = np.empty(m, dtype=np.int64)
+    for e in prange(n_ev):
+        w = per_ev[e]
+        for s in range(n_sensors):
+            p = pred[e, s]
+            for a in range(start[e, s], start[e, s] + count[e, s]):
+                i = grouped[a]
+                out_e[w] = e
+                out_i[w] = i
+                out_m[w] = abs(p_t[i] - p)
+                w += 1
+        first = per_ev[e]
+        if w - first > 1:
+            order = np.argsort(out_i[first:w])
+            out_i[first:w] = out_i[first:w][order]
+            out_m[first:w] = out_m[first:w][order]
+    return out_e, out_i, out_m
+
+
+# Below this many (event, sensor) pairs one thread does the matching (the threads' start
+# costs more than it shares).
+PARALLEL_MATCHES_MIN = 20_000
+
+
+def arrival_matches(p_t, p_s, pred, gate, n_sensors):
+    """Every pair of an open event ``e`` and a pending detection ``i`` (time ``p_t[i]`` ns,
+    ascending; sensor ``p_s[i]``) that sits within ``gate[e, s]`` (ns) of the event's
+    predicted arrival ``pred[e, s]`` (ns) at its sensor: ``|t - pred| <= gate``. The
+    pending detections are grouped by sensor, so each (event, sensor) costs one binary
+    search instead of a pass over every pending detection; many events are shared among
+    the threads (:data:`PARALLEL_MATCHES_MIN`; the same pairs either way). Returns
+    ``(events, pending indices, |t - pred| ns)``, ordered by event, then pending index."""
+    if pred.shape[0] * n_sensors >= PARALLEL_MATCHES_MIN:
+        return _arrival_matches_parallel(p_t, p_s, pred, gate, n_sensors)
+    return _arrival_matches_serial(p_t, p_s, pred, gate, n_sensors)
 
 
 @numba.njit(cache=True, nogil=True)
