@@ -1806,7 +1806,10 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
     computed = np.zeros(n_ev, dtype=np.bool_)
     hit = np.zeros(n_sens, dtype=np.bool_)
     p = np.empty(n_sens)
-    rates = np.empty(n_sens)
+    # The rates per epoch second, worked out once each (a step's events share a few).
+    usec = np.unique(secs)
+    rate_rows = np.empty((usec.shape[0], n_sens))
+    rate_done = np.zeros(usec.shape[0], dtype=np.bool_)
     n_join = 0
     n_mine = 0
     for j in range(n_ev):
@@ -1843,7 +1846,11 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
                         hit[have_s[q]] = True
                     for q in range(n_t):
                         hit[mine[q]] = True
-                    rate_row(hist_t, hist_off, secs[j], seen_from, seen_to, rates)
+                    u = np.searchsorted(usec, secs[j])
+                    rates = rate_rows[u]
+                    if not rate_done[u]:
+                        rate_row(hist_t, hist_off, secs[j], seen_from, seen_to, rates)
+                        rate_done[u] = True
                     for s in range(n_sens):
                         g = gate[j, s]
                         if not g > 0:
