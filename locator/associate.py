@@ -834,7 +834,7 @@ class Associator:
 
     def _sigma(self, dets: list[Detection]) -> np.ndarray:
         """The detections' timing sigmas (s) for the fit: stated, model and survey errors."""
-        return self._sigma_of(np.array([d.t_sigma_ns for d in dets], dtype=np.int64))
+        return self._sigma_of(np.fromiter((d.t_sigma_ns for d in dets), dtype=np.int64, count=len(dets)))
 
     def _sigma_of(self, t_sigma_ns: np.ndarray) -> np.ndarray:
         s = t_sigma_ns.astype(np.float64) / NS_PER_S
@@ -1734,9 +1734,11 @@ class Associator:
         publish (``min_sensors`` used, RMS under :meth:`_max_rms`), else None. Its only
         effect is on the regional wind (:meth:`_learn_wind`): a candidate may still be
         rejected after its fit, so incidents and ids wait for :meth:`_make_event`."""
-        t_ref = min(d.t_ns for d in dets)
-        t = np.array([(d.t_ns - t_ref) / NS_PER_S for d in dets])
-        pos = self.pos[[self.idx[d.sensor_id] for d in dets]]
+        n = len(dets)
+        t_ns = np.fromiter((d.t_ns for d in dets), dtype=np.int64, count=n)
+        t_ref = int(t_ns.min())
+        t = (t_ns - t_ref) / NS_PER_S           # (exact integers over exact 1e9: as in Python)
+        pos = self.pos[np.fromiter((self.idx[d.sensor_id] for d in dets), dtype=np.int64, count=n)]
         sig = self._sigma(dets)
         x0 = [xy0[0], xy0[1], float(t.min() - np.linalg.norm(pos[np.argmin(t)] - [xy0[0], xy0[1], self.z_src]) / self.c)]
         est = self.cfg.estimate_wind and len(dets) >= self.cfg.wind_min_sensors
