@@ -1465,19 +1465,17 @@ class Associator:
         got = sol.__dict__.pop("_predicted", None)
         if got is not None and got[0] == key:
             return got[1]
-        v = np.array([sol.x_m, sol.y_m, sol.z_m]) - self.pos
-        dist = np.linalg.norm(v, axis=1)
-        pred = t0_ns + (dist / self.c * NS_PER_S).astype(np.int64)
-        jac = np.column_stack([v[:, 0] / (self.c * dist), v[:, 1] / (self.c * dist), np.ones(len(dist))])
+        n = len(self.layout)
+        own_pred, heard_pred = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        own_gate, gate, dist = np.empty(n), np.empty(n), np.empty(n)
         k = [0, 1, sol.ndim]                        # x, y, emission time (a 3-D solution has z at 2)
-        sd_pred = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, sol.cov[np.ix_(k, k)], jac), 0.0))
-        gate = self._gate_s(dist, sd_pred) * NS_PER_S
-        r_used = float(dist[used].max())
-        far = dist > r_used
-        own_pred, own_gate = pred.copy(), gate.copy()
-        own_pred[used] = -1
-        own_gate[used] = 0.0
-        out = own_pred, own_gate, np.where(far, -NOW_INFINITE, pred), gate, dist, used, dist.tolist(), r_used
+        # (The gate is _gate_s's, 3 sigma of the prediction from the solution's covariance.)
+        r_used = kernels.event_arrivals(self._spx, self._spy, self._spz, float(sol.x_m), float(sol.y_m),
+                                        float(sol.z_m), int(t0_ns), float(self.c),
+                                        np.ascontiguousarray(sol.cov[np.ix_(k, k)]), float(self.cfg.gate_s),
+                                        float(self._medium_err()), float(self.c**2), np.array(used, dtype=np.int64),
+                                        -NOW_INFINITE, own_pred, own_gate, heard_pred, gate, dist)
+        out = own_pred, own_gate, heard_pred, gate, dist, used, dist.tolist(), float(r_used)
         if keep:
             sol.__dict__["_predicted"] = (key, out)
         return out

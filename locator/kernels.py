@@ -611,6 +611,49 @@ def poisson_binomial_tail(p, n):
 
 
 @numba.njit(cache=True, nogil=True)
+def event_arrivals(px, py, pz, x, y, z, t0_ns, c, cov3, gate_s, medium_err, c2, used, never, own_pred, own_gate,
+                   heard_pred, gate, dist):
+    """A located event's predicted arrival at every sensor, for the attach step and the
+    explained-arrival test: ``dist`` (m) from the source ``(x, y, z)``; the arrival
+    ``t0_ns + dist / c`` (ns, truncated); its gate ``(gate_s + 3 sd + medium_err dist /
+    c2)`` in ns, ``sd`` the arrival's standard deviation (s) from ``cov3``, the
+    covariance of (x, y, emission time); the same with -1 and 0 at the event's own
+    sensors ``used`` (``own_pred``, ``own_gate``), and the arrivals with ``never``
+    beyond the farthest of them (``heard_pred``). Returns that farthest distance (m).
+    (The arithmetic is numpy's, operation for operation: the distance summed in
+    order, the variance as ``np.einsum("ij,jk,ik->i", J, cov3, J)`` sums it.)"""
+    for i in range(px.shape[0]):
+        v0 = x - px[i]
+        v1 = y - py[i]
+        v2 = z - pz[i]
+        d = math.sqrt(v0 * v0 + v1 * v1 + v2 * v2)
+        dist[i] = d
+        own_pred[i] = t0_ns + np.int64(d / c * 1e9)
+        cd = c * d
+        j0 = v0 / cd
+        j1 = v1 / cd
+        q = 0.0
+        for a in range(3):
+            ja = j0 if a == 0 else (j1 if a == 1 else 1.0)
+            for b in range(3):
+                jb = j0 if b == 0 else (j1 if b == 1 else 1.0)
+                q += ja * cov3[a, b] * jb
+        if q < 0.0:
+            q = 0.0
+        gate[i] = (gate_s + 3.0 * math.sqrt(q) + medium_err * d / c2) * 1e9
+        own_gate[i] = gate[i]
+    r_used = -np.inf
+    for u in range(used.shape[0]):
+        r_used = max(r_used, dist[used[u]])
+    for i in range(px.shape[0]):
+        heard_pred[i] = never if dist[i] > r_used else own_pred[i]
+    for u in range(used.shape[0]):
+        own_pred[used[u]] = -1
+        own_gate[used[u]] = 0.0
+    return r_used
+
+
+@numba.njit(cache=True, nogil=True)
 def predict_arrivals(px, py, pz, params, ndim, z_src, c, wx, wy, out):
     """Predicted arrival times (s) at every sensor for ``params`` = ``[x, y, (z,) t0, ...]``:
     the exact travel time in a uniform wind ``(wx, wy)`` (m/s) plus the emission time."""

@@ -388,6 +388,42 @@ def test_the_give_way_choice_equals_its_plain_statement(rng):
     assert sum(i >= 0 for i in want) > 10 and sum(i < 0 for i in want) > 10
 
 
+def test_an_events_predicted_arrivals_are_numpys_arithmetic(rng):
+    """An open event's predicted arrivals and gates (:func:`kernels.event_arrivals`, one
+    compiled call per event version) equal, bit for bit, the numpy statement they
+    replaced: distances, truncated arrival ns, 3 sigma of the prediction from the
+    covariance (as np.einsum sums it), the medium's error, -1 and 0 at the event's own
+    sensors and the arrivals beyond the farthest of them never heard."""
+    from shotnet.locator import kernels
+
+    never = -(1 << 62)
+    for trial in range(300):
+        n = int(rng.integers(3, 200))
+        pos = np.column_stack([rng.uniform(-3000, 3000, (n, 2)), rng.uniform(0, 30, n)])
+        x, y, z = rng.uniform(-2000, 2000), rng.uniform(-2000, 2000), rng.uniform(0, 60)
+        a = rng.standard_normal((3, 3))
+        cov = a @ a.T * 10 ** rng.uniform(-8, 1)
+        c, gate_s, err, t0 = rng.uniform(330, 350), 0.004, rng.uniform(0, 6), int(rng.integers(10**18, 2 * 10**18))
+        used = rng.choice(n, int(rng.integers(1, n)), replace=False)
+        # The statement Associator._predict had.
+        v = np.array([x, y, z]) - pos
+        dist = np.linalg.norm(v, axis=1)
+        pred = t0 + (dist / c * NS_PER_S).astype(np.int64)
+        jac = np.column_stack([v[:, 0] / (c * dist), v[:, 1] / (c * dist), np.ones(n)])
+        sd = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, cov, jac), 0.0))
+        gate = (gate_s + 3.0 * sd + err * dist / c**2) * NS_PER_S
+        r_used = float(dist[used].max())
+        own_pred, own_gate = pred.copy(), gate.copy()
+        own_pred[used], own_gate[used] = -1, 0.0
+        heard = np.where(dist > r_used, never, pred)
+        got = [np.empty(n, dtype=np.int64), np.empty(n), np.empty(n, dtype=np.int64), np.empty(n), np.empty(n)]
+        r = kernels.event_arrivals(*(np.ascontiguousarray(pos[:, k]) for k in range(3)), x, y, z, t0, c, cov, gate_s,
+                                   err, c**2, used.astype(np.int64), never, *got)
+        assert r == r_used
+        for g, w in zip(got, (own_pred, own_gate, heard, gate, dist)):
+            assert np.array_equal(g, w), trial
+
+
 def test_arrival_matches_equal_every_event_against_every_pending_detection(rng):
     """The attach step's matching kernel (a binary search per event and sensor) against
     the plain comparison of every pending detection with every open event, including
