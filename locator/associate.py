@@ -851,14 +851,15 @@ class Associator:
         if self.open and self.pending:
             arr = self._parr.get(self.pending)
             p_t, p_s = arr.t, arr.s
-            pred, gate, _, _, _, dist = self._open_arrivals()               # (events, sensors)
+            pred, gate, _, _, _, dist, dorder = self._open_arrivals()       # (events, sensors)
             ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
             bounds = np.searchsorted(ev, np.arange(len(self.open) + 1))
             evs = np.flatnonzero(np.diff(bounds))
             released: list[Detection] = []
             if len(evs):
                 held_i, released = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs],
-                                                         bounds[evs + 1], p_s, pred[evs], gate[evs], dist[evs])
+                                                         bounds[evs + 1], p_s, pred[evs], gate[evs], dist[evs],
+                                                         dorder[evs])
                 if held_i.any():
                     self.pending = self._parr.filtered(self.pending, ~held_i)
         else:
@@ -907,11 +908,12 @@ class Associator:
 
     def _choose_attached(self, ops: list[_Open], idx: np.ndarray, miss: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                          p_s: np.ndarray, pred_ns: np.ndarray, gate_ns: np.ndarray,
-                         dist: np.ndarray) -> tuple[np.ndarray, list[Detection]]:
+                         dist: np.ndarray, dorder: np.ndarray) -> tuple[np.ndarray, list[Detection]]:
         """Of the pending detections matching open events' predicted arrivals (``ops``,
         in order, each with its pairs ``idx[lo:hi]``, pending indices, ``miss`` ns from
         the prediction; ``pred_ns`` and ``gate_ns`` their predicted arrivals and gates, -1
-        and 0 at their own sensors; ``dist`` their distances, m), those that join
+        and 0 at their own sensors; ``dist`` their distances, m, ``dorder`` the sensors
+        in order of distance), those that join
         (:func:`kernels.attach_choose`):
         per sensor the one nearest the prediction, not yet tried with the event nor
         taken by an earlier one, within hearing range. Beyond hearing range every
@@ -989,7 +991,7 @@ class Associator:
         t_all, off_all = self._flat_history()[:2]
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             idx, miss, lo, hi, p_s, held_i, wait_off, wait_s, tried_off,
-            tried_a, used_off, i64(used_s), dist, r_used, gate_ns, t_all, off_all, t0 // NS_PER_S, self._seen_from,
+            tried_a, used_off, i64(used_s), dist, r_used, dorder, gate_ns, t_all, off_all, t0 // NS_PER_S, self._seen_from,
             self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
             int(self.cfg.min_sensors), cache_ok, cache_off, i64(cache_mine), cache_r)
         for j in np.flatnonzero(computed):
@@ -1456,7 +1458,8 @@ class Associator:
         the arrivals at its own sensors and at those no farther than they are (beyond,
         its arrivals are not heard, and on a crowded night every detection would be
         near some far event's prediction), all gates, the distances (m) (also as a
-        list), the sensor indices of ``dets`` and the farthest of them (m). With ``keep``,
+        list), the sensor indices of ``dets``, the farthest of them (m) and the sensors
+        in order of distance. With ``keep``,
         held with the solution for the next call for the same emission time, detections
         and medium, which takes it (a new shot's are asked for twice, naming it and
         opening it; closed events must not hold them)."""
@@ -1467,15 +1470,15 @@ class Associator:
             return got[1]
         n = len(self.layout)
         own_pred, heard_pred = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-        own_gate, gate, dist = np.empty(n), np.empty(n), np.empty(n)
+        own_gate, gate, dist, order = np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
         k = [0, 1, sol.ndim]                        # x, y, emission time (a 3-D solution has z at 2)
         # (The gate is _gate_s's, 3 sigma of the prediction from the solution's covariance.)
         r_used = kernels.event_arrivals(self._spx, self._spy, self._spz, float(sol.x_m), float(sol.y_m),
                                         float(sol.z_m), int(t0_ns), float(self.c),
                                         np.ascontiguousarray(sol.cov[np.ix_(k, k)]), float(self.cfg.gate_s),
                                         float(self._medium_err()), float(self.c**2), np.array(used, dtype=np.int64),
-                                        -NOW_INFINITE, own_pred, own_gate, heard_pred, gate, dist)
-        out = own_pred, own_gate, heard_pred, gate, dist, used, dist.tolist(), float(r_used)
+                                        -NOW_INFINITE, own_pred, own_gate, heard_pred, gate, dist, order)
+        out = own_pred, own_gate, heard_pred, gate, dist, used, dist.tolist(), float(r_used), order
         if keep:
             sol.__dict__["_predicted"] = (key, out)
         return out
@@ -1483,8 +1486,8 @@ class Associator:
     def _open_arrivals(self) -> tuple[np.ndarray, ...]:
         """The open events' rows of :meth:`_predict`, as matrices (events in ``open``'s
         order, by sensor): own predicted arrivals and gates (the attach step), arrivals
-        and gates for :meth:`_explained_by_open`, the events' closing times (ns), and
-        the distances (m). Kept between calls: a new event adds its row, a new version
+        and gates for :meth:`_explained_by_open`, the events' closing times (ns), the
+        distances (m) and the sensors in order of distance. Kept between calls: a new event adds its row, a new version
         rewrites its own (:meth:`_grow` lists it), and only a change in which events are
         open rebuilds them (with a thousand open events in a dense city, stacking every
         row anew for each new event cost more than the search it served)."""
@@ -1494,7 +1497,7 @@ class Associator:
             cap = max(64, 2 * n)
             tab = self._arr_tab = {"n": 0, "row": {}, "ver": [], "close": np.empty(cap, dtype=np.int64),
                                    "m": [np.empty((cap, len(self.layout)), dtype=t)
-                                         for t in (np.int64, np.float64, np.int64, np.float64, np.float64)]}
+                                         for t in (np.int64, np.float64, np.int64, np.float64, np.float64, np.int64)]}
             self._arr_stale = []
         row, ver, m = tab["row"], tab["ver"], tab["m"]
         if n > m[0].shape[0]:
@@ -1509,7 +1512,7 @@ class Associator:
             if k < len(ver) and ver[k] == op.event.version:
                 continue
             arr = self._arrivals_all(op)
-            for a, r in zip(m, (arr[1], arr[2], arr[3], arr[4], arr[5])):
+            for a, r in zip(m, (arr[1], arr[2], arr[3], arr[4], arr[5], arr[9])):
                 a[k] = r
             tab["close"][k] = op.close_at_ns
             if k < len(ver):
@@ -1518,7 +1521,7 @@ class Associator:
                 row[id(op)] = k
                 ver.append(op.event.version)
         tab["n"] = n
-        return tuple(a[:n] for a in m[:4]) + (tab["close"][:n], m[4][:n])
+        return tuple(a[:n] for a in m[:4]) + (tab["close"][:n], m[4][:n], m[5][:n])
 
     def _explained_by_open(self):
         """A test of whether a detection (time ns, sensor index) is the arrival, early by

@@ -612,14 +612,15 @@ def poisson_binomial_tail(p, n):
 
 @numba.njit(cache=True, nogil=True)
 def event_arrivals(px, py, pz, x, y, z, t0_ns, c, cov3, gate_s, medium_err, c2, used, never, own_pred, own_gate,
-                   heard_pred, gate, dist):
+                   heard_pred, gate, dist, order):
     """A located event's predicted arrival at every sensor, for the attach step and the
     explained-arrival test: ``dist`` (m) from the source ``(x, y, z)``; the arrival
     ``t0_ns + dist / c`` (ns, truncated); its gate ``(gate_s + 3 sd + medium_err dist /
     c2)`` in ns, ``sd`` the arrival's standard deviation (s) from ``cov3``, the
     covariance of (x, y, emission time); the same with -1 and 0 at the event's own
     sensors ``used`` (``own_pred``, ``own_gate``), and the arrivals with ``never``
-    beyond the farthest of them (``heard_pred``). Returns that farthest distance (m).
+    beyond the farthest of them (``heard_pred``), and the sensors by distance (``order``:
+    ``np.argsort(dist)``, for :func:`attach_choose`). Returns that farthest distance (m).
     (The arithmetic is numpy's, operation for operation: the distance summed in
     order, the variance as ``np.einsum("ij,jk,ik->i", J, cov3, J)`` sums it.)"""
     for i in range(px.shape[0]):
@@ -650,6 +651,7 @@ def event_arrivals(px, py, pz, x, y, z, t0_ns, c, cov3, gate_s, medium_err, c2, 
     for u in range(used.shape[0]):
         own_pred[used[u]] = -1
         own_gate[used[u]] = 0.0
+    order[:] = np.argsort(dist)
     return r_used
 
 
@@ -1022,7 +1024,13 @@ def significant_radius(dist, matched, p, r_min, min_count, n_free):
     ``n_free`` is least likely by chance: the log Poisson tail ``P(X >= n - n_free)`` at
     the summed ``p``, bounded as ``pmf(k) (k + 1) / (k + 1 - lambda)``. Returns -1.0
     when no disc qualifies."""
-    order = np.argsort(dist)
+    return _significant_radius(dist, np.argsort(dist), matched, p, r_min, min_count, n_free, np.empty(0))
+
+
+@numba.njit(cache=True, nogil=True)
+def _significant_radius(dist, order, matched, p, r_min, min_count, n_free, lgamma_of):
+    """:func:`significant_radius` with the sensors' order by distance (``np.argsort(dist)``)
+    given, and ``lgamma_of[k] = math.lgamma(k + 1.0)`` where the table reaches."""
     n = 0
     lam = 0.0
     best = 0.0
@@ -1036,7 +1044,8 @@ def significant_radius(dist, matched, p, r_min, min_count, n_free):
             continue
         k = n - n_free
         if k + 1 > lam and lam > 0:
-            logtail = k * math.log(lam) - lam - math.lgamma(k + 1.0) + math.log((k + 1.0) / (k + 1.0 - lam))
+            lg = lgamma_of[k] if 0 <= k < lgamma_of.shape[0] else math.lgamma(k + 1.0)
+            logtail = k * math.log(lam) - lam - lg + math.log((k + 1.0) / (k + 1.0 - lam))
         elif lam <= 0:
             logtail = -1e300
         else:
@@ -1813,8 +1822,8 @@ def give_way(idx, miss, lo, hi, p_s, held, tried_off, tried_i, wait_off, wait_s,
 
 @numba.njit(cache=True, nogil=True)
 def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tried_i, used_off, used_s, dist, r_used,
-                  gate, hist_t, hist_off, secs, seen_from, seen_to, gate0_s, medium_err, c2, min_count, cache_ok,
-                  cache_off, cache_mine, cache_r):
+                  dorder, gate, hist_t, hist_off, secs, seen_from, seen_to, gate0_s, medium_err, c2, min_count,
+                  cache_ok, cache_off, cache_mine, cache_r):
     """The attach step's choice, for each open event ``j`` with matches (its pairs from
     :func:`arrival_matches` at ``idx[lo[j]:hi[j]]``, pending indices, ``miss`` ns from
     the prediction; events in order): per sensor the pending detection nearest the
@@ -1824,7 +1833,8 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
     none is farther than its farthest own sensor ``r_used[j]`` (m; ``dist[j]`` the
     distances, m); else those within the radius of the most significant disc
     (:func:`significant_radius` of its own sensors ``used``, the waiting ones and the
-    matched ones, chance per sensor ``1 - exp(-rate * 2 g)`` at the sensors' rates per s
+    matched ones, its sensors by distance ``dorder[j]``, chance per sensor
+    ``1 - exp(-rate * 2 g)`` at the sensors' rates per s
     around the epoch second ``secs[j]`` (:func:`rate_row` of the histories ``hist_t,
     hist_off`` covering ``seen_from..seen_to`` ns), ``g`` the gate ``gate[j]`` ns, at its
     own sensors (gate 0) the plain one, ``gate0_s + medium_err d / c2`` s at distance
@@ -1853,6 +1863,9 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
     usec = np.unique(secs)
     rate_rows = np.empty((usec.shape[0], n_sens))
     rate_done = np.zeros(usec.shape[0], dtype=np.bool_)
+    lgamma_of = np.empty(n_sens + 1)
+    for k in range(n_sens + 1):
+        lgamma_of[k] = math.lgamma(k + 1.0)
     n_join = 0
     n_mine = 0
     for j in range(n_ev):
@@ -1899,7 +1912,7 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
                         if not g > 0:
                             g = (gate0_s + medium_err * dist[j, s] / c2) * 1e9
                         p[s] = -math.expm1(-(rates[s] * 2.0) * (g / 1e9))
-                    r_keep = significant_radius(dist[j], hit, p, r_own, min_count, 3)
+                    r_keep = _significant_radius(dist[j], dorder[j], hit, p, r_own, min_count, 3, lgamma_of)
                     computed[j] = True
                 radius[j] = r_keep
         start = n_join

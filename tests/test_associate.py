@@ -326,7 +326,7 @@ def test_the_attach_choice_equals_its_plain_statement(rng):
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             i64(np.concatenate(pairs)), i64(np.concatenate(miss)), lo, hi, p_s, np.zeros(n_pend, dtype=np.bool_),
             off(have), i64(sum(have, [])), off(tried), i64(sum(tried, [])), off(used), i64(sum(used, [])), dist,
-            r_used, gate, hist_t, hist_off, secs, 3 * NS_PER_S, 38 * NS_PER_S, 0.01, 1.5, 343.0**2, 5, ok,
+            r_used, np.argsort(dist, axis=1), gate, hist_t, hist_off, secs, 3 * NS_PER_S, 38 * NS_PER_S, 0.01, 1.5, 343.0**2, 5, ok,
             off(mine_c), i64(sum(mine_c, [])),
             np.array([c[1] if c is not None else 0.0 for c in cache]))
         joins = [join[join_off[j]:join_off[j + 1]].tolist() for j in range(n_ev)]
@@ -417,9 +417,10 @@ def test_an_events_predicted_arrivals_are_numpys_arithmetic(rng):
         own_pred[used], own_gate[used] = -1, 0.0
         heard = np.where(dist > r_used, never, pred)
         got = [np.empty(n, dtype=np.int64), np.empty(n), np.empty(n, dtype=np.int64), np.empty(n), np.empty(n)]
+        order = np.empty(n, dtype=np.int64)
         r = kernels.event_arrivals(*(np.ascontiguousarray(pos[:, k]) for k in range(3)), x, y, z, t0, c, cov, gate_s,
-                                   err, c**2, used.astype(np.int64), never, *got)
-        assert r == r_used
+                                   err, c**2, used.astype(np.int64), never, *got, order)
+        assert r == r_used and np.array_equal(order, np.argsort(dist))
         for g, w in zip(got, (own_pred, own_gate, heard, gate, dist)):
             assert np.array_equal(g, w), trial
 
@@ -664,6 +665,7 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
                 want = [np.stack([a._arrivals_all(op)[k] for op in a.open]) for k in (1, 2, 3, 4)]
                 want.append(np.array([op.close_at_ns for op in a.open], dtype=np.int64))
                 want.append(np.stack([a._arrivals_all(op)[5] for op in a.open]))
+                want.append(np.stack([np.argsort(a._arrivals_all(op)[5], kind="stable") for op in a.open]))
                 assert len(got) == len(want)
                 assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want))
                 checked += 1
