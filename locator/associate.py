@@ -185,7 +185,7 @@ class _Open:
     waiting: list = field(default_factory=list)   # joined, not yet solved with it...
     wait_s: list = field(default_factory=list)    # ...their sensor indices and times (ns)
     wait_t: list = field(default_factory=list)
-    hearing: tuple | None = None      # (what it was computed for, radius m): _choose_attached
+    hearing: tuple | None = None      # (version, waiting, matched sensors, radius m): _choose_attached
 
 
 @dataclass
@@ -948,12 +948,12 @@ class Associator:
         r_used = np.where(own, dist, -np.inf).max(axis=1)
         t0 = np.array([op.t0_ns for op in ops], dtype=np.int64)
         hearing = [op.hearing for op in ops]
-        cache_ok = np.array([h is not None and h[0][0] == op.event.version and h[0][1] == len(op.waiting)
-                             for h, op in zip(hearing, ops)], dtype=np.bool_)
-        cached = [h[0][2] if ok else () for h, ok in zip(hearing, cache_ok.tolist())]
+        ok = [h is not None and h[0] == op.event.version and h[1] == len(op.waiting) for h, op in zip(hearing, ops)]
+        cache_ok = np.array(ok, dtype=np.bool_)
+        cached = [h[2] if k else _NO_INDEX for h, k in zip(hearing, ok)]
         cache_off = _offsets([len(c) for c in cached])
-        cache_mine = list(chain(cached))
-        cache_r = np.array([h[1] if ok else 0.0 for h, ok in zip(hearing, cache_ok.tolist())])
+        cache_mine = np.concatenate(cached)
+        cache_r = np.array([h[3] if k else 0.0 for h, k in zip(hearing, ok)])
         # Where the tried ones are pending (in order, per event; those no longer pending out).
         tried_d = [d for op in ops for d in op.tried.values()]
         tried_a = self._parr.get(self.pending).find(tried_d)
@@ -993,11 +993,10 @@ class Associator:
             idx, miss, lo, hi, p_s, held_i, wait_off, wait_s, tried_off,
             tried_a, used_off, i64(used_s), dist, r_used, dorder, gate_ns, t_all, off_all, t0 // NS_PER_S, self._seen_from,
             self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
-            int(self.cfg.min_sensors), cache_ok, cache_off, i64(cache_mine), cache_r)
-        for j in np.flatnonzero(computed):
+            int(self.cfg.min_sensors), cache_ok, cache_off, cache_mine, cache_r)
+        for j in np.flatnonzero(computed).tolist():
             op = ops[j]
-            op.hearing = ((op.event.version, len(op.waiting), tuple(mine[mine_off[j]:mine_off[j + 1]].tolist())),
-                          float(radius[j]))
+            op.hearing = (op.event.version, len(op.waiting), mine[mine_off[j]:mine_off[j + 1]], float(radius[j]))
         p_t = self._parr.get(self.pending).t
         for j in np.flatnonzero(np.diff(join_off)):
             op, joined = ops[j], join[join_off[j]:join_off[j + 1]]
