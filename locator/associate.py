@@ -1096,7 +1096,11 @@ class Associator:
         self._behind = False
         if not todo:
             return out
-        explained = self._explained_by_open()
+        # Until when each is explained by an open event (ns; -1: not), asked again for
+        # those still to come when a search opens or grows an event.
+        todo_a = np.array(todo, dtype=np.int64)
+        todo_t, todo_s = cur.tp[todo_a], cur.sp[todo_a]
+        until_at = self._explained_until(todo_t, todo_s).tolist()
         results: dict[str, tuple] = {}  # seed key -> its search, until used
         lost: list[int] = []        # detections shots took (indices), until the searches they affect are dropped
         self._taken = []
@@ -1113,8 +1117,8 @@ class Associator:
                     break
                 if d.key in skip or not alive[i]:
                     continue
-                until = explained(d.t_ns, self.idx[d.sensor_id])
-                if until is not None:
+                until = until_at[q]
+                if until >= 0:
                     # Not searched while that event is open (nothing can wake it sooner).
                     self.stats.explained += 1
                     self._set_memo(d, i, until, None, 0)
@@ -1130,9 +1134,9 @@ class Associator:
                             del results[keys[r]]
                     lost = []
                 if d.key not in results:
-                    nxt = (p for p in itertools.islice(todo, q, None)
-                           if alive[p] and pend[p].key not in results and pend[p].key not in skip and
-                           (p == i or explained(pend[p].t_ns, self.idx[pend[p].sensor_id]) is None))
+                    nxt = (todo[r] for r in range(q, len(todo))
+                           if alive[todo[r]] and pend[todo[r]].key not in results and pend[todo[r]].key not in skip
+                           and (r == q or until_at[r] < 0))
                     results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
                 known = self._medium_known()
                 ev = self._search_seed(d, i, results.pop(d.key)[:-1], now_ns, skip, cur)
@@ -1146,7 +1150,7 @@ class Associator:
                     self._taken = []
                 if ev is not None:
                     out.append(ev)
-                    explained = self._explained_by_open()
+                    until_at[q + 1:] = self._explained_until(todo_t[q + 1:], todo_s[q + 1:]).tolist()
         finally:
             # (The pending list is the batch's: a search only takes detections out.)
             cur.take(self._taken)
@@ -1453,7 +1457,7 @@ class Associator:
     def _predict(self, sol: Solution, t0_ns: int, dets: list[Detection], keep: bool = False) -> tuple:
         """A solution's predicted arrival (ns) at every sensor and its gate (ns: 3 sigma
         of the prediction from the solution's covariance, and the wind); the sensors of
-        ``dets`` get -1 and 0 (never match). Then, for :meth:`_explained_by_open`,
+        ``dets`` get -1 and 0 (never match). Then, for :meth:`_explained_until`,
         the arrivals at its own sensors and at those no farther than they are (beyond,
         its arrivals are not heard, and on a crowded night every detection would be
         near some far event's prediction), all gates, the distances (m) (also as a
@@ -1485,7 +1489,7 @@ class Associator:
     def _open_arrivals(self) -> tuple[np.ndarray, ...]:
         """The open events' rows of :meth:`_predict`, as matrices (events in ``open``'s
         order, by sensor): own predicted arrivals and gates (the attach step), arrivals
-        and gates for :meth:`_explained_by_open`, the events' closing times (ns), the
+        and gates for :meth:`_explained_until`, the events' closing times (ns), the
         distances (m) and the sensors in order of distance. Kept between calls: a new event adds its row, a new version
         rewrites its own (:meth:`_grow` lists it), and only a change in which events are
         open rebuilds them (with a thousand open events in a dense city, stacking every
@@ -1522,28 +1526,19 @@ class Associator:
         tab["n"] = n
         return tuple(a[:n] for a in m[:4]) + (tab["close"][:n], m[4][:n], m[5][:n])
 
-    def _explained_by_open(self):
-        """A test of whether a detection (time ns, sensor index) is the arrival, early by
-        at most the gate or late by at most ``late_allowance_s`` more, of a shot already
+    def _explained_until(self, t_ns: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Whether each detection (times ns, sensor indices) is the arrival, early by at
+        most the gate or late by at most ``late_allowance_s`` more, of a shot already
         located and still open (its own sensors' included: a second detection there is
-        the shot's echo). Such a detection is not tried as the first arrival of a new
-        shot: the node's dead time means one detection cannot be two arrivals, and a
-        new shot there is found from its other sensors' detections."""
-        if not self.open:
-            return lambda t_ns, s: None
-        pred, gate, close = self._open_arrivals()[2:5]
-        late = self.cfg.late_allowance_s * NS_PER_S
-        known: dict[tuple[int, int], int | None] = {}
-
-        def explained(t_ns: int, s: int) -> int | None:
-            """The clock at which the last event explaining it closes, or None. (A search
-            asks twice for most seeds: when their chunk is gathered, and in turn.)"""
-            got = known.get((t_ns, s), -1)
-            if got == -1:
-                until = kernels.explained_until(pred, gate, close, s, t_ns, late)
-                got = known[(t_ns, s)] = None if until < 0 else int(until)
-            return got
-        return explained
+        the shot's echo): the clock (ns) at which the last event explaining it closes,
+        or -1 (:func:`kernels.explained_until_many`). Such a detection is not tried as the
+        first arrival of a new shot: the node's dead time means one detection cannot be
+        two arrivals, and a new shot there is found from its other sensors' detections."""
+        out = np.full(len(t_ns), -1, dtype=np.int64)
+        if self.open and len(t_ns):
+            pred, gate, close = self._open_arrivals()[2:5]
+            kernels.explained_until_many(pred, gate, close, s, t_ns, self.cfg.late_allowance_s * NS_PER_S, out)
+        return out
 
     def _consume(self, dets: list[Detection]) -> None:
         """Take detections out of the pending list: they now belong to a shot (or an

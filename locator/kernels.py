@@ -1592,6 +1592,14 @@ def explained_until(pred, gate, close, s, t_ns, late_ns):
 
 
 @numba.njit(cache=True, nogil=True)
+def explained_until_many(pred, gate, close, s, t_ns, late_ns, out):
+    """:func:`explained_until` of detections at sensors ``s`` at times ``t_ns`` (ns), into
+    ``out``."""
+    for q in range(s.shape[0]):
+        out[q] = explained_until(pred, gate, close, s[q], t_ns[q], late_ns)
+
+
+@numba.njit(cache=True, nogil=True)
 def event_near(t0, ex, ey, major, t0_ns, x, y, max_dt_ns, radius_m, first):
     """The event (of those with emission times ``t0`` ns, positions ``ex, ey`` m and
     ellipse major semi-axes ``major`` m) within ``max_dt_ns`` of ``t0_ns`` and within
