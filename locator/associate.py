@@ -464,9 +464,10 @@ class _Batch:
         the grid search where no triple could be formed). Returns per seed key:
         ``(status, count, x m, y m, emission offset s, chance pre-test, the same with
         five detections free (0.0 for a candidate too small for the fit to estimate the
-        wind), the candidate's detections (pending indices), the index of the open event the candidate's source
-        is near (:meth:`Associator._near_event`; -1: none) and the generation of the open
-        events' table it was found at (-1: not looked for), the seed's index)``."""
+        wind), the candidate's detections (pending indices), the index of the open event
+        the candidate's source is near (:meth:`Associator._near_event`; -1: none) and the
+        generation of the open events' table it was found at (-1: not looked for), the
+        seed's index)``."""
         if not seeds:
             return {}
         a, cfg = self.a, self.a.cfg
@@ -991,8 +992,8 @@ class Associator:
         t_all, off_all = self._flat_history()[:2]
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             idx, miss, lo, hi, p_s, held_i, wait_off, wait_s, tried_off,
-            tried_a, used_off, i64(used_s), dist, r_used, dorder, gate_ns, t_all, off_all, t0 // NS_PER_S, self._seen_from,
-            self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
+            tried_a, used_off, i64(used_s), dist, r_used, dorder, gate_ns, t_all, off_all, t0 // NS_PER_S,
+            self._seen_from, self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
             int(self.cfg.min_sensors), cache_ok, cache_off, cache_mine, cache_r)
         for j in np.flatnonzero(computed).tolist():
             op = ops[j]
@@ -1164,8 +1165,8 @@ class Associator:
         """The checks and the solve for a seed (the pending detection ``at``) searched by
         :meth:`_Batch.run` (``cur``): ``found`` is ``(status, count, x m, y m, emission
         offset s, chance pre-test, with five free, the candidate's detections (indices in
-        ``cur``), the open event
-        nearby and the open events' table generation it was found at)``."""
+        ``cur``), the open event nearby and the open events' table generation it was found
+        at)``."""
         cfg = self.cfg
         status, count, x0, y0, tau0, prob, prob5, cand, near, near_gen = found
         if status == kernels.SEED_FEW:
@@ -1462,10 +1463,10 @@ class Associator:
         its arrivals are not heard, and on a crowded night every detection would be
         near some far event's prediction), all gates, the distances (m) (also as a
         list), the sensor indices of ``dets``, the farthest of them (m) and the sensors
-        in order of distance. With ``keep``,
-        held with the solution for the next call for the same emission time, detections
-        and medium, which takes it (a new shot's are asked for twice, naming it and
-        opening it; closed events must not hold them)."""
+        in order of distance (:func:`kernels.event_arrivals`). With ``keep``, held with
+        the solution for the next call for the same emission time, detections and
+        medium, which takes it (a new shot's are asked for twice, naming it and opening
+        it; closed events must not hold them)."""
         used = [self.idx[d.sensor_id] for d in dets]
         key = (t0_ns, used, self.c, self._medium_err())
         got = sol.__dict__.pop("_predicted", None)
@@ -1490,10 +1491,11 @@ class Associator:
         """The open events' rows of :meth:`_predict`, as matrices (events in ``open``'s
         order, by sensor): own predicted arrivals and gates (the attach step), arrivals
         and gates for :meth:`_explained_until`, the events' closing times (ns), the
-        distances (m) and the sensors in order of distance. Kept between calls: a new event adds its row, a new version
-        rewrites its own (:meth:`_grow` lists it), and only a change in which events are
-        open rebuilds them (with a thousand open events in a dense city, stacking every
-        row anew for each new event cost more than the search it served)."""
+        distances (m) and the sensors in order of distance. Kept between calls: a new
+        event adds its row, a new version rewrites its own (:meth:`_grow` lists it), and
+        only a change in which events are open rebuilds them (with a thousand open events
+        in a dense city, stacking every row anew for each new event cost more than the
+        search it served)."""
         tab = self._arr_tab
         n = len(self.open)
         if tab is None:

@@ -408,7 +408,8 @@ def _wind_robust_fused(pos, t, sig, c, z_src, x0, wind_m_per_s, wind_sigma_m_per
     used = np.zeros(n, dtype=bool)
     used[idx[free_u]] = True
     return _finish(None, free_par, free_cov, free_u, free_r[:nu], free_sig[:nu], _Model(c, z_src, ndim, True, wind),
-                   wind_sigma_m_per_s, c_sigma_m_per_s, used_out=used, r_out=r_all, summary=(chi2, add if added else None))
+                   wind_sigma_m_per_s, c_sigma_m_per_s, used_out=used, r_out=r_all,
+                   summary=(chi2, add if added else None))
 
 
 def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma, max_wind_m_per_s=25.0):

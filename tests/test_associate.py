@@ -326,8 +326,8 @@ def test_the_attach_choice_equals_its_plain_statement(rng):
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             i64(np.concatenate(pairs)), i64(np.concatenate(miss)), lo, hi, p_s, np.zeros(n_pend, dtype=np.bool_),
             off(have), i64(sum(have, [])), off(tried), i64(sum(tried, [])), off(used), i64(sum(used, [])), dist,
-            r_used, np.argsort(dist, axis=1), gate, hist_t, hist_off, secs, 3 * NS_PER_S, 38 * NS_PER_S, 0.01, 1.5, 343.0**2, 5, ok,
-            off(mine_c), i64(sum(mine_c, [])),
+            r_used, np.argsort(dist, axis=1), gate, hist_t, hist_off, secs, 3 * NS_PER_S, 38 * NS_PER_S, 0.01, 1.5,
+            343.0**2, 5, ok, off(mine_c), i64(sum(mine_c, [])),
             np.array([c[1] if c is not None else 0.0 for c in cache]))
         joins = [join[join_off[j]:join_off[j + 1]].tolist() for j in range(n_ev)]
         radii = {j: (tuple(mine[mine_off[j]:mine_off[j + 1]].tolist()), radius[j]) for j in np.flatnonzero(computed)}
