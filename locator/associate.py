@@ -930,7 +930,6 @@ class Associator:
         took the next best); it is pending again, tried with this event. Returns which
         pending detections joined (bool, by pending index), and those that gave way."""
         n_ev = len(ops)
-        i64 = lambda v: np.array(v, dtype=np.int64)     # noqa: E731
         held_i = np.zeros(len(p_s), dtype=np.bool_)
         # Per event (CSR): the pending detections it has tried (sorted pending indices),
         # those waiting with it, its own sensors (where its own predicted arrival is -1)
@@ -992,7 +991,7 @@ class Associator:
         t_all, off_all = self._flat_history()[:2]
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             idx, miss, lo, hi, p_s, held_i, wait_off, wait_s, tried_off,
-            tried_a, used_off, i64(used_s), dist, r_used, dorder, gate_ns, t_all, off_all, t0 // NS_PER_S,
+            tried_a, used_off, used_s.astype(np.int64), dist, r_used, dorder, gate_ns, t_all, off_all, t0 // NS_PER_S,
             self._seen_from, self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
             int(self.cfg.min_sensors), cache_ok, cache_off, cache_mine, cache_r)
         for j in np.flatnonzero(computed).tolist():

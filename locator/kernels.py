@@ -1638,6 +1638,34 @@ def louder_before(t0, ex, ey, n, t0_ns, x, y, window_ns, radius_m, n_sensors):
 
 
 @numba.njit(cache=True, nogil=True)
+def _gated_run(tg, lo, hi, p, g):
+    """The run of ``tg[lo:hi]`` (times ns, ascending) within ``g`` (ns) of ``p`` (ns):
+    ``(first, end)``, the first no more than the gate early, then those no more than the
+    gate late."""
+    a = lo
+    b = hi
+    while a < b:
+        c = (a + b) >> 1
+        if p - tg[c] <= g:
+            b = c
+        else:
+            a = c + 1
+    k = a
+    while k < hi and tg[k] - p <= g:
+        k += 1
+    return a, k
+
+
+@numba.njit(cache=True, nogil=True)
+def _by_pending_index(out_i, out_m, first, end):
+    """One event's pairs ``first:end`` put in order of pending index."""
+    if end - first > 1:
+        order = np.argsort(out_i[first:end])
+        out_i[first:end] = out_i[first:end][order]
+        out_m[first:end] = out_m[first:end][order]
+
+
+@numba.njit(cache=True, nogil=True)
 def _arrival_matches_serial(p_t, p_s, pred, gate, n_sensors):
     """:func:`arrival_matches` in one thread (few events: the threads' start costs more).
     Every pair of an open event ``e`` and a pending detection ``i`` (time ``p_t[i]`` ns,
@@ -1661,18 +1689,8 @@ def _arrival_matches_serial(p_t, p_s, pred, gate, n_sensors):
             if lo == hi:
                 continue
             p = pred[e, s]
-            g = gate[e, s]
-            # The first detection no more than the gate early ...
-            a = lo
-            b = hi
-            while a < b:
-                c = (a + b) >> 1
-                if p - tg[c] <= g:
-                    b = c
-                else:
-                    a = c + 1
-            # ... then those no more than the gate late.
-            while a < hi and tg[a] - p <= g:
+            a0, a1 = _gated_run(tg, lo, hi, p, gate[e, s])
+            for a in range(a0, a1):
                 if m == cap:
                     cap *= 2
                     out_e = _grown(out_e, cap)
@@ -1683,11 +1701,7 @@ def _arrival_matches_serial(p_t, p_s, pred, gate, n_sensors):
                 out_i[m] = i
                 out_m[m] = abs(p_t[i] - p)
                 m += 1
-                a += 1
-        if m - first > 1:
-            order = np.argsort(out_i[first:m])
-            out_i[first:m] = out_i[first:m][order]
-            out_m[first:m] = out_m[first:m][order]
+        _by_pending_index(out_i, out_m, first, m)
     return out_e[:m], out_i[:m], out_m[:m]
 
 
@@ -1709,19 +1723,7 @@ def _arrival_matches_parallel(p_t, p_s, pred, gate, n_sensors):
             hi = off[s + 1]
             if lo == hi:
                 continue
-            p = pred[e, s]
-            g = gate[e, s]
-            a = lo
-            b = hi
-            while a < b:
-                c = (a + b) >> 1
-                if p - tg[c] <= g:
-                    b = c
-                else:
-                    a = c + 1
-            k = a
-            while k < hi and tg[k] - p <= g:
-                k += 1
+            a, k = _gated_run(tg, lo, hi, pred[e, s], gate[e, s])
             start[e, s] = a
             count[e, s] = k - a
             tot += k - a
@@ -1742,11 +1744,7 @@ def _arrival_matches_parallel(p_t, p_s, pred, gate, n_sensors):
                 out_i[w] = i
                 out_m[w] = abs(p_t[i] - p)
                 w += 1
-        first = per_ev[e]
-        if w - first > 1:
-            order = np.argsort(out_i[first:w])
-            out_i[first:w] = out_i[first:w][order]
-            out_m[first:w] = out_m[first:w][order]
+        _by_pending_index(out_i, out_m, per_ev[e], w)
     return out_e, out_i, out_m
 
 

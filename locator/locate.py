@@ -279,18 +279,16 @@ def _robust_many(pos, cols, t, sig, x0, mod: _Model, outlier_sigma, late_sigma, 
 
 
 def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
-            c_sigma_m_per_s: float = 0.0, cols=None, used_out=None, r_out=None, summary=None) -> Solution:
+            c_sigma_m_per_s: float = 0.0, used_out=None, r_out=None, summary=None) -> Solution:
     """Package a fit: covariance scaled by the residuals, the errors of a given wind and
-    of the speed of sound added. ``cols``: ``pos``'s columns, contiguous, if at hand.
-    ``used_out`` and ``r_out``: the mask and residuals the solution states, if not
+    of the speed of sound added. ``used_out`` and ``r_out``: the mask and residuals the solution states, if not
     ``used`` and ``r`` (a fit on a subset of the detections, stated for all of them).
     ``summary``: :func:`kernels.fit_summary`'s ``(chi2, the added covariance or None)``
     if already worked out."""
     ndim = mod.ndim
     dof = int(used.sum()) - mod.n_params
     if summary is None:
-        if cols is None:
-            cols = [np.ascontiguousarray(pos[:, k]) for k in range(3)]
+        cols = [np.ascontiguousarray(pos[:, k]) for k in range(3)]
         add = np.zeros((mod.n_params, mod.n_params))
         chi2, added = kernels.fit_summary(*cols, r, sig, used, par, ndim, mod.z_src, mod.c, mod.est_wind,
                                           float(wind_sigma_m_per_s), float(c_sigma_m_per_s), add)
