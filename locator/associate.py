@@ -1832,7 +1832,7 @@ class Associator:
         version), in its incident (found for a new shot)."""
         if incident_id is None:
             incident_id = self._incident_for(event_id, t0_ns, sol.x_m, sol.y_m)
-        lat, lon, alt = self.layout.frame.to_geodetic(sol.x_m, sol.y_m, sol.z_m)
+        lat, lon, alt = self.layout.frame.point_to_geodetic(sol.x_m, sol.y_m, sol.z_m)
         major, minor, az = sol.ellipse95()
         pg = float(np.mean([d.p_gunshot for d in used]))
         label = "gunshot" if pg >= 0.5 else _majority_label(used)

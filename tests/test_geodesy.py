@@ -46,3 +46,17 @@ def test_layout_validation_messages():
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [-87.6, 41.8, 10]}, "properties": {"id": "A"}}] * 2}
     with pytest.raises(ContractError, match="duplicate sensor id"):
         parse_layout(dup)
+
+
+def test_one_point_is_the_arrays_arithmetic(rng):
+    """point_to_geodetic (one point, Python floats and math's functions) gives the
+    same values to the last bit as to_geodetic on arrays and on 0-d arrays: a
+    published event's latitude must not depend on which path converted it."""
+    for lat0, lon0, alt0 in [(41.85, -87.68, 180.0), (-33.9, 151.2, 10.0), (64.1, -21.9, 20.0), (0.5, 179.9, 0.0)]:
+        f = LocalFrame(lat0, lon0, alt0)
+        pts = rng.uniform([-20000, -20000, -50], [20000, 20000, 500], (3000, 3))
+        la, lo, h = f.to_geodetic(pts[:, 0], pts[:, 1], pts[:, 2])
+        for k, (e, n, u) in enumerate(pts.tolist()):
+            one = f.point_to_geodetic(e, n, u)
+            assert all(type(v) is float for v in one)
+            assert one == (la[k], lo[k], h[k]) == tuple(map(float, f.to_geodetic(e, n, u)))
