@@ -865,14 +865,16 @@ class Associator:
                     self.pending = self._parr.filtered(self.pending, ~held_i)
         else:
             released = []
-        still = []
-        stays: list[bool] = []          # (by place in the open list)
         back: list[Detection] = list(released)
         n_recent = len(self.recent)
-        for op in self.open:
-            closing = now_ns >= op.close_at_ns
-            stays.append(not closing)
-            if op.waiting and (closing or len(op.waiting) >= max(1, int(self.cfg.update_growth * len(op.dets)))):
+        open_ = self.open
+        closing = [now_ns >= op.close_at_ns for op in open_]        # (by place in the open list)
+        # (Only events with detections waiting, or closing, have anything to do: a
+        # fireworks night keeps thirty open, and visiting each every step was a tenth of
+        # the step.)
+        for k in [k for k, op in enumerate(open_) if op.waiting or closing[k]]:
+            op = open_[k]
+            if op.waiting and (closing[k] or len(op.waiting) >= max(1, int(self.cfg.update_growth * len(op.dets)))):
                 joined, op.waiting, op.wait_s, op.wait_t = op.waiting, [], [], []
                 ev, n_kept = self._grow(op, joined, consume=False)
                 kept = set(ev.detections) if ev is not None else set()
@@ -884,27 +886,25 @@ class Associator:
                 rejected = [d for d in joined if d.key not in kept]
                 op.tried.update((d.key, d) for d in rejected)
                 back += rejected
-            if closing:
+            if closing[k]:
                 # Only the open events' predictions are asked for (a closed event is found
                 # by its position and time): a night's 120 s of closed events kept them.
                 op.arrivals = op.hearing = None
                 op.tried = {}
-            (self.recent if closing else still).append(op)
-        closed = len(self.open) - len(still)
-        if closed:
-            # (The closing ones went to the end of ``recent``.)
-            self._open_closed(np.array(stays, dtype=np.bool_), still)
+        if any(closing):
+            # (The closing ones go to the end of ``recent``, in order.)
+            self.recent += itertools.compress(open_, closing)
+            stays = np.logical_not(closing)
+            self._open_closed(stays, list(itertools.compress(open_, stays.tolist())))
             for op in self.recent[n_recent:]:
                 self._recent_tab.append(op)
-        else:
-            self.open = still
         if back:                            # not kept: pending again (tried with that event)
             self.pending = self._parr.merged(self.pending, back)
-        if now_ns != NOW_INFINITE:
-            kept = [now_ns - op.t0_ns < 120 * NS_PER_S for op in self.recent]
-            if not all(kept):
-                self.recent = [op for op, k in zip(self.recent, kept) if k]
-                self._recent_tab.keep(np.array(kept, dtype=np.bool_), self.recent)
+        if now_ns != NOW_INFINITE and self.recent:
+            kept = (now_ns - self._recent_table()[0]) < 120 * NS_PER_S
+            if not kept.all():
+                self.recent = list(itertools.compress(self.recent, kept.tolist()))
+                self._recent_tab.keep(kept, self.recent)
         return out
 
     def _choose_attached(self, ops: list[_Open], idx: np.ndarray, miss: np.ndarray, lo: np.ndarray, hi: np.ndarray,
