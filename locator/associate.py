@@ -271,13 +271,13 @@ class _PendingArrays:
     def _arrays(self) -> tuple[np.ndarray, ...]:
         return self.t, self.s, self.sig, self.pg, self.uid, self.not_before
 
-    def _columns(self, dets: list[Detection]):
-        """The arrays' values for ``dets``, as arrays."""
-        memo = self.memo
-        return (np.array(v, dtype=t) for v, t in zip(
-            ([d.t_ns for d in dets], [self.idx[d.sensor_id] for d in dets], [d.t_sigma_ns for d in dets],
-             [d.p_gunshot for d in dets], list(map(id, dets)),
-             [0 if m is None else m[1] for m in map(memo.get, map(_KEY, dets))]), self._DTYPES))
+    def _columns(self, dets: list[Detection]) -> tuple[np.ndarray, ...]:
+        """The arrays' values for ``dets``, as arrays (the integer ones gathered in one pass)."""
+        memo, idx = self.memo, self.idx
+        ints = np.array([(d.t_ns, idx[d.sensor_id], d.t_sigma_ns, id(d), 0 if m is None else m[1])
+                         for d, m in zip(dets, map(memo.get, map(_KEY, dets)))], dtype=np.int64).reshape(-1, 5)
+        return ints[:, 0], ints[:, 1], ints[:, 2], np.array([d.p_gunshot for d in dets], dtype=np.float64), \
+            ints[:, 3], ints[:, 4]
 
     def get(self, pending: list[Detection]) -> "_PendingArrays":
         """The arrays for ``pending`` (extended if it only grew since)."""
@@ -344,8 +344,19 @@ class _PendingArrays:
         new = list(old)
         for i, d in zip(reversed(at), reversed(more)):
             new.insert(i, d)
-        cols = list(self._columns(more))
-        return self._replaced(old, new, lambda a, k: np.insert(a, at, cols[k]))
+        cols = self._columns(more)
+        # (np.insert's placement, worked out once for all six arrays: the q-th of
+        # ``more`` lands at at[q] + q.)
+        put = np.array(at, dtype=np.int64) + np.arange(len(at))
+        rest = np.ones(len(new), dtype=np.bool_)
+        rest[put] = False
+
+        def change(a: np.ndarray, k: int) -> np.ndarray:
+            out = np.empty(len(new), dtype=a.dtype)
+            out[rest] = a
+            out[put] = cols[k]
+            return out
+        return self._replaced(old, new, change)
 
 
 class _Counting:
