@@ -880,12 +880,14 @@ class Associator:
         n_recent = len(self.recent)
         open_ = self.open
         closing = [now_ns >= op.close_at_ns for op in open_]        # (by place in the open list)
-        # (Only events with detections waiting, or closing, have anything to do: a
-        # fireworks night keeps thirty open, and visiting each every step was a tenth of
-        # the step.)
-        for k in [k for k, op in enumerate(open_) if op.waiting or closing[k]]:
+        growth = self.cfg.update_growth
+        # Events whose waiting detections are due (they close, or enough have joined),
+        # and those closing. (Picked in one pass: a fireworks night keeps thirty open, and
+        # visiting each every step was a tenth of the step.)
+        for k in [k for k, op in enumerate(open_)
+                  if closing[k] or (op.waiting and len(op.waiting) >= max(1, int(growth * len(op.dets))))]:
             op = open_[k]
-            if op.waiting and (closing[k] or len(op.waiting) >= max(1, int(self.cfg.update_growth * len(op.dets)))):
+            if op.waiting:
                 joined, op.waiting, op.wait_s, op.wait_t = op.waiting, [], [], []
                 ev, n_kept = self._grow(op, joined, consume=False)
                 kept = set(ev.detections) if ev is not None else set()
