@@ -87,7 +87,7 @@ from scipy.stats import f as f_dist
 
 from . import kernels
 from .incidents import IncidentTracker
-from .locate import Solution, _median, locate, locate_wind_robust
+from .locate import _RANSAC_BELOW, Solution, _median, locate, locate_wind_robust, wind_robust_on_arrays
 
 log = logging.getLogger(__name__)
 
@@ -1744,29 +1744,42 @@ class Associator:
         effect is on the regional wind (:meth:`_learn_wind`): a candidate may still be
         rejected after its fit, so incidents and ids wait for :meth:`_make_event`."""
         n = len(dets)
-        t_ns = np.fromiter((d.t_ns for d in dets), dtype=np.int64, count=n)
-        t_ref = int(t_ns.min())
-        t = (t_ns - t_ref) / NS_PER_S           # (exact integers over exact 1e9: as in Python)
-        pos = self.pos[np.fromiter((self.idx[d.sensor_id] for d in dets), dtype=np.int64, count=n)]
-        sig = self._sigma(dets)
-        x0 = [xy0[0], xy0[1], float(t.min() - np.linalg.norm(pos[np.argmin(t)] - [xy0[0], xy0[1], self.z_src]) / self.c)]
-        est = self.cfg.estimate_wind and len(dets) >= self.cfg.wind_min_sensors
-        solver = locate_wind_robust if est else locate
-        sol = solver(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=x0, wind_m_per_s=self.wind,
-                     wind_sigma_m_per_s=self._wind_sd(), c_sigma_m_per_s=self.c_sd,
-                     **({"min_wind_used": self.cfg.wind_min_sensors} if est else {}))
+        idx = self.idx
+        # The times (s after the earliest; exact integers over exact 1e9, as in Python),
+        # positions, sigmas (:meth:`_sigma`) and the start's emission time: one
+        # compiled pass, numpy's arithmetic.
+        raw = np.array([(d.t_ns, idx[d.sensor_id], d.t_sigma_ns) for d in dets], dtype=np.int64).reshape(-1, 3)
+        t, cols, sig, off = np.empty(n), np.empty((3, n)), np.empty(n), np.empty(3)
+        t_ref, t_min, valid, sig_median, sig_ms = kernels.fit_inputs(
+            raw, self.pos, float(xy0[0]), float(xy0[1]), float(self.z_src), self.cfg.model_sigma_s**2,
+            (self.cfg.survey_sigma_m / self.c) ** 2, t, cols, sig, off)
+        if not valid:
+            raise ValueError("positions and times must be finite and sigmas positive")
+        pos = cols.T
+        # (np.linalg.norm of a vector: the square root of its dot product.)
+        x0 = [xy0[0], xy0[1], float(t_min - math.sqrt(off.dot(off)) / self.c)]
+        est = self.cfg.estimate_wind and n >= self.cfg.wind_min_sensors
+        if est and n >= _RANSAC_BELOW:
+            sol = wind_robust_on_arrays(pos, cols, t, sig, c_m_per_s=float(self.c), z_src_m=float(self.z_src),
+                                        x0=np.array(x0), wind=self.wind.copy(), wind_sigma_m_per_s=self._wind_sd(),
+                                        min_wind_used=self.cfg.wind_min_sensors, c_sigma_m_per_s=self.c_sd)
+        else:
+            solver = locate_wind_robust if est else locate
+            sol = solver(pos, t, sig, c_m_per_s=self.c, z_src_m=self.z_src, x0=x0, wind_m_per_s=self.wind,
+                         wind_sigma_m_per_s=self._wind_sd(), c_sigma_m_per_s=self.c_sd,
+                         **({"min_wind_used": self.cfg.wind_min_sensors} if est else {}))
         aerial = False
         # A source well above the ground shows in a 2-D fit as large residuals or
         # dropped detections (its height is worth tens of ms at the nearest sensors);
         # only then is the 3-D solve worth its cost.
-        if len(dets) >= self.cfg.aerial_min_sensors and (
-                sol is None or len(dets) - sol.n_used >= max(2, 0.25 * len(dets)) or
-                sol.residual_rms_s > 2.0 * _median(sig)):
+        if n >= self.cfg.aerial_min_sensors and (
+                sol is None or n - sol.n_used >= max(2, 0.25 * n) or sol.residual_rms_s > 2.0 * sig_median):
             sol3 = self._aerial(pos, t, sig, sol, x0)
             if sol3 is not None:
                 sol, aerial = sol3, True
-        # The fit must be as good as the timing allows.
-        if sol is None or sol.n_used < self.cfg.min_sensors or sol.residual_rms_s > self._max_rms(sig):
+        # The fit must be as good as the timing allows (:meth:`_max_rms`).
+        if (sol is None or sol.n_used < self.cfg.min_sensors or
+                sol.residual_rms_s > max(self.cfg.max_rms_s, 2.5 * math.sqrt(sig_ms))):
             return None
         used = [d for d, u in zip(dets, sol.used) if u]
         t0_ns = t_ref + int(round(sol.t0_s * NS_PER_S))

@@ -1940,3 +1940,44 @@ def _grown(a, n):
     out = np.empty(n, dtype=a.dtype)
     out[:a.shape[0]] = a
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def fit_inputs(raw, pos, x_start, y_start, z_src, var_model, var_survey, t, p, sig, start_off):
+    """A fit's arrays from its detections' integer columns ``raw`` (n, 3): arrival time
+    ns, sensor index (a row of ``pos`` (sensors, 3) m) and stated sigma ns, in numpy's
+    arithmetic (the association's statements for them, to the last bit). Writes the
+    arrival times ``t`` (s after the earliest, ``(t_ns - t_ref) / 1e9``), the sensors'
+    coordinates ``p`` (3, n) m, the sigmas ``sig`` s (``sqrt(s^2 + var_model +
+    var_survey)``, s the stated sigma in s) and the earliest arrival's sensor minus the
+    start (``x_start``, ``y_start``, ``z_src``) ``start_off`` (3) m (its first, as
+    ``np.argmin``). At least one detection. Returns (``t_ref`` ns, the earliest's time s (0.0), whether
+    every time and position is finite and every sigma positive, the sigmas' median
+    (:func:`~shotnet.locator.locate._median`) and their mean square (``np.mean(sig *
+    sig)``))."""
+    n = raw.shape[0]
+    t_ref = raw[0, 0]
+    for i in range(1, n):
+        if raw[i, 0] < t_ref:
+            t_ref = raw[i, 0]
+    ok = True
+    first = 0
+    sq = np.empty(n)
+    for i in range(n):
+        t[i] = (raw[i, 0] - t_ref) / 1e9
+        s = raw[i, 1]
+        p[0, i], p[1, i], p[2, i] = pos[s, 0], pos[s, 1], pos[s, 2]
+        si = raw[i, 2] / 1e9
+        sig[i] = math.sqrt(si * si + var_model + var_survey)
+        sq[i] = sig[i] * sig[i]
+        if t[i] < t[first]:
+            first = i
+        if not (math.isfinite(p[0, i]) and math.isfinite(p[1, i]) and math.isfinite(p[2, i]) and
+                math.isfinite(t[i]) and sig[i] > 0):
+            ok = False
+    start_off[0] = p[0, first] - x_start
+    start_off[1] = p[1, first] - y_start
+    start_off[2] = p[2, first] - z_src
+    srt = np.sort(sig)
+    med = srt[n // 2] if n % 2 else 0.5 * (srt[n // 2 - 1] + srt[n // 2])
+    return t_ref, t[first], ok, med, pairwise_sum(sq, 0, n) / n

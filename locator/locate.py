@@ -377,19 +377,28 @@ def _wind_robust_fused(pos, t, sig, c, z_src, x0, wind_m_per_s, wind_sigma_m_per
     when the free solve needs :func:`locate`'s small-sample path (fewer inliers than
     ``ransac_below`` but at least ``min_wind_used``)."""
     pos, t, sig = _checked(pos, t, sig)
-    n = len(t)
-    wind = np.asarray(wind_m_per_s, dtype=np.float64)[:2].copy()
-    mod = _Model(c, z_src, ndim, False, wind)
-    m = mod.n_params
-    if n < max(min_used, m):
+    if len(t) < max(min_used, ndim + 1):
         return None
-    x0 = np.asarray(list(np.asarray(x0, dtype=np.float64)[: ndim + 1]))
+    return _wind_robust_core(pos, tuple(np.ascontiguousarray(pos[:, k]) for k in range(3)), t, sig, c, z_src,
+                             np.asarray(x0, dtype=np.float64)[: ndim + 1].copy(),
+                             np.asarray(wind_m_per_s, dtype=np.float64)[:2].copy(), wind_sigma_m_per_s, min_wind_used,
+                             ndim, ransac_below, min_used, outlier_sigma, late_sigma, max_wind_m_per_s,
+                             c_sigma_m_per_s)
+
+
+def _wind_robust_core(pos, cols, t, sig, c, z_src, x0, wind, wind_sigma_m_per_s, min_wind_used, ndim, ransac_below,
+                      min_used, outlier_sigma, late_sigma, max_wind_m_per_s, c_sigma_m_per_s):
+    """:func:`_wind_robust_fused` on checked arrays (positions ``pos`` (n, 3) m and as
+    three contiguous columns ``cols``, at least ``max(min_used, ndim + 1)`` detections;
+    ``x0`` (ndim + 1) and ``wind`` (2) float64 arrays)."""
+    n = len(t)
+    m = ndim + 1
     fix_par, fix_cov, free_par, free_cov = np.zeros(m), np.zeros((m, m)), np.zeros(m + 2), np.zeros((m + 2, m + 2))
     fix_used, free_used = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int8)
     fix_r, fix_sig, free_r, free_sig, r_all = (np.zeros(n) for _ in range(5))
     add = np.zeros((m + 2, m + 2))
     st, st2, chi2, added = kernels.wind_robust_solution(
-        *(np.ascontiguousarray(pos[:, k]) for k in range(3)), t, sig, x0, c, z_src, ndim, wind, float(outlier_sigma),
+        cols[0], cols[1], cols[2], t, sig, x0, float(c), float(z_src), ndim, wind, float(outlier_sigma),
         float(late_sigma), float(max_wind_m_per_s), int(min_used), max(min_wind_used, ransac_below, min_used, ndim + 3),
         float(wind_sigma_m_per_s), float(c_sigma_m_per_s), fix_par, fix_cov, fix_used, fix_r, fix_sig, free_par,
         free_cov, free_used, free_r, free_sig, r_all, add)
@@ -397,17 +406,38 @@ def _wind_robust_fused(pos, t, sig, c, z_src, x0, wind_m_per_s, wind_sigma_m_per
         return None
     u = fix_used.astype(bool)
     if st2 != 0:
-        fixed = _finish(pos, fix_par, fix_cov, u, fix_r, fix_sig, mod, wind_sigma_m_per_s, c_sigma_m_per_s,
-                        summary=(chi2, add[:m, :m] if added else None))
+        fixed = _finish(pos, fix_par, fix_cov, u, fix_r, fix_sig, _Model(float(c), float(z_src), ndim, False, wind),
+                        wind_sigma_m_per_s, c_sigma_m_per_s, summary=(chi2, add[:m, :m] if added else None))
         return (fixed,) if st2 == -1 and fixed.n_used >= min_wind_used else fixed
     idx = np.flatnonzero(u)
     nu = len(idx)
     free_u = free_used[:nu].astype(bool)
     used = np.zeros(n, dtype=bool)
     used[idx[free_u]] = True
-    return _finish(None, free_par, free_cov, free_u, free_r[:nu], free_sig[:nu], _Model(c, z_src, ndim, True, wind),
+    return _finish(None, free_par, free_cov, free_u, free_r[:nu], free_sig[:nu],
+                   _Model(float(c), float(z_src), ndim, True, wind),
                    wind_sigma_m_per_s, c_sigma_m_per_s, used_out=used, r_out=r_all,
                    summary=(chi2, add if added else None))
+
+
+def wind_robust_on_arrays(pos, cols, t, sig, *, c_m_per_s: float, z_src_m: float, x0: np.ndarray, wind: np.ndarray,
+                          wind_sigma_m_per_s: float, min_wind_used: int, c_sigma_m_per_s: float) -> Solution | None:
+    """``locate_wind_robust(pos, t, sig, c_m_per_s=..., z_src_m=..., x0=x0, wind_m_per_s=wind,
+    wind_sigma_m_per_s=..., min_wind_used=..., c_sigma_m_per_s=...)``, the same solution, for
+    arrays the caller has checked (finite positions and times, positive sigmas; the
+    association's :func:`kernels.fit_inputs` does) with at least ``ransac_below``
+    (9) detections: ``pos`` (n, 3) m, also as three contiguous columns ``cols``; ``x0``
+    (3) and ``wind`` (2) float64 arrays. Without the checks and conversions, most of the
+    cost of a fit of a crowded night besides its compiled solve."""
+    fixed = _wind_robust_core(pos, cols, t, sig, c_m_per_s, z_src_m, x0, wind, wind_sigma_m_per_s, min_wind_used, 2,
+                              _RANSAC_BELOW, _MIN_USED, _OUTLIER_SIGMA, _LATE_SIGMA, _MAX_WIND, c_sigma_m_per_s)
+    if not isinstance(fixed, tuple):
+        return fixed
+    # (The free solve needs locate's small-sample path: the general function, which
+    # comes to the same first fit.)
+    return locate_wind_robust(pos, t, sig, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0, wind_m_per_s=wind,
+                              wind_sigma_m_per_s=wind_sigma_m_per_s, min_wind_used=min_wind_used,
+                              c_sigma_m_per_s=c_sigma_m_per_s)
 
 
 def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma, max_wind_m_per_s=25.0):
