@@ -690,7 +690,7 @@ class Associator:
         d_min = cKDTree(self.pos[:, :2]).query(nodes)[0]
         self._d_min = np.ascontiguousarray(d_min.reshape(len(gx), len(gy)))   # nearest sensor (m) per node
         self._nodes = (cgx, cgy, d_min)
-        self._node_tree: cKDTree | None = None
+        self._node_axes = (gx, gy)               # (node k is (gx[k // len(gy)], gy[k % len(gy)]))
         self._regions: dict[int, tuple[np.ndarray, np.ndarray]] = {}      # (_region)
         self._spx, self._spy, self._spz = (np.ascontiguousarray(self.pos[:, k]) for k in range(3))
         diag = float(np.linalg.norm(hi - lo))
@@ -1697,16 +1697,19 @@ class Associator:
         """Sensor ``k``'s seed region: the coarse nodes' (x, y) m where it is at most
         ``seed_region_m`` farther than the nearest sensor. Only the grid search asks
         (where no triple forms: a few seeds a night), so each is found when first asked
-        for (all of them took a twentieth of a fireworks night's replay)."""
+        for (all of them took a twentieth of a fireworks night's replay). The nodes are a
+        grid: those within reach are in the box of rows and columns around the sensor."""
         got = self._regions.get(k)
         if got is None:
             cgx, cgy, d_min = self._nodes
-            if self._node_tree is None:
-                self._node_tree = cKDTree(np.column_stack([cgx, cgy]))
+            gx, gy = self._node_axes
             reach = float(d_min.max()) + self.cfg.seed_region_m
-            cand = np.asarray(self._node_tree.query_ball_point(self.pos[k, :2], reach), dtype=np.int64)
-            d_k = np.hypot(cgx[cand] - self.pos[k, 0], cgy[cand] - self.pos[k, 1])
-            sel = np.sort(cand[d_k <= d_min[cand] + self.cfg.seed_region_m])
+            x, y = self.pos[k, 0], self.pos[k, 1]
+            rows = np.arange(np.searchsorted(gx, x - reach), np.searchsorted(gx, x + reach, side="right"))
+            cols = np.arange(np.searchsorted(gy, y - reach), np.searchsorted(gy, y + reach, side="right"))
+            cand = (rows[:, None] * len(gy) + cols[None, :]).ravel()       # (ascending)
+            d_k = np.hypot(cgx[cand] - x, cgy[cand] - y)
+            sel = cand[d_k <= d_min[cand] + self.cfg.seed_region_m]
             got = self._regions[k] = (np.ascontiguousarray(cgx[sel]), np.ascontiguousarray(cgy[sel]))
         return got
 
