@@ -1970,7 +1970,11 @@ class Associator:
             oldest = min(horizon, keep[0].t_ns) if keep else horizon
             old = oldest - max(self.shot_span_ns, 10 * NS_PER_S)
             self._seen_from = max(self._seen_from, old)
-            if old > self._hist_oldest:
+            # (Cut once a second's worth is older: every sensor's lists, each step, were
+            # a twentieth of a fireworks night's housekeeping. What is older than
+            # ``_seen_from`` counts in no rate, and the silent-neighbour check looks
+            # around a pending shot's arrivals, at least 10 s later.)
+            if old > self._hist_oldest + NS_PER_S:
                 for sid, h in self.history.items():
                     n = bisect.bisect_left(h, old)
                     if n:
