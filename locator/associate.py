@@ -692,6 +692,7 @@ class Associator:
         self._nodes = (cgx, cgy, d_min)
         self._node_axes = (gx, gy)               # (node k is (gx[k // len(gy)], gy[k % len(gy)]))
         self._regions: dict[int, tuple[np.ndarray, np.ndarray]] = {}      # (_region)
+        self._tried_prune_at = 64                # (_choose_attached)
         self._spx, self._spy, self._spz = (np.ascontiguousarray(self.pos[:, k]) for k in range(3))
         diag = float(np.linalg.norm(hi - lo))
         # Windows that must hold every arrival of a shot are sized for the slowest sound
@@ -870,8 +871,8 @@ class Associator:
             released: list[Detection] = []
             if len(evs):
                 held_i, released = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs],
-                                                         bounds[evs + 1], p_s, pred[evs], gate[evs], dist[evs],
-                                                         dorder[evs])
+                                                         bounds[evs + 1], p_s, arr.uid, pred[evs], gate[evs],
+                                                         dist[evs], dorder[evs])
                 if held_i.any():
                     self.pending = self._parr.filtered(self.pending, ~held_i)
         else:
@@ -921,13 +922,14 @@ class Associator:
         return out
 
     def _choose_attached(self, ops: list[_Open], idx: np.ndarray, miss: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                         p_s: np.ndarray, pred_ns: np.ndarray, gate_ns: np.ndarray,
+                         p_s: np.ndarray, p_uid: np.ndarray, pred_ns: np.ndarray, gate_ns: np.ndarray,
                          dist: np.ndarray, dorder: np.ndarray) -> tuple[np.ndarray, list[Detection]]:
         """Of the pending detections matching open events' predicted arrivals (``ops``,
         in order, each with its pairs ``idx[lo:hi]``, pending indices, ``miss`` ns from
-        the prediction; ``pred_ns`` and ``gate_ns`` their predicted arrivals and gates, -1
-        and 0 at their own sensors; ``dist`` their distances, m, ``dorder`` the sensors
-        in order of distance), those that join
+        the prediction; ``p_s`` and ``p_uid`` the pending detections' sensors and
+        objects' ids; ``pred_ns`` and ``gate_ns`` the events' predicted arrivals and
+        gates, -1 and 0 at their own sensors; ``dist`` their distances, m, ``dorder`` the
+        sensors in order of distance), those that join
         (:func:`kernels.attach_choose`):
         per sensor the one nearest the prediction, not yet tried with the event nor
         taken by an earlier one, within hearing range. Beyond hearing range every
@@ -944,21 +946,23 @@ class Associator:
         pending detections joined (bool, by pending index), and those that gave way."""
         n_ev = len(ops)
         held_i = np.zeros(len(p_s), dtype=np.bool_)
-        # Per event (CSR): the pending detections it has tried (sorted pending indices),
-        # those waiting with it, its own sensors (where its own predicted arrival is -1)
-        # and the farthest of them (m), and the radius cached for its matches.
+        # Per event (CSR): the detections it has tried, by the objects' id() (as the
+        # pending ones are known: p_uid; an event's tried dict holds them, so none is
+        # reused meanwhile), those waiting with it, and the radius cached for its matches.
         chain = itertools.chain.from_iterable
         tried_off = _offsets([len(op.tried) for op in ops])
+        if tried_off[-1] > self._tried_prune_at:
+            self._prune_tried(ops)
+            tried_off = _offsets([len(op.tried) for op in ops])
+            self._tried_prune_at = 2 * int(tried_off[-1]) + 64
+        tried_u = np.fromiter(chain(map(id, op.tried.values()) for op in ops), dtype=np.int64,
+                              count=int(tried_off[-1]))
         wait_off = _offsets([len(op.waiting) for op in ops])
         if wait_off[-1]:
             wait_d: list[Detection] = list(chain(op.waiting for op in ops))
             wait_s, wait_t = list(chain(op.wait_s for op in ops)), list(chain(op.wait_t for op in ops))
         else:
             wait_d, wait_s, wait_t = [], [], []
-        own = pred_ns == -1
-        own_j, used_s = np.nonzero(own)
-        used_off = np.searchsorted(own_j, np.arange(n_ev + 1)).astype(np.int64)
-        r_used = np.where(own, dist, -np.inf).max(axis=1)
         t0 = np.array([op.t0_ns for op in ops], dtype=np.int64)
         hearing = [op.hearing for op in ops]
         ok = [h is not None and h[0] == op.event.version and h[1] == len(op.waiting) for h, op in zip(hearing, ops)]
@@ -967,30 +971,13 @@ class Associator:
         cache_off = _offsets([len(c) for c in cached])
         cache_mine = np.concatenate(cached)
         cache_r = np.array([h[3] if k else 0.0 for h, k in zip(hearing, ok)])
-        # Where the tried ones are pending (in order, per event; those no longer pending out).
-        tried_d = [d for op in ops for d in op.tried.values()]
-        tried_a = self._parr.get(self.pending).find(tried_d)
-        tried_j = np.repeat(np.arange(n_ev), np.diff(tried_off))      # their events
-        gone = np.flatnonzero(tried_a < 0).tolist()
-        if gone:
-            # Those neither pending nor waiting with an event never will be again (an
-            # event took them, or they expired): the tried lists keep only the others.
-            waiting = {id(d) for op in self.open for d in op.waiting}
-            for q in gone:
-                if id(tried_d[q]) not in waiting:
-                    ops[tried_j[q]].tried.pop(tried_d[q].key, None)
-        tried_j = tried_j[tried_a >= 0]
-        tried_a = tried_a[tried_a >= 0]
-        order = np.lexsort((tried_a, tried_j))
-        tried_a = tried_a[order]
-        tried_off = np.searchsorted(tried_j[order], np.arange(n_ev + 1)).astype(np.int64)
         # The waiting detections' sensors and distances (ns) from the predictions.
         wait_s = np.array(wait_s, dtype=np.int64)
         wait_j = np.repeat(np.arange(n_ev), np.diff(wait_off))
         wait_m = np.abs(np.array(wait_t, dtype=np.int64) - pred_ns[wait_j, wait_s])
         released: list[Detection] = []
         if len(wait_d):
-            swap = kernels.give_way(idx, miss, lo, hi, p_s, held_i, tried_off, tried_a, wait_off, wait_s, wait_m,
+            swap = kernels.give_way(idx, miss, lo, hi, p_s, p_uid, held_i, tried_off, tried_u, wait_off, wait_s, wait_m,
                                     len(self.layout))
             for w in np.flatnonzero(swap >= 0).tolist():
                 op, d, new = ops[wait_j[w]], wait_d[w], self.pending[swap[w]]
@@ -1003,8 +990,8 @@ class Associator:
         # (_gate_s), where the kernel works out a radius.
         t_all, off_all = self._flat_history()[:2]
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
-            idx, miss, lo, hi, p_s, held_i, wait_off, wait_s, tried_off,
-            tried_a, used_off, used_s.astype(np.int64), dist, r_used, dorder, gate_ns, t_all, off_all, t0 // NS_PER_S,
+            idx, miss, lo, hi, p_s, p_uid, held_i, wait_off, wait_s, tried_off, tried_u, pred_ns, dist, dorder,
+            gate_ns, t_all, off_all, t0 // NS_PER_S,
             self._seen_from, self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
             int(self.cfg.min_sensors), cache_ok, cache_off, cache_mine, cache_r)
         for j in np.flatnonzero(computed).tolist():
@@ -1017,6 +1004,20 @@ class Associator:
             op.wait_s += p_s[joined].tolist()
             op.wait_t += p_t[joined].tolist()
         return held_i, released
+
+    def _prune_tried(self, ops: list[_Open]) -> None:
+        """Tried detections neither pending nor waiting with an open event never will be
+        again (an event took them, or they expired): the events' tried lists (``ops``)
+        drop them. (Only to keep the lists short: such a one matches nothing, so how
+        often this runs changes no choice.)"""
+        tried_d = [d for op in ops for d in op.tried.values()]
+        gone = np.flatnonzero(self._parr.get(self.pending).find(tried_d) < 0).tolist()
+        if gone:
+            owner = np.repeat(np.arange(len(ops)), [len(op.tried) for op in ops]).tolist()
+            waiting = {id(d) for op in self.open for d in op.waiting}
+            for q in gone:
+                if id(tried_d[q]) not in waiting:
+                    ops[owner[q]].tried.pop(tried_d[q].key, None)
 
     def _forget_stale_seeds(self) -> None:
         """Count the new detections into the seeds still waiting for some (once none are

@@ -1767,20 +1767,22 @@ def arrival_matches(p_t, p_s, pred, gate, n_sensors):
 
 
 @numba.njit(cache=True, nogil=True)
-def _nearest_matches(idx, miss, q_lo, q_hi, p_s, held, tried_i, t_lo, t_hi, mark, tag, best_i, best_m, touched):
+def _nearest_matches(idx, miss, q_lo, q_hi, p_s, p_key, held, tried, t_lo, t_hi, mark, tag, best_i, best_m,
+                     touched):
     """Per sensor, the match nearest its event's prediction among the pairs
     ``idx[q_lo:q_hi]`` (pending indices, ``miss`` ns from the prediction), leaving out
-    sensors marked ``tag`` in ``mark``, detections ``held`` and those in
-    ``tried_i[t_lo:t_hi]`` (sorted): written to ``best_i``, ``best_m`` (which must hold -1
-    at every sensor), the sensors so set to ``touched``. Returns how many."""
+    sensors marked ``tag`` in ``mark``, detections ``held`` and those whose key
+    (``p_key``, by pending index) is in ``tried[t_lo:t_hi]`` (sorted): written to
+    ``best_i``, ``best_m`` (which must hold -1 at every sensor), the sensors so set to
+    ``touched``. Returns how many."""
     n_t = 0
     for q in range(q_lo, q_hi):
         i = idx[q]
         s = p_s[i]
         if mark[s] == tag or held[i]:
             continue
-        a = _first_at_least(tried_i, t_lo, t_hi, i)
-        if a < t_hi and tried_i[a] == i:
+        a = _first_at_least(tried, t_lo, t_hi, p_key[i])
+        if a < t_hi and tried[a] == p_key[i]:
             continue
         if best_i[s] < 0:
             touched[n_t] = s
@@ -1794,16 +1796,27 @@ def _nearest_matches(idx, miss, q_lo, q_hi, p_s, held, tried_i, t_lo, t_hi, mark
 
 
 @numba.njit(cache=True, nogil=True)
-def give_way(idx, miss, lo, hi, p_s, held, tried_off, tried_i, wait_off, wait_s, wait_miss, n_sens):
+def _sorted_runs(a, off):
+    """A copy of ``a`` with each run ``a[off[j]:off[j + 1]]`` sorted."""
+    out = a.copy()
+    for j in range(off.shape[0] - 1):
+        out[off[j]:off[j + 1]] = np.sort(a[off[j]:off[j + 1]])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def give_way(idx, miss, lo, hi, p_s, p_key, held, tried_off, tried, wait_off, wait_s, wait_miss, n_sens):
     """Which detections waiting with open events give way to pending ones nearer the
     prediction at their sensors. For each event ``j`` in order (its pairs from
     :func:`arrival_matches` at ``idx[lo[j]:hi[j]]``, pending indices, ``miss`` ns from the
     prediction), per sensor the pending detection nearest the prediction, leaving out
-    those it has tried (``tried``, sorted pending indices) and those an earlier event
-    took (``held``, updated here); a waiting detection ``w`` (``wait_off`` CSR per
-    event, sensor ``wait_s[w]``, ``wait_miss[w]`` ns from the prediction) farther from
-    the prediction than that one gives way to it. Returns, per waiting detection, the
+    those it has tried (their keys ``tried[tried_off[j]:tried_off[j + 1]]``, any order;
+    a pending detection's key is ``p_key[i]``) and those an earlier event took
+    (``held``, updated here); a waiting detection ``w`` (``wait_off`` CSR per event,
+    sensor ``wait_s[w]``, ``wait_miss[w]`` ns from the prediction) farther from the
+    prediction than that one gives way to it. Returns, per waiting detection, the
     pending index that takes its place, or -1."""
+    tried = _sorted_runs(tried, tried_off)
     n_ev = lo.shape[0]
     best_i = np.full(n_sens, -1, dtype=np.int64)
     best_m = np.zeros(n_sens, dtype=np.int64)
@@ -1813,8 +1826,8 @@ def give_way(idx, miss, lo, hi, p_s, held, tried_off, tried_i, wait_off, wait_s,
     for j in range(n_ev):
         if wait_off[j] == wait_off[j + 1]:
             continue
-        n_t = _nearest_matches(idx, miss, lo[j], hi[j], p_s, held, tried_i, tried_off[j], tried_off[j + 1], no_mark,
-                               -1, best_i, best_m, touched)
+        n_t = _nearest_matches(idx, miss, lo[j], hi[j], p_s, p_key, held, tried, tried_off[j], tried_off[j + 1],
+                               no_mark, -1, best_i, best_m, touched)
         for w in range(wait_off[j], wait_off[j + 1]):
             s = wait_s[w]
             if best_i[s] >= 0 and best_m[s] < wait_miss[w]:
@@ -1827,18 +1840,20 @@ def give_way(idx, miss, lo, hi, p_s, held, tried_off, tried_i, wait_off, wait_s,
 
 
 @numba.njit(cache=True, nogil=True)
-def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tried_i, used_off, used_s, dist, r_used,
-                  dorder, gate, hist_t, hist_off, secs, seen_from, seen_to, gate0_s, medium_err, c2, min_count,
-                  cache_ok, cache_off, cache_mine, cache_r):
+def attach_choose(idx, miss, lo, hi, p_s, p_key, held, have_off, have_s, tried_off, tried, pred, dist, dorder, gate,
+                  hist_t, hist_off, secs, seen_from, seen_to, gate0_s, medium_err, c2, min_count, cache_ok, cache_off,
+                  cache_mine, cache_r):
     """The attach step's choice, for each open event ``j`` with matches (its pairs from
     :func:`arrival_matches` at ``idx[lo[j]:hi[j]]``, pending indices, ``miss`` ns from
     the prediction; events in order): per sensor the pending detection nearest the
     prediction, leaving out the sensors it already waits on (``have``), the detections
-    it has tried (``tried``, sorted pending indices) and those an earlier event took
-    this step (``held``, updated here); then only those within hearing range: all, if
-    none is farther than its farthest own sensor ``r_used[j]`` (m; ``dist[j]`` the
-    distances, m); else those within the radius of the most significant disc
-    (:func:`significant_radius` of its own sensors ``used``, the waiting ones and the
+    it has tried (their keys ``tried``, any order within the event's run; a pending
+    detection's key is ``p_key[i]``) and those an earlier event took this step
+    (``held``, updated here); then only those within hearing range: all, if none is
+    farther than its farthest own sensor (m; its own sensors are where its predicted
+    arrival ``pred[j]`` is -1, ``dist[j]`` the distances, m); else those within the
+    radius of the most significant disc
+    (:func:`significant_radius` of its own sensors, the waiting ones and the
     matched ones, its sensors by distance ``dorder[j]``, chance per sensor
     ``1 - exp(-rate * 2 g)`` at the sensors' rates per s
     around the epoch second ``secs[j]`` (:func:`rate_row` of the histories ``hist_t,
@@ -1846,11 +1861,12 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
     own sensors (gate 0) the plain one, ``gate0_s + medium_err d / c2`` s at distance
     ``d``), reusing the radius cached for the same matched sensors when ``cache_ok[j]``
     (``cache_mine``, ``cache_r``): the rates and plain gates are only worked out where a
-    radius is. The CSR pairs ``*_off, *_s/_i`` are per event.
+    radius is. The CSR pairs ``*_off, *_s`` are per event.
 
     Returns ``(joined pending indices, their offsets per event, matched sensors, their
     offsets, radius, computed)``: where ``computed[j]`` the radius was computed for
     those matched sensors (the caller caches it)."""
+    tried = _sorted_runs(tried, tried_off)
     n_ev = lo.shape[0]
     n_sens = dist.shape[1]
     best_i = np.full(n_sens, -1, dtype=np.int64)
@@ -1877,8 +1893,8 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
     for j in range(n_ev):
         for q in range(have_off[j], have_off[j + 1]):
             mark[have_s[q]] = j + 1
-        n_t = _nearest_matches(idx, miss, lo[j], hi[j], p_s, held, tried_i, tried_off[j], tried_off[j + 1], mark,
-                               j + 1, best_i, best_m, touched)
+        n_t = _nearest_matches(idx, miss, lo[j], hi[j], p_s, p_key, held, tried, tried_off[j], tried_off[j + 1],
+                               mark, j + 1, best_i, best_m, touched)
         mine = np.sort(touched[:n_t])
         for q in range(n_t):
             mine_all[n_mine + q] = mine[q]
@@ -1889,7 +1905,11 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
             far = 0.0
             for q in range(n_t):
                 far = max(far, dist[j, mine[q]])
-            if far > r_used[j]:
+            r_used = -np.inf
+            for s in range(n_sens):
+                if pred[j, s] == -1:
+                    r_used = max(r_used, dist[j, s])
+            if far > r_used:
                 same = cache_ok[j] and cache_off[j + 1] - cache_off[j] == n_t
                 if same:
                     for q in range(n_t):
@@ -1901,9 +1921,10 @@ def attach_choose(idx, miss, lo, hi, p_s, held, have_off, have_s, tried_off, tri
                 else:
                     hit[:] = False
                     r_own = 0.0
-                    for q in range(used_off[j], used_off[j + 1]):
-                        hit[used_s[q]] = True
-                        r_own = max(r_own, dist[j, used_s[q]])
+                    for s in range(n_sens):
+                        if pred[j, s] == -1:
+                            hit[s] = True
+                            r_own = max(r_own, dist[j, s])
                     for q in range(have_off[j], have_off[j + 1]):
                         hit[have_s[q]] = True
                     for q in range(n_t):

@@ -290,6 +290,12 @@ def test_the_attach_choice_equals_its_plain_statement(rng):
     miss = [rng.integers(0, 3, len(p)) * 1_000_000 for p in pairs]       # ties at a sensor happen
     tried = [sorted(rng.choice(p, min(len(p), 2), replace=False).tolist()) if len(p) else [] for p in pairs]
     cache = [None] * n_ev
+    # The kernel knows detections by key (the objects' ids) and each event's tried keys in
+    # any order; its own sensors by their predicted arrival, -1.
+    key = rng.permutation(np.unique(rng.integers(0, 1 << 40, 2 * n_pend))[:n_pend])
+    pred = rng.integers(0, 10**12, (n_ev, n_sens))
+    for j, u in enumerate(used):
+        pred[j, u] = -1
 
     def plain():
         held, joins, radii = set(), [], {}
@@ -324,9 +330,10 @@ def test_the_attach_choice_equals_its_plain_statement(rng):
         ok = np.array([c is not None for c in cache])
         mine_c = [list(c[0]) if c is not None else [] for c in cache]
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
-            i64(np.concatenate(pairs)), i64(np.concatenate(miss)), lo, hi, p_s, np.zeros(n_pend, dtype=np.bool_),
-            off(have), i64(sum(have, [])), off(tried), i64(sum(tried, [])), off(used), i64(sum(used, [])), dist,
-            r_used, np.argsort(dist, axis=1), gate, hist_t, hist_off, secs, 3 * NS_PER_S, 38 * NS_PER_S, 0.01, 1.5,
+            i64(np.concatenate(pairs)), i64(np.concatenate(miss)), lo, hi, p_s, key,
+            np.zeros(n_pend, dtype=np.bool_), off(have), i64(sum(have, [])), off(tried),
+            i64([key[i] for t in tried for i in reversed(t)]), pred, dist, np.argsort(dist, axis=1), gate, hist_t,
+            hist_off, secs, 3 * NS_PER_S, 38 * NS_PER_S, 0.01, 1.5,
             343.0**2, 5, ok, off(mine_c), i64(sum(mine_c, [])),
             np.array([c[1] if c is not None else 0.0 for c in cache]))
         joins = [join[join_off[j]:join_off[j + 1]].tolist() for j in range(n_ev)]
@@ -380,9 +387,10 @@ def test_the_give_way_choice_equals_its_plain_statement(rng):
     off = lambda ls: np.cumsum([0] + [len(x) for x in ls]).astype(np.int64)     # noqa: E731
     lo = off(pairs)[:-1]
     held_k = np.zeros(n_pend, dtype=np.bool_)
+    key = rng.permutation(np.unique(rng.integers(0, 1 << 40, 2 * n_pend))[:n_pend])    # (known by key, any order)
     got = kernels.give_way(i64(np.concatenate(pairs)), i64(np.concatenate(miss)), lo, lo + [len(p) for p in pairs],
-                           p_s, held_k, off(tried), i64(sum(tried, [])), off(wait_s), i64(sum(wait_s, [])),
-                           i64(sum(wait_m, [])), n_sens)
+                           p_s, key, held_k, off(tried), i64([key[i] for t in tried for i in reversed(t)]),
+                           off(wait_s), i64(sum(wait_s, [])), i64(sum(wait_m, [])), n_sens)
     assert got.tolist() == want
     assert set(np.flatnonzero(held_k).tolist()) == held
     assert sum(i >= 0 for i in want) > 10 and sum(i < 0 for i in want) > 10
