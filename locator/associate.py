@@ -1752,7 +1752,8 @@ class Associator:
         # The times (s after the earliest; exact integers over exact 1e9, as in Python),
         # positions, sigmas (:meth:`_sigma`) and the start's emission time: one
         # compiled pass, numpy's arithmetic.
-        raw = np.array([(d.t_ns, idx[d.sensor_id], d.t_sigma_ns) for d in dets], dtype=np.int64).reshape(-1, 3)
+        raw = np.array([d.t_ns for d in dets] + [idx[d.sensor_id] for d in dets] + [d.t_sigma_ns for d in dets],
+                       dtype=np.int64).reshape(3, n)
         t, cols, sig, off = np.empty(n), np.empty((3, n)), np.empty(n), np.empty(3)
         t_ref, t_min, valid, sig_median, sig_ms = kernels.fit_inputs(
             raw, self.pos, float(xy0[0]), float(xy0[1]), float(self.z_src), self.cfg.model_sigma_s**2,

@@ -1965,30 +1965,30 @@ def _grown(a, n):
 
 @numba.njit(cache=True, nogil=True)
 def fit_inputs(raw, pos, x_start, y_start, z_src, var_model, var_survey, t, p, sig, start_off):
-    """A fit's arrays from its detections' integer columns ``raw`` (n, 3): arrival time
-    ns, sensor index (a row of ``pos`` (sensors, 3) m) and stated sigma ns, in numpy's
+    """A fit's arrays from its detections' integers ``raw`` (3, n): arrival times ns,
+    sensor indices (rows of ``pos`` (sensors, 3) m) and stated sigmas ns, in numpy's
     arithmetic (the association's statements for them, to the last bit). Writes the
     arrival times ``t`` (s after the earliest, ``(t_ns - t_ref) / 1e9``), the sensors'
     coordinates ``p`` (3, n) m, the sigmas ``sig`` s (``sqrt(s^2 + var_model +
     var_survey)``, s the stated sigma in s) and the earliest arrival's sensor minus the
     start (``x_start``, ``y_start``, ``z_src``) ``start_off`` (3) m (its first, as
-    ``np.argmin``). At least one detection. Returns (``t_ref`` ns, the earliest's time s (0.0), whether
-    every time and position is finite and every sigma positive, the sigmas' median
-    (:func:`~shotnet.locator.locate._median`) and their mean square (``np.mean(sig *
-    sig)``))."""
-    n = raw.shape[0]
+    ``np.argmin``). At least one detection. Returns (``t_ref`` ns, the earliest's time
+    s (0.0), whether every time and position is finite and every sigma positive, the
+    sigmas' median (:func:`~shotnet.locator.locate._median`) and their mean square
+    (``np.mean(sig * sig)``))."""
+    n = raw.shape[1]
     t_ref = raw[0, 0]
     for i in range(1, n):
-        if raw[i, 0] < t_ref:
-            t_ref = raw[i, 0]
+        if raw[0, i] < t_ref:
+            t_ref = raw[0, i]
     ok = True
     first = 0
     sq = np.empty(n)
     for i in range(n):
-        t[i] = (raw[i, 0] - t_ref) / 1e9
-        s = raw[i, 1]
+        t[i] = (raw[0, i] - t_ref) / 1e9
+        s = raw[1, i]
         p[0, i], p[1, i], p[2, i] = pos[s, 0], pos[s, 1], pos[s, 2]
-        si = raw[i, 2] / 1e9
+        si = raw[2, i] / 1e9
         sig[i] = math.sqrt(si * si + var_model + var_survey)
         sq[i] = sig[i] * sig[i]
         if t[i] < t[first]:

@@ -396,6 +396,48 @@ def test_the_give_way_choice_equals_its_plain_statement(rng):
     assert sum(i >= 0 for i in want) > 10 and sum(i < 0 for i in want) > 10
 
 
+def test_a_fits_inputs_are_numpys_arithmetic(rng):
+    """kernels.fit_inputs (a fit's times, positions, sigmas and starting emission time
+    in one compiled pass) equals, bit for bit, the numpy statements it replaced; a NaN
+    position or a zero sigma is reported, not passed on."""
+    import math
+
+    from shotnet.locator import kernels
+    from shotnet.locator.locate import _median
+
+    pos_all = rng.uniform(-3000, 3000, (40, 3))
+    for trial in range(300):
+        n = int(rng.integers(1, 60))
+        t_ns = 1_700_000_000 * NS_PER_S + rng.integers(0, 5 * NS_PER_S, n)
+        s_idx = rng.integers(0, 40, n)
+        t_sigma_ns = rng.integers(0, 3_000_000, n)
+        xy0 = rng.uniform(-3000, 3000, 2)
+        z_src, c, model, survey = 1.5, float(rng.uniform(330, 350)), 0.002, float(rng.uniform(0, 2))
+        # The statements kernels.fit_inputs replaced (Associator._fit_timed, _sigma, _max_rms).
+        t_ref = int(t_ns.min())
+        t = (t_ns - t_ref) / NS_PER_S
+        pos = pos_all[s_idx]
+        s = t_sigma_ns.astype(np.float64) / NS_PER_S
+        sig = np.sqrt(s * s + model**2 + (survey / c) ** 2)
+        x0_t = float(t.min() - np.linalg.norm(pos[np.argmin(t)] - [xy0[0], xy0[1], z_src]) / c)
+        got_t, cols, got_sig, off = np.empty(n), np.empty((3, n)), np.empty(n), np.empty(3)
+        raw = np.array([t_ns, s_idx, t_sigma_ns], dtype=np.int64)
+        ref, t_min, ok, med, ms = kernels.fit_inputs(raw, pos_all, float(xy0[0]), float(xy0[1]), z_src, model**2,
+                                                     (survey / c) ** 2, got_t, cols, got_sig, off)
+        assert ref == t_ref and ok
+        assert np.array_equal(got_t, t) and np.array_equal(cols.T, pos) and np.array_equal(got_sig, sig)
+        assert float(t_min - math.sqrt(off.dot(off)) / c) == x0_t
+        assert med == _median(sig) and ms == np.mean(sig * sig)
+    bad = pos_all.copy()
+    bad[3, 1] = np.nan
+    raw = np.array([[5, 6], [2, 3], [10, 10]], dtype=np.int64)
+    assert not kernels.fit_inputs(raw, bad, 0.0, 0.0, 1.5, 0.0, 0.0, np.empty(2), np.empty((3, 2)), np.empty(2),
+                                  np.empty(3))[2]
+    raw[2, 0] = 0
+    assert not kernels.fit_inputs(raw, pos_all, 0.0, 0.0, 1.5, 0.0, 0.0, np.empty(2), np.empty((3, 2)), np.empty(2),
+                                  np.empty(3))[2]
+
+
 def test_an_events_predicted_arrivals_are_numpys_arithmetic(rng):
     """An open event's predicted arrivals and gates (:func:`kernels.event_arrivals`, one
     compiled call per event version) equal, bit for bit, the numpy statement they
