@@ -794,22 +794,24 @@ def wind_robust_solution(px, py, pz, t, sigma, x0, c, z_src, ndim, wind, outlier
     """:func:`wind_robust_fit`, and the summary (:func:`fit_summary`) of the solution it
     ends with: the free-wind fit's (on the first fit's inliers; ``add`` (m + 2, m + 2))
     if that succeeded, else the first fit's (``add[:m, :m]``). Returns (the first fit's
-    status, the second's or -1, chi-square, whether ``add`` was written)."""
+    status, the second's or -1, chi-square, whether ``add`` was written, the RMS (s) of
+    the residuals of the detections that solution uses (``r_all`` or ``fix_r``), as
+    :attr:`~shotnet.locator.locate.Solution.residual_rms_s` works it out)."""
     st, st2 = wind_robust_fit(px, py, pz, t, sigma, x0, c, z_src, ndim, wind, outlier_sigma, late_sigma, max_wind,
                               min_used, min_free, fix_par, fix_cov, fix_mask, fix_r, fix_sig, free_par, free_cov,
                               free_mask, free_r, free_sig, r_all)
     if st != 0:
-        return st, st2, 0.0, False
+        return st, st2, 0.0, False, np.nan
     m = ndim + 1
     if st2 != 0:
         chi2, added = fit_summary(px, py, pz, fix_r, fix_sig, fix_mask, fix_par, ndim, z_src, c, False, wind_sigma,
                                   c_sigma, add[:m, :m])
-        return st, st2, chi2, added
+        return st, st2, chi2, added, masked_rms(fix_r, fix_mask, np.arange(fix_r.shape[0]))
     idx = np.flatnonzero(fix_mask)
     nu = idx.shape[0]
     chi2, added = fit_summary(px[idx], py[idx], pz[idx], free_r[:nu], free_sig[:nu], free_mask[:nu], free_par, ndim,
                               z_src, c, True, wind_sigma, c_sigma, add)
-    return st, st2, chi2, added
+    return st, st2, chi2, added, masked_rms(r_all, free_mask[:nu], idx)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -2002,3 +2004,20 @@ def fit_inputs(raw, pos, x_start, y_start, z_src, var_model, var_survey, t, p, s
     srt = np.sort(sig)
     med = srt[n // 2] if n % 2 else 0.5 * (srt[n // 2 - 1] + srt[n // 2])
     return t_ref, t[first], ok, med, pairwise_sum(sq, 0, n) / n
+
+
+@numba.njit(cache=True, nogil=True)
+def masked_rms(r, mask, at):
+    """``sqrt(mean(r[used] ** 2))`` as numpy works it out (pairwise sum of the squares,
+    divided by their count; NaN for none), the detections used being ``at[q]`` for
+    each ``q`` where ``mask[q]`` (``at`` ascending)."""
+    sq = np.empty(mask.shape[0])
+    k = 0
+    for q in range(mask.shape[0]):
+        if mask[q]:
+            v = r[at[q]]
+            sq[k] = v * v
+            k += 1
+    if k == 0:
+        return np.nan
+    return math.sqrt(pairwise_sum(sq, 0, k) / k)

@@ -279,12 +279,13 @@ def _robust_many(pos, cols, t, sig, x0, mod: _Model, outlier_sigma, late_sigma, 
 
 
 def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
-            c_sigma_m_per_s: float = 0.0, used_out=None, r_out=None, summary=None) -> Solution:
+            c_sigma_m_per_s: float = 0.0, used_out=None, r_out=None, summary=None, rms=None) -> Solution:
     """Package a fit: covariance scaled by the residuals, the errors of a given wind and
     of the speed of sound added. ``used_out`` and ``r_out``: the mask and residuals the solution states, if not
     ``used`` and ``r`` (a fit on a subset of the detections, stated for all of them).
     ``summary``: :func:`kernels.fit_summary`'s ``(chi2, the added covariance or None)``
-    if already worked out."""
+    if already worked out; ``rms``: the solution's :attr:`Solution.residual_rms_s`, if
+    already worked out (:func:`kernels.masked_rms`)."""
     ndim = mod.ndim
     dof = int(used.sum()) - mod.n_params
     if summary is None:
@@ -305,11 +306,17 @@ def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
         cov = cov + add
     wx, wy = mod.wind_of(par)
     z_src_m = mod.z_src
-    return Solution(
+    sol = Solution(
         x_m=float(par[0]), y_m=float(par[1]), z_m=float(par[2]) if ndim == 3 else float(z_src_m),
         t0_s=float(par[ndim]), cov=cov, used=used if used_out is None else used_out,
         residuals_s=r if r_out is None else r_out, chi2=chi2, dof=dof,
         scale2=scale2, ellipse_factor=k, ndim=ndim, wind_m_per_s=(wx, wy), wind_estimated=mod.est_wind)
+    # (What its cached properties would work out, known here: the association asks for
+    # both of every fit.)
+    object.__setattr__(sol, "n_used", dof + mod.n_params)
+    if rms is not None:
+        object.__setattr__(sol, "residual_rms_s", float(rms))
+    return sol
 
 
 def locate_wind_robust(pos_m, t_s, sigma_s, *, c_m_per_s: float, z_src_m: float = 1.5, x0=None,
@@ -397,7 +404,7 @@ def _wind_robust_core(pos, cols, t, sig, c, z_src, x0, wind, wind_sigma_m_per_s,
     fix_used, free_used = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int8)
     fix_r, fix_sig, free_r, free_sig, r_all = (np.zeros(n) for _ in range(5))
     add = np.zeros((m + 2, m + 2))
-    st, st2, chi2, added = kernels.wind_robust_solution(
+    st, st2, chi2, added, rms = kernels.wind_robust_solution(
         cols[0], cols[1], cols[2], t, sig, x0, float(c), float(z_src), ndim, wind, float(outlier_sigma),
         float(late_sigma), float(max_wind_m_per_s), int(min_used), max(min_wind_used, ransac_below, min_used, ndim + 3),
         float(wind_sigma_m_per_s), float(c_sigma_m_per_s), fix_par, fix_cov, fix_used, fix_r, fix_sig, free_par,
@@ -407,7 +414,7 @@ def _wind_robust_core(pos, cols, t, sig, c, z_src, x0, wind, wind_sigma_m_per_s,
     u = fix_used.astype(bool)
     if st2 != 0:
         fixed = _finish(pos, fix_par, fix_cov, u, fix_r, fix_sig, _Model(float(c), float(z_src), ndim, False, wind),
-                        wind_sigma_m_per_s, c_sigma_m_per_s, summary=(chi2, add[:m, :m] if added else None))
+                        wind_sigma_m_per_s, c_sigma_m_per_s, summary=(chi2, add[:m, :m] if added else None), rms=rms)
         return (fixed,) if st2 == -1 and fixed.n_used >= min_wind_used else fixed
     idx = np.flatnonzero(u)
     nu = len(idx)
@@ -417,7 +424,7 @@ def _wind_robust_core(pos, cols, t, sig, c, z_src, x0, wind, wind_sigma_m_per_s,
     return _finish(None, free_par, free_cov, free_u, free_r[:nu], free_sig[:nu],
                    _Model(float(c), float(z_src), ndim, True, wind),
                    wind_sigma_m_per_s, c_sigma_m_per_s, used_out=used, r_out=r_all,
-                   summary=(chi2, add if added else None))
+                   summary=(chi2, add if added else None), rms=rms)
 
 
 def wind_robust_on_arrays(pos, cols, t, sig, *, c_m_per_s: float, z_src_m: float, x0: np.ndarray, wind: np.ndarray,

@@ -231,6 +231,12 @@ def test_the_fused_wind_robust_fit_is_the_two_fits_it_stands_for(rng, ndim):
                 for f in ("x_m", "y_m", "z_m", "t0_s", "chi2", "dof", "scale2"):
                     assert getattr(got, f) == getattr(want, f), f
                 assert np.array_equal(got.cov, want.cov) and np.array_equal(got.used, want.used)
+                assert (got.n_used, got.residual_rms_s) == (want.n_used, want.residual_rms_s)
+            if got is not None:
+                # (The fused fit states its used count and RMS as the properties work them out.)
+                r = got.residuals_s[got.used]
+                assert got.n_used == int(got.used.sum())
+                assert got.residual_rms_s == float(np.sqrt(np.mean(r * r)))
             continue
         kinds["free"] += 1
         free, used, par = want
@@ -239,6 +245,8 @@ def test_the_fused_wind_robust_fit_is_the_two_fits_it_stands_for(rng, ndim):
         assert np.array_equal(got.cov, free.cov) and (got.chi2, got.dof) == (free.chi2, free.dof)
         assert np.array_equal(got.used, used)
         assert np.array_equal(got.residuals_s[used], free.residuals_s[free.used])
+        assert (got.n_used, got.residual_rms_s) == (free.n_used, free.residual_rms_s)
+        assert got.__dict__["residual_rms_s"] == float(np.sqrt(np.mean(free.residuals_s[free.used] ** 2)))
     assert kinds["free"] > 30 and kinds["fixed"] > 5, kinds
 
 
