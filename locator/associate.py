@@ -1356,15 +1356,17 @@ class Associator:
               for d in dets if d.snr_db is not None]
         src_db = float(np.median(lv)) if lv else None
         checked = silent = 0
-        for sid, k in self.idx.items():
-            if sid in used or dist[k] >= r_used:
+        near = np.flatnonzero(dist < r_used)        # (only those nearer count)
+        for k, d_k in zip(near.tolist(), dist[near].tolist()):
+            sid = self._sids[k]
+            if sid in used:
                 continue
-            if src_db is not None and src_db - 20 * math.log10(max(dist[k], 1.0)) < self.cfg.certain_snr_db:
+            if src_db is not None and src_db - 20 * math.log10(max(d_k, 1.0)) < self.cfg.certain_snr_db:
                 continue
-            pred = t0_ns + int(dist[k] / self.c * NS_PER_S)
+            pred = t0_ns + int(d_k / self.c * NS_PER_S)
             if now_ns != NOW_INFINITE and pred + self.cfg.latency_slack_s * NS_PER_S > now_ns:
                 continue
-            gate = self._gate_s(float(dist[k])) * NS_PER_S
+            gate = self._gate_s(d_k) * NS_PER_S
             h = self.history.get(sid, ())
             # A late first arrival (blocked direct path, echo) still shows the sensor heard it.
             late = self.cfg.late_allowance_s * NS_PER_S
@@ -1378,7 +1380,7 @@ class Associator:
             # there may have been masked. Only known levels count.
             if i > 0 and h[i - 1] >= pred - self.cfg.masked_window_s * NS_PER_S and src_db is not None:
                 prev = self._snr.get((sid, h[i - 1]))
-                if prev is not None and prev >= src_db - 20 * math.log10(max(dist[k], 1.0)) - self.cfg.masked_db:
+                if prev is not None and prev >= src_db - 20 * math.log10(max(d_k, 1.0)) - self.cfg.masked_db:
                     continue
             checked += 1
             silent += 1
