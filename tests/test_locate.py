@@ -250,6 +250,40 @@ def test_the_fused_wind_robust_fit_is_the_two_fits_it_stands_for(rng, ndim):
     assert kinds["free"] > 30 and kinds["fixed"] > 5, kinds
 
 
+def test_the_arrays_entry_is_locate_wind_robust(rng):
+    """wind_robust_on_arrays (the association's entry: checked arrays, positions also as
+    columns) gives locate_wind_robust's solution, field for field, on scenes where the
+    free solve succeeds, fails, or needs the small-sample path (which it hands back to
+    locate_wind_robust)."""
+    from dataclasses import fields
+
+    from shotnet.locator.locate import wind_robust_on_arrays
+    seen = {"none": 0, "fixed": 0, "free": 0}
+    for trial in range(150):
+        n = int(rng.integers(9, 24))
+        pos = _geometry(rng, n)
+        src = np.r_[rng.uniform(-600, 600, 2), 1.5]
+        t = travel_time_s(src, pos, C, tuple(rng.normal(0, 4, 2))) + rng.normal(0, 5e-4, n)
+        late = rng.choice(n, int(rng.integers(0, n // 2 + 1)), replace=False)
+        t[late] += rng.uniform(0.003, 0.05, len(late))
+        sig = rng.uniform(3e-4, 8e-4, n)
+        x0 = np.array([src[0] + 30, src[1] - 20, float(t.min()) - 0.5])
+        kw = dict(c_m_per_s=C, z_src_m=1.5, wind_sigma_m_per_s=1.5, min_wind_used=int(rng.integers(7, 13)),
+                  c_sigma_m_per_s=float(rng.uniform(0, 2)))
+        want = locate_wind_robust(pos, t, sig, x0=x0, wind_m_per_s=(3.0, -2.0), **kw)
+        cols = np.ascontiguousarray(pos.T)
+        got = wind_robust_on_arrays(cols.T, cols, t, sig, x0=x0, wind=np.array([3.0, -2.0]), **kw)
+        seen["none" if want is None else "free" if want.wind_estimated else "fixed"] += 1
+        assert (got is None) == (want is None)
+        if want is None:
+            continue
+        for f in fields(want):
+            a, b = getattr(got, f.name), getattr(want, f.name)
+            assert (np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b), f.name
+        assert (got.n_used, got.residual_rms_s) == (want.n_used, want.residual_rms_s)
+    assert seen["free"] > 50 and seen["fixed"] > 5, seen
+
+
 def test_an_uncertain_speed_of_sound_is_in_the_ellipse(rng):
     """The speed of sound comes from a temperature that is off by a few degrees (1.8 m/s
     per 3 C); sixteen sensors over 2 km, 0.2 ms picks. With that uncertainty stated, the
