@@ -96,6 +96,7 @@ NOW_INFINITE = 1 << 62
 # fireworks night fits dozens a second), at most this many kept, and never more certain
 # than this (m/s): a survey's errors bias every shot's measurement alike, by a few tenths.
 _C_EVERY_NS = NS_PER_S // 2
+_UNTIL_CHUNK = 64           # seeds asked again together whether an open event explains them (Associator._search)
 _C_MAX_ESTIMATES = 1000
 _C_SD_FLOOR = 0.25
 
@@ -1110,11 +1111,22 @@ class Associator:
         self._behind = False
         if not todo:
             return out
-        # Until when each is explained by an open event (ns; -1: not), asked again for
-        # those still to come when a search opens or grows an event.
+        # Until when each is explained by an open event (ns; -1: not). When a search opens
+        # or grows an event, those still to come are asked again, a chunk at a time as
+        # they come up (all of them at once, after every event, made an overloaded
+        # night's step quadratic: thousands of seeds waiting, dozens of events found).
         todo_a = np.array(todo, dtype=np.int64)
         todo_t, todo_s = cur.tp[todo_a], cur.sp[todo_a]
         until_at = self._explained_until(todo_t, todo_s).tolist()
+        until_gen = [0] * len(todo)     # how many events the step had found when until_at[r] was worked out
+        found = 0
+
+        def until(r: int) -> int:
+            if until_gen[r] != found:
+                hi = min(len(todo), r + _UNTIL_CHUNK)
+                until_at[r:hi] = self._explained_until(todo_t[r:hi], todo_s[r:hi]).tolist()
+                until_gen[r:hi] = [found] * (hi - r)
+            return until_at[r]
         results: dict[str, tuple] = {}  # seed key -> its search, until used
         lost: list[int] = []        # detections shots took (indices), until the searches they affect are dropped
         self._taken = []
@@ -1131,11 +1143,11 @@ class Associator:
                     break
                 if d.key in skip or not alive[i]:
                     continue
-                until = until_at[q]
-                if until >= 0:
+                until_q = until(q)
+                if until_q >= 0:
                     # Not searched while that event is open (nothing can wake it sooner).
                     self.stats.explained += 1
-                    self._set_memo(d, i, until, None, 0)
+                    self._set_memo(d, i, until_q, None, 0)
                     results.pop(d.key, None)
                     continue
                 if lost:
@@ -1150,7 +1162,7 @@ class Associator:
                 if d.key not in results:
                     nxt = (todo[r] for r in range(q, len(todo))
                            if alive[todo[r]] and pend[todo[r]].key not in results and pend[todo[r]].key not in skip
-                           and (r == q or until_at[r] < 0))
+                           and (r == q or until(r) < 0))
                     results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
                 known = self._medium_known()
                 ev = self._search_seed(d, i, results.pop(d.key)[:-1], now_ns, skip, cur)
@@ -1164,7 +1176,12 @@ class Associator:
                     self._taken = []
                 if ev is not None:
                     out.append(ev)
-                    until_at[q + 1:] = self._explained_until(todo_t[q + 1:], todo_s[q + 1:]).tolist()
+                    found += 1
+                    if self.open and q + 1 < len(todo):
+                        # (The tables the answers come from, brought up to date now, as
+                        # asking then did: a new event's arrivals are predicted with the
+                        # medium as it is now.)
+                        self._open_arrivals()
         finally:
             # (The pending list is the batch's: a search only takes detections out.)
             cur.take(self._taken)

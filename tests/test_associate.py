@@ -571,6 +571,36 @@ def test_ground_shots_with_late_arrivals_are_not_aerial():
     assert all(ev.label == "gunshot" for ev in guns)
 
 
+def test_a_backlog_step_asks_again_lazily_and_finds_the_same(monkeypatch):
+    """One step with a fireworks night's 20 s waiting (a partition healed, or the locator
+    fell behind): thousands of seeds are searched in it and dozens of events found. After
+    each event the seeds still to come are asked again whether an open event explains
+    them, a chunk at a time as they come up; asking all of them after every event made
+    such a step quadratic (an overloaded locator then fell further behind). The events
+    are those of asking all of them every time, and far fewer are asked."""
+    from shotnet.locator import associate
+    from shotnet.locator.synthetic import StreamConfig, make_stream
+    from shotnet.sensor.scene import default_layout
+
+    dets, _, loc_layout = make_stream(default_layout(), 100, 20.0,
+                                      StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2), seed=6)
+    dets.sort(key=lambda d: d.t_ns)
+    got = {}
+    for chunk in (associate._UNTIL_CHUNK, 10**9):
+        monkeypatch.setattr(associate, "_UNTIL_CHUNK", chunk)
+        asked = []
+        a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
+        until = a._explained_until
+        monkeypatch.setattr(a, "_explained_until", lambda t, s: asked.append(len(t)) or until(t, s))
+        for d in dets:
+            a.feed(d)
+        evs = a.step(dets[-1].t_ns + 10 * NS_PER_S)
+        got[chunk] = ([(e.event_id, e.version, e.lat, e.lon, e.detections) for e in evs], sum(asked))
+    (lazy, n_lazy), (eager, n_eager) = got.values()
+    assert lazy == eager and len({e[0] for e in lazy}) > 30
+    assert n_lazy < n_eager / 5
+
+
 def test_backlog_searched_over_many_budgeted_steps(city_scene, city_detections):
     """A partition heals and two thirds of the stream arrive at once, a minute late; the
     service keeps stepping with a small time budget, so the backlog is searched over
