@@ -96,9 +96,11 @@ NOW_INFINITE = 1 << 62
 # fireworks night fits dozens a second), at most this many kept, and never more certain
 # than this (m/s): a survey's errors bias every shot's measurement alike, by a few tenths.
 _C_EVERY_NS = NS_PER_S // 2
-_UNTIL_CHUNK = 64           # seeds asked again together whether an open event explains them (Associator._search)
 _C_MAX_ESTIMATES = 1000
 _C_SD_FLOOR = 0.25
+# Seeds asked again together, after a search found an event, whether an open event
+# explains them (Associator._search).
+_UNTIL_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -1801,9 +1803,8 @@ class Associator:
             sol3 = self._aerial(pos, t, sig, sol, x0)
             if sol3 is not None:
                 sol, aerial = sol3, True
-        # The fit must be as good as the timing allows (:meth:`_max_rms`).
-        if (sol is None or sol.n_used < self.cfg.min_sensors or
-                sol.residual_rms_s > max(self.cfg.max_rms_s, 2.5 * math.sqrt(sig_ms))):
+        # The fit must be as good as the timing allows.
+        if sol is None or sol.n_used < self.cfg.min_sensors or sol.residual_rms_s > self._max_rms(sig_ms):
             return None
         used = [d for d, u in zip(dets, sol.used) if u]
         t0_ns = t_ref + int(round(sol.t0_s * NS_PER_S))
@@ -1899,10 +1900,11 @@ class Associator:
             x_m=round(sol.x_m, 3), y_m=round(sol.y_m, 3), t_sigma_ms=round(math.sqrt(sol.cov[sol.ndim, sol.ndim]) * 1e3, 4),
             version=version, test=self.cfg.test_mode)
 
-    def _max_rms(self, sig: np.ndarray) -> float:
+    def _max_rms(self, sig_ms: float) -> float:
         """The residual RMS (s) a published solution must not exceed: ``max_rms_s``, or
-        2.5 times the stated sigmas (a loose survey makes every residual larger)."""
-        return max(self.cfg.max_rms_s, 2.5 * float(np.sqrt(np.mean(sig * sig))))
+        2.5 times the RMS of the stated sigmas (``sig_ms``, their mean square, s^2: a
+        loose survey makes every residual larger)."""
+        return max(self.cfg.max_rms_s, 2.5 * math.sqrt(sig_ms))
 
     def _aerial(self, pos, t, sig, sol2: Solution | None, x0) -> Solution | None:
         """A 3-D solution if the shot clearly came from the air (an aerial firework):

@@ -1974,11 +1974,13 @@ def fit_inputs(raw, pos, x_start, y_start, z_src, var_model, var_survey, t, p, s
     coordinates ``p`` (3, n) m, the sigmas ``sig`` s (``sqrt(s^2 + var_model +
     var_survey)``, s the stated sigma in s) and the earliest arrival's sensor minus the
     start (``x_start``, ``y_start``, ``z_src``) ``start_off`` (3) m (its first, as
-    ``np.argmin``). At least one detection. Returns (``t_ref`` ns, the earliest's time
-    s (0.0), whether every time and position is finite and every sigma positive, the
+    ``np.argmin``). Returns (``t_ref`` ns, the earliest's time s (0.0), whether every
+    time and position is finite and every sigma positive (False for none), the
     sigmas' median (:func:`~shotnet.locator.locate._median`) and their mean square
     (``np.mean(sig * sig)``))."""
     n = raw.shape[1]
+    if n == 0:
+        return 0, 0.0, False, np.nan, np.nan
     t_ref = raw[0, 0]
     for i in range(1, n):
         if raw[0, i] < t_ref:

@@ -100,7 +100,7 @@ class LocalFrame:
 
     def point_to_geodetic(self, e_m: float, n_m: float, u_m: float) -> tuple[float, float, float]:
         """:meth:`to_geodetic` of one point, as Python floats (deg, deg, m), the same
-        values to the last bit at a third of the cost (the locator converts every
+        values to the last bit at under half the cost (the locator converts every
         event version it publishes)."""
         # (tensordot's own product: the same BLAS call, without its reshaping.)
         d = np.dot(self._rotation.T, np.array([[e_m], [n_m], [u_m]], dtype=np.float64))

@@ -399,7 +399,7 @@ def test_the_give_way_choice_equals_its_plain_statement(rng):
 def test_a_fits_inputs_are_numpys_arithmetic(rng):
     """kernels.fit_inputs (a fit's times, positions, sigmas and starting emission time
     in one compiled pass) equals, bit for bit, the numpy statements it replaced; a NaN
-    position or a zero sigma is reported, not passed on."""
+    position, a zero sigma or no detection at all is reported, not passed on."""
     import math
 
     from shotnet.locator import kernels
@@ -436,6 +436,8 @@ def test_a_fits_inputs_are_numpys_arithmetic(rng):
     raw[2, 0] = 0
     assert not kernels.fit_inputs(raw, pos_all, 0.0, 0.0, 1.5, 0.0, 0.0, np.empty(2), np.empty((3, 2)), np.empty(2),
                                   np.empty(3))[2]
+    assert not kernels.fit_inputs(np.zeros((3, 0), dtype=np.int64), pos_all, 0.0, 0.0, 1.5, 0.0, 0.0, np.empty(0),
+                                  np.empty((3, 0)), np.empty(0), np.empty(3))[2]       # (none: no fit)
 
 
 def test_an_events_predicted_arrivals_are_numpys_arithmetic(rng):
