@@ -854,7 +854,13 @@ class Associator:
 
     def _sigma_of(self, t_sigma_ns: np.ndarray) -> np.ndarray:
         s = t_sigma_ns.astype(np.float64) / NS_PER_S
-        return np.sqrt(s * s + self.cfg.model_sigma_s**2 + (self.cfg.survey_sigma_m / self.c) ** 2)
+        var_model, var_survey = self._sigma_added()
+        return np.sqrt(s * s + var_model + var_survey)
+
+    def _sigma_added(self) -> tuple[float, float]:
+        """The variances (s^2) added to each detection's stated sigma: the model error's
+        and the survey's (at the speed of sound)."""
+        return self.cfg.model_sigma_s**2, (self.cfg.survey_sigma_m / self.c) ** 2
 
     def _attach_pending(self, now_ns: int) -> list[Event]:
         """Pending detections that arrive where an open event predicts join it (every
@@ -1777,8 +1783,7 @@ class Associator:
                        dtype=np.int64).reshape(3, n)
         t, cols, sig, off = np.empty(n), np.empty((3, n)), np.empty(n), np.empty(3)
         t_ref, t_min, valid, sig_median, sig_ms = kernels.fit_inputs(
-            raw, self.pos, float(xy0[0]), float(xy0[1]), float(self.z_src), self.cfg.model_sigma_s**2,
-            (self.cfg.survey_sigma_m / self.c) ** 2, t, cols, sig, off)
+            raw, self.pos, float(xy0[0]), float(xy0[1]), float(self.z_src), *self._sigma_added(), t, cols, sig, off)
         if not valid:
             raise ValueError("positions and times must be finite and sigmas positive")
         pos = cols.T

@@ -1921,12 +1921,9 @@ def attach_choose(idx, miss, lo, hi, p_s, p_key, held, have_off, have_s, tried_o
                 if same:
                     r_keep = cache_r[j]
                 else:
-                    hit[:] = False
-                    r_own = 0.0
                     for s in range(n_sens):
-                        if pred[j, s] == -1:
-                            hit[s] = True
-                            r_own = max(r_own, dist[j, s])
+                        hit[s] = pred[j, s] == -1
+                    r_own = max(0.0, r_used)
                     for q in range(have_off[j], have_off[j + 1]):
                         hit[have_s[q]] = True
                     for q in range(n_t):

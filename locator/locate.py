@@ -342,6 +342,14 @@ def locate_wind_robust(pos_m, t_s, sigma_s, *, c_m_per_s: float, z_src_m: float 
     else:
         fixed = locate(pos, t, sig, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0, wind_m_per_s=wind_m_per_s,
                        wind_sigma_m_per_s=wind_sigma_m_per_s, **kw)
+    return _free_wind(fixed, pos, t, sig, c_m_per_s, z_src_m, wind_m_per_s, wind_sigma_m_per_s, min_wind_used, kw)
+
+
+def _free_wind(fixed: Solution | None, pos, t, sig, c_m_per_s, z_src_m, wind_m_per_s, wind_sigma_m_per_s,
+               min_wind_used, kw) -> Solution | None:
+    """:func:`locate_wind_robust`'s second fit: the wind free, on the inliers of the
+    solution ``fixed`` (the wind given; ``kw`` :func:`locate`'s other arguments), or
+    ``fixed`` when too few remain or that fit fails."""
     if fixed is None or fixed.n_used < min_wind_used:
         return fixed
     u = fixed.used
@@ -440,11 +448,9 @@ def wind_robust_on_arrays(pos, cols, t, sig, *, c_m_per_s: float, z_src_m: float
                               _RANSAC_BELOW, _MIN_USED, _OUTLIER_SIGMA, _LATE_SIGMA, _MAX_WIND, c_sigma_m_per_s)
     if not isinstance(fixed, tuple):
         return fixed
-    # (The free solve needs locate's small-sample path: the general function, which
-    # comes to the same first fit.)
-    return locate_wind_robust(pos, t, sig, c_m_per_s=c_m_per_s, z_src_m=z_src_m, x0=x0, wind_m_per_s=wind,
-                              wind_sigma_m_per_s=wind_sigma_m_per_s, min_wind_used=min_wind_used,
-                              c_sigma_m_per_s=c_sigma_m_per_s)
+    # (The free solve needs locate's small-sample path.)
+    return _free_wind(fixed[0], pos, t, sig, c_m_per_s, z_src_m, wind, wind_sigma_m_per_s, min_wind_used,
+                      {"c_sigma_m_per_s": c_sigma_m_per_s})
 
 
 def _ransac(pos, cols, t, sig, par0, mod: _Model, outlier_sigma, max_wind_m_per_s=25.0):
