@@ -260,14 +260,13 @@ def _nearest(t_sorted, lo, hi, p):
 @numba.njit(cache=True, nogil=True)
 def _nearest_residual(t_sorted, lo, hi, p):
     """|t - p| for the time in ``t_sorted[lo:hi]`` (ascending) nearest ``p``; inf if empty.
-    (A short run is scanned: cheaper than the binary search's unpredictable branches.)"""
+    (A short run is scanned whole, without a branch on the data: cheaper than the binary
+    search's unpredictable branches, or a scan's stop at the first time past ``p``.
+    ``|t - p|`` is the difference the binary search takes, ``t - p`` or ``p - t``.)"""
     if hi - lo <= 16:
         r = np.inf
         for i in range(lo, hi):
-            d = t_sorted[i] - p
-            if d >= 0.0:
-                return min(r, d)
-            r = -d
+            r = min(r, abs(t_sorted[i] - p))
         return r
     return _nearest(t_sorted, lo, hi, p)[1]
 
@@ -377,10 +376,10 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     which hear a real shot seeded there; the triple's own two detections count without a
     lookup: the source predicts their times exactly); only the ``n_full`` best of those
     (all if ``n_full`` <= 0) are then scored on the sensors ``full_sens`` (ascending;
-    if empty, every sensor with detections), best first, each pass
-    stopping once a source cannot beat the one kept (in the first pass: cannot enter the
-    best ``n_full``, ties going to the earlier). In a crowded window most triples are
-    chance and this saves most of the scoring.
+    if empty, every sensor with detections), best first, stopping once a source cannot
+    beat the one kept. The first pass skips a source that could not enter the best
+    ``n_full`` (ties going to the earlier) even were every near sensor a hit. In a
+    crowded window most triples are chance and this saves most of the scoring.
 
     Writes the best few distinct sources (count descending, cost ascending, at least
     10 m apart) into ``out_*`` (length k) and returns how many were written.
@@ -500,15 +499,26 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                                 dzn = nzs[i] - z_src
                                 pn[i] = (math.sqrt(dxn * dxn + dyn * dyn + dzn * dzn) / c -
                                          (dxn * wx + dyn * wy) / (c * c)) - off
-                        for i in range(n_near):
-                            if part + left <= bar:
-                                break
-                            s = near[i]
-                            if s == a or s == b:
-                                continue
-                            left -= 1
-                            if _nearest_residual(t_sorted, offsets[s], offsets[s + 1], pn[i]) <= half_window_s:
-                                part += 1
+                            # Every near sensor is looked up (a short run scanned
+                            # whole, without a branch on the data): stopping once
+                            # the source cannot enter costs more in mispredicted
+                            # branches than the lookups it saves, and a source that
+                            # enters has been counted on all of them either way.
+                            for i in range(n_near):
+                                s = near[i]
+                                if s == a or s == b:
+                                    continue
+                                lo_ = offsets[s]
+                                hi_ = offsets[s + 1]
+                                pi = pn[i]
+                                if hi_ - lo_ <= 16:
+                                    hit = 0
+                                    for j in range(lo_, hi_):
+                                        if abs(t_sorted[j] - pi) <= half_window_s:
+                                            hit = 1
+                                    part += hit
+                                elif _nearest(t_sorted, lo_, hi_, pi)[1] <= half_window_s:
+                                    part += 1
                         if part <= bar:
                             continue
                         rx[n_roots] = x
