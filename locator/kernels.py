@@ -376,10 +376,10 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     which hear a real shot seeded there; the triple's own two detections count without a
     lookup: the source predicts their times exactly); only the ``n_full`` best of those
     (all if ``n_full`` <= 0) are then scored on the sensors ``full_sens`` (ascending;
-    if empty, every sensor with detections), best first, stopping once a source cannot
-    beat the one kept. The first pass skips a source that could not enter the best
-    ``n_full`` (ties going to the earlier) even were every near sensor a hit. In a
-    crowded window most triples are chance and this saves most of the scoring.
+    if empty, every sensor with detections), best first, each pass
+    stopping once a source cannot beat the one kept (in the first pass: cannot enter the
+    best ``n_full``, ties going to the earlier). In a crowded window most triples are
+    chance and this saves most of the scoring.
 
     Writes the best few distinct sources (count descending, cost ascending, at least
     10 m apart) into ``out_*`` (length k) and returns how many were written.
@@ -401,16 +401,6 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     in_near = np.zeros(n_sens, dtype=np.int64)
     for i in range(n_near):
         in_near[near[i]] = 1
-    # The near sensors' coordinates side by side: a source's travel times to all of them
-    # in one loop the compiler vectorises (the same operations as _travel1).
-    nxs = np.empty(n_near)
-    nys = np.empty(n_near)
-    nzs = np.empty(n_near)
-    for i in range(n_near):
-        nxs[i] = sx[near[i]]
-        nys[i] = sy[near[i]]
-        nzs[i] = sz[near[i]]
-    pn = np.empty(n_near)
     max_roots = 2 * max_per_sensor * max_per_sensor * n_nb * (n_nb - 1) // 2 + 1
     rx = np.empty(max_roots)
     ry = np.empty(max_roots)
@@ -492,33 +482,29 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                         # construction (the source predicts their times exactly).
                         part = 1 + in_near[a] + in_near[b]
                         left = n_near - in_near[a] - in_near[b]
-                        if part + left > bar:
-                            for i in range(n_near):
-                                dxn = nxs[i] - x
-                                dyn = nys[i] - y
-                                dzn = nzs[i] - z_src
-                                pn[i] = (math.sqrt(dxn * dxn + dyn * dyn + dzn * dzn) / c -
-                                         (dxn * wx + dyn * wy) / (c * c)) - off
-                            # Every near sensor is looked up (a short run scanned
-                            # whole, without a branch on the data): stopping once
-                            # the source cannot enter costs more in mispredicted
-                            # branches than the lookups it saves, and a source that
-                            # enters has been counted on all of them either way.
-                            for i in range(n_near):
-                                s = near[i]
-                                if s == a or s == b:
-                                    continue
-                                lo_ = offsets[s]
-                                hi_ = offsets[s + 1]
-                                pi = pn[i]
-                                if hi_ - lo_ <= 16:
-                                    hit = 0
-                                    for j in range(lo_, hi_):
-                                        if abs(t_sorted[j] - pi) <= half_window_s:
-                                            hit = 1
-                                    part += hit
-                                elif _nearest(t_sorted, lo_, hi_, pi)[1] <= half_window_s:
-                                    part += 1
+                        # Each near sensor's arrival is worked out as it is looked up,
+                        # stopping once the source cannot enter the best n_full: most
+                        # sources of a crowded window are chance and miss early. A run
+                        # of up to 64 detections is scanned whole, without a branch on
+                        # the data: cheaper than a binary search's unpredictable ones.
+                        for i in range(n_near):
+                            if part + left <= bar:
+                                break
+                            s = near[i]
+                            if s == a or s == b:
+                                continue
+                            left -= 1
+                            p = _travel1(sx, sy, sz, s, x, y, z_src, c, wx, wy) - off
+                            lo_ = offsets[s]
+                            hi_ = offsets[s + 1]
+                            if hi_ - lo_ <= 64:
+                                hit = 0
+                                for j in range(lo_, hi_):
+                                    if abs(t_sorted[j] - p) <= half_window_s:
+                                        hit = 1
+                                part += hit
+                            elif _nearest(t_sorted, lo_, hi_, p)[1] <= half_window_s:
+                                part += 1
                         if part <= bar:
                             continue
                         rx[n_roots] = x
