@@ -56,7 +56,10 @@ def travel_time(dx, dy, dz, wx, wy, c, grad):
 
 
 @numba.njit(cache=True)
-def _chi2(px, py, pz, t, sigma, mask, q, c, z_src, ndim, est_wind, wind, loss, loss_k, grad):
+def _chi2(px, py, pz, t, sigma, mask, q, c, z_src, ndim, est_wind, wind, loss, loss_k, tt, gg):
+    """The (robust) chi^2 at ``q``; each used detection's travel time and its gradient
+    (:func:`travel_time`) kept in ``tt[i]``, ``gg[i]`` for :func:`_normal` at the same
+    point."""
     s = 0.0
     wx = q[ndim + 1] if est_wind else wind[0]
     wy = q[ndim + 2] if est_wind else wind[1]
@@ -64,27 +67,28 @@ def _chi2(px, py, pz, t, sigma, mask, q, c, z_src, ndim, est_wind, wind, loss, l
         if mask[i] == 0:
             continue
         zs = q[2] if ndim == 3 else z_src
-        T = travel_time(px[i] - q[0], py[i] - q[1], pz[i] - zs, wx, wy, c, grad)
+        T = travel_time(px[i] - q[0], py[i] - q[1], pz[i] - zs, wx, wy, c, gg[i])
+        tt[i] = T
         r = (t[i] - q[ndim] - T) / sigma[i]
         s += _robust_weight(r, loss, loss_k) * r * r
     return s
 
 
 @numba.njit(cache=True)
-def _normal(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, A, g, grad):
+def _normal(t, sigma, mask, p, ndim, est_wind, loss, loss_k, A, g, tt, gg):
+    """The normal equations at ``p``, from the travel times and gradients :func:`_chi2`
+    kept there (``tt``, ``gg``)."""
     m = A.shape[0]
     for a in range(m):
         g[a] = 0.0
         for b in range(m):
             A[a, b] = 0.0
-    wx = p[ndim + 1] if est_wind else wind[0]
-    wy = p[ndim + 2] if est_wind else wind[1]
     row = np.zeros(m)
-    for i in range(px.shape[0]):
+    for i in range(t.shape[0]):
         if mask[i] == 0:
             continue
-        zs = p[2] if ndim == 3 else z_src
-        T = travel_time(px[i] - p[0], py[i] - p[1], pz[i] - zs, wx, wy, c, grad)
+        T = tt[i]
+        grad = gg[i]
         res = t[i] - p[ndim] - T
         # d(predicted)/d(params); the prediction is t0 + T(receiver - source).
         row[0] = grad[0]
@@ -129,15 +133,19 @@ def lm_solve(px, py, pz, t, sigma, mask, x0, c, z_src, ndim, est_wind, wind, los
         p[j] = x0[j]
     q = np.empty(m)
     step = np.empty(m)
-    grad = np.zeros(5)
+    # The travel times and gradients at p and at the trial point q (the normal equations
+    # at p are built from those its chi^2 worked out).
+    n = px.shape[0]
+    tp, tq = np.empty(n), np.empty(n)
+    gp, gq = np.zeros((n, 5)), np.zeros((n, 5))
     A = np.zeros((m, m))
     Ad = np.empty((m, m))
     L = np.empty((m, m))
     g = np.zeros(m)
     lam = 1e-3
-    cost = _chi2(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, grad)
+    cost = _chi2(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, tp, gp)
     for it in range(max_iter):
-        _normal(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, A, g, grad)
+        _normal(t, sigma, mask, p, ndim, est_wind, loss, loss_k, A, g, tp, gp)
         improved = False
         small = False
         for _ in range(12):
@@ -150,10 +158,12 @@ def lm_solve(px, py, pz, t, sigma, mask, x0, c, z_src, ndim, est_wind, wind, los
             _cholesky_solve(L, g, step, m)
             for a in range(m):
                 q[a] = p[a] + step[a]
-            new_cost = _chi2(px, py, pz, t, sigma, mask, q, c, z_src, ndim, est_wind, wind, loss, loss_k, grad)
+            new_cost = _chi2(px, py, pz, t, sigma, mask, q, c, z_src, ndim, est_wind, wind, loss, loss_k, tq, gq)
             if new_cost <= cost:
                 small = abs(cost - new_cost) <= 1e-10 * (1.0 + cost)
                 p, q = q, p
+                tp, tq = tq, tp
+                gp, gq = gq, gp
                 cost = new_cost
                 lam = max(lam * 0.3, 1e-9)
                 improved = True
@@ -161,7 +171,7 @@ def lm_solve(px, py, pz, t, sigma, mask, x0, c, z_src, ndim, est_wind, wind, los
             lam *= 10.0
         if not improved or small:
             break
-    _normal(px, py, pz, t, sigma, mask, p, c, z_src, ndim, est_wind, wind, loss, loss_k, A, g, grad)
+    _normal(t, sigma, mask, p, ndim, est_wind, loss, loss_k, A, g, tp, gp)
     if not _cholesky(A, L, m):
         return -1.0
     for a in range(m):
