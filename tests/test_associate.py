@@ -138,7 +138,9 @@ def _grouped(sens, times, n_sensors):
 def test_triples_place_the_source_in_closed_form(rng):
     """Three arrivals (the seed's and one at each of two neighbours) fix the source; the
     hypothesis kernel finds it among decoys and verifies it on every sensor (all sources,
-    or only the best few on the seed's nearest sensors)."""
+    or only the best few on the seed's nearest sensors). Half the sensors are crowded in
+    two trials of three (30 or 100 detections: the look-ups' whole scan and their binary
+    search)."""
     from shotnet.locator import kernels
 
     n, c, wind, z_src = 12, 343.0, np.array([4.0, -3.0]), 1.5
@@ -153,10 +155,14 @@ def test_triples_place_the_source_in_closed_form(rng):
         arr = np.linalg.norm(d, axis=1) / c - (d[:, :2] @ wind) / c**2
         s0 = int(np.argmin(arr))
         sens, times = [], []
+        crowd = (0, 30, 100)[trial % 3]
         for k in range(n):
             if k != s0:   # the true arrival and two decoys at every other sensor
                 sens += [k] * 3
                 times += [arr[k] - arr[s0], rng.uniform(-0.5, 3.0), rng.uniform(-0.5, 3.0)]
+                if k % 2 and crowd:     # (after the true arrival: it stays among a triple's first 12)
+                    sens += [k] * crowd
+                    times += list(arr[k] - arr[s0] + rng.uniform(0.05, 3.0, crowd))
         sens, times, off = _grouped(sens, times, n)
         nbrs = np.argsort(np.hypot(*(s[:, :2] - s[s0, :2]).T))[1:6].astype(np.int64)
         ox, oy, ocost = np.zeros(2), np.zeros(2), np.zeros(2)
@@ -174,6 +180,49 @@ def test_triples_place_the_source_in_closed_form(rng):
         assert m >= 1 and ocnt[0] == n
         assert np.hypot(ox[0] - src[0], oy[0] - src[1]) < 0.5
         assert m == 1 or ocnt[1] < n or np.hypot(ox[1] - ox[0], oy[1] - oy[0]) >= 10.0
+
+
+def test_a_source_is_kept_for_its_hits_at_crowded_sensors(rng):
+    """With room for one source past the first scoring, the true source must win it by its
+    hits at the seed's crowded neighbours (30 detections each: the look-up's whole scan;
+    100: its binary search), where chance sources from the crowd's own triples hit only by
+    chance: a look-up that missed there would leave it tied with them, and the earlier
+    (a decoys' triple: each crowd starts before the true arrival) would take the place."""
+    from shotnet.locator import kernels
+
+    n, c, wind, z_src = 12, 343.0, np.array([3.0, 1.0]), 1.5
+    s = np.column_stack([rng.uniform(-800, 800, n), rng.uniform(-800, 800, n), rng.uniform(0, 20, n)])
+    g = np.arange(-1500.0, 1500.0 + 1e-9, 10.0)
+    gx, gy = np.meshgrid(g, g, indexing="ij")
+    d_min = np.min(np.hypot(gx[..., None] - s[:, 0], gy[..., None] - s[:, 1]), axis=2)
+    pair_ns = ((np.linalg.norm(s[:, None, :2] - s[None, :, :2], axis=2) / c * (1 + 6.0 / c) + 0.02) * 1e9
+               ).astype(np.int64)
+    for trial in range(60):
+        crowd = (30, 100)[trial % 2]
+        src = np.array([rng.uniform(-700, 700), rng.uniform(-700, 700), z_src])
+        d = s - src
+        arr = np.linalg.norm(d, axis=1) / c - (d[:, :2] @ wind) / c**2
+        s0 = int(np.argmin(arr))
+        nbrs = np.argsort(np.hypot(*(s[:, :2] - s[s0, :2]).T))[1:6].astype(np.int64)
+        sens, times = [], []
+        for k in range(n):
+            if k == s0:
+                continue
+            t = arr[k] - arr[s0]
+            if k in nbrs:       # the true arrival, four decoys before it and the crowd after
+                sens += [k] * (1 + crowd)
+                times += [t] + list(t - rng.uniform(0.01, 0.4, 4)) + list(t + rng.uniform(0.01, 10.0, crowd - 4))
+            else:               # the true arrival and two decoys
+                sens += [k] * 3
+                times += [t] + list(rng.uniform(-0.5, 3.0, 2))
+        sens, times, off = _grouped(sens, times, n)
+        ox, oy, ocost = np.zeros(1), np.zeros(1), np.zeros(1)
+        ocnt = np.zeros(1, dtype=np.int64)
+        m = kernels.seed_hypotheses(*(np.ascontiguousarray(s[:, k]) for k in range(3)), z_src, s0, nbrs, times, off,
+                                    c, wind[0], wind[1], 0.002, 400.0, -1500.0, 1500.0, -1500.0, 1500.0, 12,
+                                    nbrs, 1, np.zeros(0, dtype=np.int64), d_min, 10.0, pair_ns, ox, oy, ocnt, ocost)
+        assert m == 1 and ocnt[0] == n
+        assert np.hypot(ox[0] - src[0], oy[0] - src[1]) < 0.5
 
 
 def test_coherence_kernel_matches_a_direct_count(rng):
