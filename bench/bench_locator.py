@@ -44,13 +44,34 @@ def warm_up():
     print(f"warm-up (Numba kernels compiled or loaded from cache, once per process): {time.perf_counter() - t0:.1f} s")
 
 
+# A short stream's throughput is the fastest of this many replays (they publish the same
+# events, checked; this shared machine's speed moves 10-20% between runs of a second).
+REPLAYS = 3
+
+
+def _fastest(replay):
+    """``replay()`` REPLAYS times: (its result, the fastest time s, every time s). Each
+    must return the same events."""
+    got, times = None, []
+    for _ in range(REPLAYS):
+        t0 = time.perf_counter()
+        res = replay()
+        times.append(time.perf_counter() - t0)
+        assert got is None or res == got, "a replay of the same stream published different events"
+        got = res
+    return got, min(times), times
+
+
+def _times(times) -> str:
+    return ", ".join(f"{t:.2f}" for t in times)
+
+
 def realistic(n_shots, seed):
     lay = default_layout()
     dets, truth, loc_layout = make_stream(lay, n_shots, n_shots * 5.0, StreamConfig(), seed=seed)
-    t0 = time.perf_counter()
     # The locator is told the survey's accuracy (as a deployment's locator.toml would).
-    evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0, survey_sigma_m=StreamConfig().survey_sigma_m))
-    dt = time.perf_counter() - t0
+    evs, dt, all_dt = _fastest(lambda: locate_stream(
+        loc_layout, dets, AssocConfig(temperature_c=18.0, survey_sigma_m=StreamConfig().survey_sigma_m)))
     rows, false = score(evs, truth, lay)
     errs = [d for tr, ev, d, i in rows if ev is not None and tr.n_heard >= 6]
     cov = [i for tr, ev, d, i in rows if ev is not None]
@@ -59,14 +80,15 @@ def realistic(n_shots, seed):
     print(f"  located {len(errs)}/{heard6}; horizontal error median {np.median(errs):.2f} m, "
           f"p95 {np.percentile(errs, 95):.2f} m; 95% ellipse coverage {np.mean(cov):.3f}; "
           f"false events {len(false)}")
-    print(f"  association throughput {len(dets) / dt:,.0f} detections/s (batch replay of the live code)")
+    print(f"  association throughput {len(dets) / dt:,.0f} detections/s (batch replay of the live code; the fastest "
+          f"of {REPLAYS}: {_times(all_dt)} s)")
     record("locator, realistic stream (1 m survey error, 3.9 m/s wind, 12% late arrivals, false detections, "
            "look-alikes): horizontal error, shots heard by 6+ sensors",
            f"median {np.median(errs):.2f} m, p95 {np.percentile(errs, 95):.2f} m ({len(errs)}/{heard6} located)",
            "targets <= 3 m / <= 10 m")
     record("locator, same stream: 95% ellipse coverage", f"{np.mean(cov):.3f}", "target 0.90-0.98")
     record("locator, same stream: false events", f"{len(false)} in {n_shots * 5:,} s", "target 0")
-    record("association throughput, realistic stream (batch replay of the live code)",
+    record("association throughput, realistic stream (batch replay of the live code, the fastest of three)",
            f"{len(dets) / dt:,.0f} detections/s", "target >= 10,000/s", f"{len(dets) / dt / 1e4:.2f}")
 
 
@@ -135,23 +157,36 @@ def fireworks_night(rate_per_s, duration_s, seed):
     lay = default_layout()
     cfg = StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2)
     dets, truth, loc_layout = make_stream(lay, int(rate_per_s * duration_s), duration_s, cfg, seed=seed)
-    times: dict = {}
-    dt, rows, false, heard, found = _replay(lay, dets, truth, loc_layout, cfg.survey_sigma_m, times_out=times)
+    runs = []
+
+    def replay():
+        times: dict = {}
+        t0 = time.perf_counter()
+        evs = locate_stream(loc_layout, dets, AssocConfig(temperature_c=18.0, survey_sigma_m=cfg.survey_sigma_m),
+                            times_out=times)
+        runs.append((time.perf_counter() - t0, times))
+        return evs
+    evs, dt, all_dt = _fastest(replay)
+    times = min(runs, key=lambda r: r[0])[1]         # the fastest replay's split
+    rows, false = score(evs, truth, lay)
+    heard = [r for r in rows if r[0].n_heard >= 6]
+    found = [r for r in heard if r[1] is not None]
     guns = [r for r in heard if r[0].gunshot]
     gun_found = [r for r in guns if r[1] is not None]
     errs = [r[2] for r in found]
     print(f"fireworks night: {rate_per_s:g} impulses/s for {duration_s:g} s, {len(dets)} detections")
     print(f"  located {len(found)}/{len(heard)} impulses heard by 6+ sensors (gunshots {len(gun_found)}/{len(guns)}); "
           f"horizontal error median {np.median(errs):.2f} m, p95 {np.percentile(errs, 95):.2f} m; false events {len(false)}")
-    print(f"  association throughput {len(dets) / dt:,.0f} detections/s ({dt:.1f} s for {duration_s:g} s of stream: "
-          f"{duration_s / dt:.1f}x real time)")
+    print(f"  association throughput {len(dets) / dt:,.0f} detections/s ({dt:.2f} s for {duration_s:g} s of stream: "
+          f"{duration_s / dt:.1f}x real time; the fastest of {REPLAYS}: {_times(all_dt)} s)")
     print(f"  compute by part of the step: {_parts(times)}")
     record(f"fireworks night ({rate_per_s:g} impulses/s over the city for {duration_s:g} s, 90% fireworks, "
            "0.2 false detections per sensor-second): located, error",
            f"{len(found)}/{len(heard)} heard by 6+ sensors (gunshots {len(gun_found)}/{len(guns)}), "
            f"median {np.median(errs):.2f} m, p95 {np.percentile(errs, 95):.2f} m, {len(false)} false events")
-    record("fireworks night: association throughput", f"{len(dets) / dt:,.0f} detections/s "
-           f"({duration_s / dt:.1f}x real time)", "target >= 10,000/s", f"{len(dets) / dt / 1e4:.2f}")
+    record("fireworks night: association throughput (the fastest of three replays)",
+           f"{len(dets) / dt:,.0f} detections/s ({duration_s / dt:.1f}x real time; replays {_times(all_dt)} s)",
+           "target >= 10,000/s", f"{len(dets) / dt / 1e4:.2f}")
     record("fireworks night: association compute by part of the step (`Associator.time_s`)", _parts(times))
 
 
