@@ -109,6 +109,27 @@ def test_ellipse_orientation():
     assert major == pytest.approx(np.sqrt(4 * 5.991)) and minor == pytest.approx(np.sqrt(5.991))
 
 
+def test_the_ellipse_is_eighs(rng):
+    """The closed form agrees with ``np.linalg.eigh`` on any 2x2 covariance: round ones,
+    ones along an axis, ones 10^6 times longer than wide, singular ones."""
+    def by_eigh(cov, k):
+        vals, vecs = np.linalg.eigh(cov)
+        vals = np.maximum(vals, 0.0)
+        return np.sqrt(k * vals[1]), np.sqrt(k * vals[0]), np.degrees(np.arctan2(vecs[0, 1], vecs[1, 1])) % 180.0
+    covs = [np.eye(2), np.zeros((2, 2)), np.ones((2, 2)), np.array([[1.0, -1.0], [-1.0, 1.0]]), np.diag([0.0, 3.0])]
+    for _ in range(3000):
+        th = rng.uniform(0.0, np.pi)
+        rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        cov = rot @ np.diag(10.0 ** rng.uniform(-3.0, 3.0, 2)) @ rot.T
+        covs.append(np.diag(np.diag(cov)) if rng.random() < 0.1 else cov)
+    for cov in covs:
+        got, want = ellipse_from_cov(cov, 5.991), by_eigh(cov, 5.991)
+        assert got[0] == pytest.approx(want[0], rel=1e-12, abs=1e-300)
+        assert got[1] == pytest.approx(want[1], rel=1e-9, abs=1e-9 * want[0])
+        if want[0] > 1.0001 * want[1]:      # (a round ellipse has no axis)
+            assert abs((got[2] - want[2] + 90.0) % 180.0 - 90.0) < 1e-9
+
+
 def test_a_given_winds_error_is_in_the_ellipse(rng):
     """The wind is given (the regional estimate) and off by 1.5 m/s per component: with
     that uncertainty stated, the 95% ellipse still covers the truth (a little
