@@ -189,6 +189,55 @@ class _Open:
     wait_s: list = field(default_factory=list)    # ...their sensor indices and times (ns)
     wait_t: list = field(default_factory=list)
     hearing: tuple | None = None      # (version, waiting, matched sensors, radius m): _choose_attached
+    view: tuple | None = None         # tried and waiting as arrays (attach_view), until either changes
+
+    # (Tried and waiting change only through the methods below, which drop the arrays.)
+    def attach_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The detections tried with it (their objects' ids), and the waiting ones'
+        sensors and times (ns), as int64 arrays for the attach step's kernels; kept
+        until either list changes: every step gathers them for each event matching a
+        pending detection, and most have not changed since the step before."""
+        v = self.view
+        if v is None:
+            v = self.view = (np.fromiter(map(id, self.tried.values()), dtype=np.int64, count=len(self.tried)),
+                             np.array(self.wait_s, dtype=np.int64), np.array(self.wait_t, dtype=np.int64))
+        return v
+
+    def add_tried(self, dets) -> None:
+        """These were tried with it (and did not stay)."""
+        self.tried.update((d.key, d) for d in dets)
+        self.view = None
+
+    def forget_tried(self, key: str) -> None:
+        self.tried.pop(key, None)
+        self.view = None
+
+    def join(self, dets: list[Detection], sensors: list[int], times: list[int]) -> None:
+        """These wait with it (their sensor indices and times, ns)."""
+        self.waiting += dets
+        self.wait_s += sensors
+        self.wait_t += times
+        self.view = None
+
+    def give_way(self, w: int, new: Detection) -> Detection:
+        """The waiting detection ``w`` (its place) gives way to ``new``, at the same
+        sensor; it is tried. Returns it."""
+        old, self.waiting[w] = self.waiting[w], new
+        self.wait_t[w] = new.t_ns
+        self.tried[old.key] = old
+        self.view = None
+        return old
+
+    def take_waiting(self) -> list[Detection]:
+        """The waiting detections, which no longer wait."""
+        out, self.waiting, self.wait_s, self.wait_t = self.waiting, [], [], []
+        self.view = None
+        return out
+
+    def close(self) -> None:
+        """It closes: only its position and time are asked for from now on."""
+        self.arrivals = self.hearing = self.view = None
+        self.tried = {}
 
 
 @dataclass
@@ -227,10 +276,10 @@ def _sorted_median(v: list[float]) -> float:
 
 
 def _offsets(lengths: list[int]) -> np.ndarray:
-    """CSR offsets (int64, ``len(lengths) + 1``) of consecutive runs of these lengths."""
-    off = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=off[1:])
-    return off
+    """CSR offsets (int64, ``len(lengths) + 1``) of consecutive runs of these lengths.
+    (A running sum in Python: a step asks for a dozen of a few dozen runs each, where
+    ``np.cumsum``'s call cost twice as much.)"""
+    return np.fromiter(itertools.accumulate(lengths, initial=0), dtype=np.int64, count=len(lengths) + 1)
 
 
 def _event_id(keys: list[str]) -> str:
@@ -881,7 +930,7 @@ class Associator:
             if len(evs):
                 held_i, released = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs],
                                                          bounds[evs + 1], p_s, arr.uid, pred[evs], gate[evs],
-                                                         dist[evs], dorder[evs])
+                                                         dist[evs], dorder[evs], self._open_table()[0][evs])
                 if held_i.any():
                     self.pending = self._parr.filtered(self.pending, ~held_i)
         else:
@@ -898,7 +947,7 @@ class Associator:
                   if closing[k] or (op.waiting and len(op.waiting) >= max(1, int(growth * len(op.dets))))]:
             op = open_[k]
             if op.waiting:
-                joined, op.waiting, op.wait_s, op.wait_t = op.waiting, [], [], []
+                joined = op.take_waiting()
                 ev, n_kept = self._grow(op, joined, consume=False)
                 kept = set(ev.detections) if ev is not None else set()
                 if ev is not None:
@@ -907,13 +956,12 @@ class Associator:
                 # Tried with this event: those it did not keep are pending again (those it
                 # kept are its own and never pending again).
                 rejected = [d for d in joined if d.key not in kept]
-                op.tried.update((d.key, d) for d in rejected)
+                op.add_tried(rejected)
                 back += rejected
             if closing[k]:
                 # Only the open events' predictions are asked for (a closed event is found
                 # by its position and time): a night's 120 s of closed events kept them.
-                op.arrivals = op.hearing = None
-                op.tried = {}
+                op.close()
         if any(closing):
             # (The closing ones go to the end of ``recent``, in order.)
             self.recent += itertools.compress(open_, closing)
@@ -932,13 +980,13 @@ class Associator:
 
     def _choose_attached(self, ops: list[_Open], idx: np.ndarray, miss: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                          p_s: np.ndarray, p_uid: np.ndarray, pred_ns: np.ndarray, gate_ns: np.ndarray,
-                         dist: np.ndarray, dorder: np.ndarray) -> tuple[np.ndarray, list[Detection]]:
+                         dist: np.ndarray, dorder: np.ndarray, t0_ns: np.ndarray) -> tuple[np.ndarray, list[Detection]]:
         """Of the pending detections matching open events' predicted arrivals (``ops``,
         in order, each with its pairs ``idx[lo:hi]``, pending indices, ``miss`` ns from
         the prediction; ``p_s`` and ``p_uid`` the pending detections' sensors and
         objects' ids; ``pred_ns`` and ``gate_ns`` the events' predicted arrivals and
         gates, -1 and 0 at their own sensors; ``dist`` their distances, m, ``dorder`` the
-        sensors in order of distance), those that join
+        sensors in order of distance; ``t0_ns`` their emission times), those that join
         (:func:`kernels.attach_choose`):
         per sensor the one nearest the prediction, not yet tried with the event nor
         taken by an earlier one, within hearing range. Beyond hearing range every
@@ -957,61 +1005,51 @@ class Associator:
         held_i = np.zeros(len(p_s), dtype=np.bool_)
         # Per event (CSR): the detections it has tried, by the objects' id() (as the
         # pending ones are known: p_uid; an event's tried dict holds them, so none is
-        # reused meanwhile), those waiting with it, and the radius cached for its matches.
-        chain = itertools.chain.from_iterable
-        tried_off = _offsets([len(op.tried) for op in ops])
+        # reused meanwhile), those waiting with it (_Open.attach_view), and the radius
+        # cached for its matches.
+        tried_l, wait_sl, wait_tl = zip(*[op.attach_view() for op in ops])
+        tried_off = _offsets(list(map(len, tried_l)))
         if tried_off[-1] > self._tried_prune_at:
             self._prune_tried(ops)
-            tried_off = _offsets([len(op.tried) for op in ops])
+            tried_l, wait_sl, wait_tl = zip(*[op.attach_view() for op in ops])
+            tried_off = _offsets(list(map(len, tried_l)))
             self._tried_prune_at = 2 * int(tried_off[-1]) + 64
-        tried_u = np.fromiter(chain(map(id, op.tried.values()) for op in ops), dtype=np.int64,
-                              count=int(tried_off[-1]))
-        wait_off = _offsets([len(op.waiting) for op in ops])
-        if wait_off[-1]:
-            wait_d: list[Detection] = list(chain(op.waiting for op in ops))
-            wait_s, wait_t = list(chain(op.wait_s for op in ops)), list(chain(op.wait_t for op in ops))
-        else:
-            wait_d, wait_s, wait_t = [], [], []
-        t0 = np.array([op.t0_ns for op in ops], dtype=np.int64)
+        tried_u = np.concatenate(tried_l)
+        wait_off = _offsets(list(map(len, wait_sl)))
+        wait_s, wait_t = np.concatenate(wait_sl), np.concatenate(wait_tl)
         hearing = [op.hearing for op in ops]
         ok = [h is not None and h[0] == op.event.version and h[1] == len(op.waiting) for h, op in zip(hearing, ops)]
         cache_ok = np.array(ok, dtype=np.bool_)
         cached = [h[2] if k else _NO_INDEX for h, k in zip(hearing, ok)]
-        cache_off = _offsets([len(c) for c in cached])
+        cache_off = _offsets(list(map(len, cached)))
         cache_mine = np.concatenate(cached)
         cache_r = np.array([h[3] if k else 0.0 for h, k in zip(hearing, ok)])
         # The waiting detections' sensors and distances (ns) from the predictions.
-        wait_s = np.array(wait_s, dtype=np.int64)
         wait_j = np.repeat(np.arange(n_ev), np.diff(wait_off))
-        wait_m = np.abs(np.array(wait_t, dtype=np.int64) - pred_ns[wait_j, wait_s])
+        wait_m = np.abs(wait_t - pred_ns[wait_j, wait_s])
         released: list[Detection] = []
-        if len(wait_d):
+        if len(wait_s):
             swap = kernels.give_way(idx, miss, lo, hi, p_s, p_uid, held_i, tried_off, tried_u, wait_off, wait_s, wait_m,
                                     len(self.layout))
             for w in np.flatnonzero(swap >= 0).tolist():
-                op, d, new = ops[wait_j[w]], wait_d[w], self.pending[swap[w]]
-                op.waiting[w - wait_off[wait_j[w]]] = new       # (at the same sensor)
-                op.wait_t[w - wait_off[wait_j[w]]] = new.t_ns
-                op.tried[d.key] = d
-                released.append(d)
+                j = int(wait_j[w])          # (at the same sensor)
+                released.append(ops[j].give_way(w - int(wait_off[j]), self.pending[swap[w]]))
         # The sensors' rates around each shot (as _rates: per second of its emission time),
         # and for the chance of a match by chance its own sensors at the plain gate
         # (_gate_s), where the kernel works out a radius.
         t_all, off_all = self._flat_history()[:2]
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             idx, miss, lo, hi, p_s, p_uid, held_i, wait_off, wait_s, tried_off, tried_u, pred_ns, dist, dorder,
-            gate_ns, t_all, off_all, t0 // NS_PER_S,
+            gate_ns, t_all, off_all, t0_ns // NS_PER_S,
             self._seen_from, self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
             int(self.cfg.min_sensors), cache_ok, cache_off, cache_mine, cache_r)
         for j in np.flatnonzero(computed).tolist():
             op = ops[j]
             op.hearing = (op.event.version, len(op.waiting), mine[mine_off[j]:mine_off[j + 1]], float(radius[j]))
         p_t = self._parr.get(self.pending).t
-        for j in np.flatnonzero(np.diff(join_off)):
-            op, joined = ops[j], join[join_off[j]:join_off[j + 1]]
-            op.waiting += [self.pending[i] for i in joined.tolist()]
-            op.wait_s += p_s[joined].tolist()
-            op.wait_t += p_t[joined].tolist()
+        for j in np.flatnonzero(np.diff(join_off)).tolist():
+            joined = join[join_off[j]:join_off[j + 1]]
+            ops[j].join([self.pending[i] for i in joined.tolist()], p_s[joined].tolist(), p_t[joined].tolist())
         return held_i, released
 
     def _prune_tried(self, ops: list[_Open]) -> None:
@@ -1026,7 +1064,7 @@ class Associator:
             waiting = {id(d) for op in self.open for d in op.waiting}
             for q in gone:
                 if id(tried_d[q]) not in waiting:
-                    ops[owner[q]].tried.pop(tried_d[q].key, None)
+                    ops[owner[q]].forget_tried(tried_d[q].key)
 
     def _forget_stale_seeds(self) -> None:
         """Count the new detections into the seeds still waiting for some (once none are
@@ -1670,8 +1708,7 @@ class Associator:
     def _merge(self, op: _Open, cand: list[Detection]) -> Event | None:
         have = {d.sensor_id for d in op.dets}
         extra = [d for d in cand if d.sensor_id not in have]
-        for d in cand:
-            op.tried[d.key] = d
+        op.add_tried(cand)
         if not extra:
             return None
         return self._grow(op, extra)[0]
