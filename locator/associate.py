@@ -306,7 +306,7 @@ class _PendingArrays:
     merged into: on a crowded night ten thousand detections are pending, and building
     these anew for every pass of every step was most of a step's time."""
 
-    _DTYPES = (np.int64, np.int64, np.int64, np.float64, np.int64, np.int64)
+    _DTYPES = (np.int64, np.int64, np.int64, np.float64, np.int64, np.int64, np.bool_, np.int64)
 
     def __init__(self, idx: dict[str, int], memo: dict[str, list]):
         self.idx = idx
@@ -316,20 +316,23 @@ class _PendingArrays:
         self._set(np.zeros(0, dtype=t) for t in self._DTYPES)
 
     def _set(self, arrays) -> None:
-        # uid: each detection object's id(), to find it again (find); not_before: its seed
-        # memo's "not before" clock (ns; 0 without one), kept by Associator._set_memo.
-        self.t, self.s, self.sig, self.pg, self.uid, self.not_before = arrays
+        # uid: each detection object's id(), to find it again (find); not_before, counting
+        # and wake: its seed memo's "not before" clock (ns; 0 without one), whether it
+        # still counts new detections (needs more before it is searched again), and its
+        # wake-up clock (ns; -1: none); kept by Associator._set_memo and _count_new.
+        self.t, self.s, self.sig, self.pg, self.uid, self.not_before, self.counting, self.wake = arrays
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
-        return self.t, self.s, self.sig, self.pg, self.uid, self.not_before
+        return self.t, self.s, self.sig, self.pg, self.uid, self.not_before, self.counting, self.wake
 
     def _columns(self, dets: list[Detection]) -> tuple[np.ndarray, ...]:
         """The arrays' values for ``dets``, as arrays (the integer ones gathered in one pass)."""
         memo, idx = self.memo, self.idx
-        ints = np.array([(d.t_ns, idx[d.sensor_id], d.t_sigma_ns, id(d), 0 if m is None else m[1])
-                         for d, m in zip(dets, map(memo.get, map(_KEY, dets)))], dtype=np.int64).reshape(-1, 5)
+        ints = np.array([(d.t_ns, idx[d.sensor_id], d.t_sigma_ns, id(d), 0, 0, -1) if m is None else
+                         (d.t_ns, idx[d.sensor_id], d.t_sigma_ns, id(d), m[1], m[3] > 0, -1 if m[2] is None else m[2])
+                         for d, m in zip(dets, map(memo.get, map(_KEY, dets)))], dtype=np.int64).reshape(-1, 7)
         return ints[:, 0], ints[:, 1], ints[:, 2], np.array([d.p_gunshot for d in dets], dtype=np.float64), \
-            ints[:, 3], ints[:, 4]
+            ints[:, 3], ints[:, 4], ints[:, 5].astype(np.bool_), ints[:, 6]
 
     def get(self, pending: list[Detection]) -> "_PendingArrays":
         """The arrays for ``pending`` (extended if it only grew since)."""
@@ -1098,18 +1101,35 @@ class Associator:
     def _count_new(self, rows: np.ndarray, n_new: np.ndarray) -> None:
         """Count ``n_new`` (per row of ``rows``) into the counting seeds' memo entries."""
         cnt = self._counting
+        done = []
         for k in np.flatnonzero(n_new).tolist():
             r = rows[k]
             m = cnt.memo[r]
             m[3] -= int(n_new[k])
             if m[3] <= 0:
                 cnt.pop(cnt.keys[r])
+                done.append(m)
+        if done:
+            # (Those pending no longer count: found by time and sensor, which no two share.)
+            arr = self._parr.get(self.pending)
+            t = np.array([m[0] for m in done], dtype=np.int64)
+            s = np.array([m[4] for m in done], dtype=np.int64)
+            i = np.searchsorted(arr.t, t)
+            for q in range(len(done)):
+                k = int(i[q])
+                while k < arr.n and arr.t[k] == t[q]:
+                    if arr.s[k] == s[q]:
+                        arr.counting[k] = False
+                        break
+                    k += 1
 
     def _set_memo(self, seed: Detection, at: int, not_before_ns: int, wake_ns: int | None, need_new: int,
                   source: tuple[float, float, int] | None = None) -> None:
         """Remember a seed (:attr:`_memo`), the pending detection ``at`` (its index)."""
         if at >= 0:
             self._parr.not_before[at] = not_before_ns
+            self._parr.counting[at] = need_new > 0
+            self._parr.wake[at] = -1 if wake_ns is None else wake_ns
         self._memo[seed.key] = m = [seed.t_ns, not_before_ns, wake_ns, need_new, self.idx[seed.sensor_id]]
         if source is not None:
             m += source
@@ -1147,11 +1167,11 @@ class Associator:
         skip: set[str] = set()      # members of a candidate waiting to mature, this step
         cur = _Batch(self, self.pending)
         pend, alive = cur.pend, cur.alive
-        ripe = np.flatnonzero((now_ns - cur.tp >= self._first_search_ns[cur.sp]) &
-                              (now_ns >= cur.arr.not_before)).tolist()
-        # The ripe seeds not asleep (written out: thousands a step).
-        todo = [i for i, m in zip(ripe, map(self._memo.get, map(_KEY, map(pend.__getitem__, ripe))))
-                if m is None or not (now_ns < m[1] or (m[3] > 0 and (m[2] is None or now_ns < m[2])))]
+        # The ripe seeds not asleep: a seed still counting new detections sleeps until
+        # its wake-up clock, if it has one.
+        arr = cur.arr
+        todo = np.flatnonzero((now_ns - cur.tp >= self._first_search_ns[cur.sp]) & (now_ns >= arr.not_before) &
+                              ~(arr.counting & ((arr.wake < 0) | (now_ns < arr.wake)))).tolist()
         if self._behind and self.cfg.overload_gunshots_first:
             todo.sort(key=lambda i: not _gun(pend[i]))      # stable: time order within each
         self._behind = False

@@ -777,7 +777,9 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
     counts (kept row by row too) equal theirs built anew, and closed events no longer
     hold predictions. The sensor histories as flat arrays (merged into and cut as
     detections come and expire) equal the histories' lists, and the seeds counting new
-    detections hold their memo entries' times and sensors."""
+    detections hold their memo entries' times and sensors. The pending detections' memo
+    arrays (not before, still counting, wake-up) hold their memo entries', and each open
+    event's arrays of tried and waiting detections (_Open.attach_view) its lists."""
     from shotnet.locator.synthetic import StreamConfig, make_stream
     from shotnet.sensor.scene import default_layout
 
@@ -785,6 +787,7 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
     dets, _, loc_layout = make_stream(default_layout(), 150, 30.0, cfg, seed=5)
     a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
     last, checked, versions, closed, counted, near_seen = None, 0, 0, 0, 0, 0
+    asleep = awake = waking = viewed = 0
     for d in dets:
         if last is None or d.t_ns - last >= 100_000_000:
             n_open = len(a.open)
@@ -819,6 +822,20 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
                 assert (cnt.t[r], cnt.s[r], cnt.src[r]) == (m[0], m[4], len(m) > 5)
                 assert not cnt.src[r] or (cnt.x[r], cnt.y[r], cnt.t0[r]) == tuple(m[5:8])
             counted = max(counted, len(cnt))
+            arr = a._parr.get(a.pending)
+            memo = [a._memo.get(d.key) for d in a.pending]
+            assert arr.not_before.tolist() == [0 if m is None else m[1] for m in memo]
+            assert arr.counting.tolist() == [m is not None and m[3] > 0 for m in memo]
+            assert arr.wake.tolist() == [-1 if m is None or m[2] is None else m[2] for m in memo]
+            asleep += int(arr.counting.sum())
+            awake += sum(m is not None and m[3] <= 0 for m in memo)
+            waking += int((arr.wake >= 0).sum())
+            for op in a.open:
+                tried_u, wait_s, wait_t = op.attach_view()
+                assert sorted(tried_u.tolist()) == sorted(map(id, op.tried.values()))
+                assert wait_s.tolist() == op.wait_s == [a.idx[d.sensor_id] for d in op.waiting]
+                assert wait_t.tolist() == op.wait_t == [d.t_ns for d in op.waiting]
+                viewed += len(op.waiting) > 0 and len(op.tried) > 0
             if a.open and a.pending and checked % 5 == 0:
                 # A search's candidates carry the open event near their source, as
                 # Associator._near_event finds it, at the table's generation.
@@ -833,6 +850,7 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
                         near_seen += twin is not None
         a.feed(d)
     assert checked > 100 and versions > 10 and closed > 10 and counted > 50 and near_seen > 5, near_seen
+    assert asleep > 1000 and awake > 100 and waking > 10 and viewed > 100, (asleep, awake, waking, viewed)
 
 
 def test_a_dense_night_on_a_large_array_is_located():
