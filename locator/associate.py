@@ -1109,14 +1109,16 @@ class Associator:
             if m[3] <= 0:
                 cnt.pop(cnt.keys[r])
                 done.append(m)
-        if done:
+        arr = self._parr.get(self.pending)
+        if done and arr.n:
             # (Those pending no longer count: found by time and sensor, which no two share.)
-            arr = self._parr.get(self.pending)
             t = np.array([m[0] for m in done], dtype=np.int64)
             s = np.array([m[4] for m in done], dtype=np.int64)
-            i = np.searchsorted(arr.t, t)
-            for q in range(len(done)):
-                k = int(i[q])
+            i = np.minimum(np.searchsorted(arr.t, t), arr.n - 1)
+            hit = (arr.t[i] == t) & (arr.s[i] == s)
+            arr.counting[i[hit]] = False
+            for q in np.flatnonzero(~hit & (arr.t[i] == t)).tolist():
+                k = int(i[q]) + 1               # (others at the same time come first)
                 while k < arr.n and arr.t[k] == t[q]:
                     if arr.s[k] == s[q]:
                         arr.counting[k] = False
