@@ -1108,20 +1108,15 @@ class Associator:
             m = cnt.memo[r]
             m[3] -= int(n_new[k])
             if m[3] <= 0:
+                done.append((cnt.keys[r], m[0]))
                 cnt.pop(cnt.keys[r])
-                done.append(m)
-        arr = self._parr.get(self.pending)
-        if done and arr.n:
-            # (Those pending no longer count: found by time and sensor, which no two share.)
-            t = np.array([m[0] for m in done], dtype=np.int64)
-            s = np.array([m[4] for m in done], dtype=np.int64)
-            i = np.minimum(np.searchsorted(arr.t, t), arr.n - 1)
-            hit = (arr.t[i] == t) & (arr.s[i] == s)
-            arr.counting[i[hit]] = False
-            for q in np.flatnonzero(~hit & (arr.t[i] == t)).tolist():
-                k = int(i[q]) + 1               # (others at the same time come first)
-                while k < arr.n and arr.t[k] == t[q]:
-                    if arr.s[k] == s[q]:
+        if done:
+            # Those pending no longer count (found by time, then key).
+            pend = self.pending
+            arr = self._parr.get(pend)
+            for (key, t), k in zip(done, np.searchsorted(arr.t, [t for _, t in done]).tolist()):
+                while k < arr.n and pend[k].t_ns == t:
+                    if pend[k].key == key:
                         arr.counting[k] = False
                         break
                     k += 1

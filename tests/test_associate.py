@@ -767,6 +767,45 @@ def _guns_found(events, truth, label="gunshot"):
     return found, [ev for ev in mine if not any(near(ev, tr) for tr in truth)]
 
 
+def _pending_memo_agrees(a: Associator) -> tuple[int, int, int]:
+    """The pending detections' memo arrays hold their memo entries' not-before clocks,
+    whether they still count new detections, and their wake-up clocks. Returns how many
+    pending ones count, have stopped counting, and have a wake-up clock."""
+    arr = a._parr.get(a.pending)
+    memo = [a._memo.get(d.key) for d in a.pending]
+    assert arr.not_before.tolist() == [0 if m is None else m[1] for m in memo]
+    assert arr.counting.tolist() == [m is not None and m[3] > 0 for m in memo]
+    assert arr.wake.tolist() == [-1 if m is None or m[2] is None else m[2] for m in memo]
+    return int(arr.counting.sum()), sum(m is not None and m[3] <= 0 for m in memo), int((arr.wake >= 0).sum())
+
+
+def test_seeds_at_one_time_and_sensor_keep_their_own_memo():
+    """Two detections a sensor reports at the same nanosecond (a replayed or faulty node)
+    are two seeds: each stops counting new detections by its own memo entry."""
+    from dataclasses import replace
+
+    from shotnet.locator.synthetic import StreamConfig, make_stream
+    from shotnet.sensor.scene import default_layout
+
+    cfg = StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2)
+    dets, _, loc_layout = make_stream(default_layout(), 60, 15.0, cfg, seed=6)
+    twins = [replace(d, seq=d.seq + 10**6) for d in dets[::7]]
+    dets = sorted(dets + twins, key=lambda d: (d.t_ns, d.sensor_id, d.seq))
+    a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
+    last, woke = None, 0
+    for d in dets:
+        if last is None or d.t_ns - last >= 100_000_000:
+            a.step(d.t_ns)
+            last = d.t_ns
+            keys = {d.key for d in a.pending}
+            for t in twins:         # (twins that stopped counting while pending)
+                m = a._memo.get(t.key)
+                woke += t.key in keys and m is not None and m[3] <= 0
+            _pending_memo_agrees(a)
+        assert a.feed(d)
+    assert woke > 20, woke
+
+
 def test_the_tables_kept_between_steps_equal_building_them_anew():
     """Associator._open_arrivals keeps the open events' predicted arrivals as matrices
     between steps (a new event adds its row, a new version rewrites its own, events
@@ -822,14 +861,8 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
                 assert (cnt.t[r], cnt.s[r], cnt.src[r]) == (m[0], m[4], len(m) > 5)
                 assert not cnt.src[r] or (cnt.x[r], cnt.y[r], cnt.t0[r]) == tuple(m[5:8])
             counted = max(counted, len(cnt))
-            arr = a._parr.get(a.pending)
-            memo = [a._memo.get(d.key) for d in a.pending]
-            assert arr.not_before.tolist() == [0 if m is None else m[1] for m in memo]
-            assert arr.counting.tolist() == [m is not None and m[3] > 0 for m in memo]
-            assert arr.wake.tolist() == [-1 if m is None or m[2] is None else m[2] for m in memo]
-            asleep += int(arr.counting.sum())
-            awake += sum(m is not None and m[3] <= 0 for m in memo)
-            waking += int((arr.wake >= 0).sum())
+            a_, w_, k_ = _pending_memo_agrees(a)
+            asleep, awake, waking = asleep + a_, awake + w_, waking + k_
             for op in a.open:
                 tried_u, wait_s, wait_t = op.attach_view()
                 assert sorted(tried_u.tolist()) == sorted(map(id, op.tried.values()))
