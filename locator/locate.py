@@ -124,8 +124,13 @@ def ellipse_from_cov(cov2: np.ndarray, k: float) -> tuple[float, float, float]:
     0..180). Worked out in closed form as ``np.linalg.eigh`` (LAPACK ``dsyevd``) does
     for a 2x2 (its lower triangle; an off-diagonal negligible against the diagonal is
     taken as zero; ``dlaev2``), so the semi-axes agree with it to the last bit or
-    two: ``eigh``'s call overhead was 3% of a fireworks night's association."""
+    two: ``eigh``'s call overhead was 3% of a fireworks night's association. A
+    covariance with a NaN or infinite entry has no ellipse: NaN, all three."""
+    if not isinstance(cov2, np.ndarray):
+        cov2 = np.asarray(cov2, dtype=np.float64)
     a, b, c = float(cov2[0, 0]), float(cov2[1, 0]), float(cov2[1, 1])
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
+        return math.nan, math.nan, math.nan        # (no ellipse from a broken covariance)
     if b * b <= (_EPS2 * abs(a)) * abs(c) + _SAFMIN:
         lo, hi, e, n = (a, c, 0.0, 1.0) if a <= c else (c, a, 1.0, 0.0)
     else:

@@ -128,6 +128,12 @@ def test_the_ellipse_is_eighs(rng):
         assert got[1] == pytest.approx(want[1], rel=1e-9, abs=1e-9 * want[0])
         if want[0] > 1.0001 * want[1]:      # (a round ellipse has no axis)
             assert abs((got[2] - want[2] + 90.0) % 180.0 - 90.0) < 1e-9
+    for bad in (np.nan, np.inf):
+        for at in ((0, 0), (1, 0), (1, 1)):
+            cov = np.eye(2)
+            cov[at] = bad
+            assert all(np.isnan(v) for v in ellipse_from_cov(cov, 5.991))
+    assert ellipse_from_cov([[4.0, 0.0], [0.0, 1.0]], 1.0) == (2.0, 1.0, 90.0)
 
 
 def test_a_given_winds_error_is_in_the_ellipse(rng):
