@@ -111,7 +111,8 @@ def test_ellipse_orientation():
 
 def test_the_ellipse_is_eighs(rng):
     """The closed form agrees with ``np.linalg.eigh`` on any 2x2 covariance: round ones,
-    ones along an axis, ones 10^6 times longer than wide, singular ones."""
+    ones along an axis, ones 10^6 times longer than wide, singular ones. One with a NaN
+    or infinite entry has no ellipse (NaN, all three); a nested list is taken as an array."""
     def by_eigh(cov, k):
         vals, vecs = np.linalg.eigh(cov)
         vals = np.maximum(vals, 0.0)
