@@ -67,7 +67,6 @@ from __future__ import annotations
 import bisect
 import collections
 import copy
-import functools
 import hashlib
 import itertools
 import logging
@@ -84,11 +83,11 @@ from shotnet.sensor.contract import NS_PER_S, Detection, Ellipse, Event
 from shotnet.sensor.layout import SensorLayout
 
 from scipy.spatial import cKDTree
-from scipy.stats import f as f_dist
 
 from . import kernels
 from .incidents import IncidentTracker
-from .locate import _RANSAC_BELOW, Solution, _median, locate, locate_wind_robust, wind_robust_on_arrays
+from .locate import (_RANSAC_BELOW, Solution, _median, f_quantile, locate, locate_wind_robust,
+                     wind_robust_on_arrays)
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +288,7 @@ def _event_id(keys: list[str]) -> str:
 
 _GUN_P = 0.5       # a detection the node rates at least this likely a gunshot is gunshot-rated
 _NO_INDEX = np.zeros(0, dtype=np.int64)      # (no candidate: an empty index array)
+_NO_MEMO = (0, 0, None, 0)      # (a seed never remembered: not before 0, no wake-up, counts nothing)
 
 
 def _gun(d: Detection) -> bool:
@@ -329,9 +329,9 @@ class _PendingArrays:
     def _columns(self, dets: list[Detection]) -> tuple[np.ndarray, ...]:
         """The arrays' values for ``dets``, as arrays (the integer ones gathered in one pass)."""
         memo, idx = self.memo, self.idx
-        ints = np.array([(d.t_ns, idx[d.sensor_id], d.t_sigma_ns, id(d), 0, 0, -1) if m is None else
-                         (d.t_ns, idx[d.sensor_id], d.t_sigma_ns, id(d), m[1], m[3] > 0, -1 if m[2] is None else m[2])
-                         for d, m in zip(dets, map(memo.get, map(_KEY, dets)))], dtype=np.int64).reshape(-1, 7)
+        ints = np.array([(d.t_ns, idx[d.sensor_id], d.t_sigma_ns, id(d), m[1], m[3] > 0, -1 if m[2] is None else m[2])
+                         for d, m in zip(dets, map(memo.get, map(_KEY, dets), itertools.repeat(_NO_MEMO)))],
+                        dtype=np.int64).reshape(-1, 7)
         return ints[:, 0], ints[:, 1], ints[:, 2], np.array([d.p_gunshot for d in dets], dtype=np.float64), \
             ints[:, 3], ints[:, 4], ints[:, 5].astype(np.bool_), ints[:, 6]
 
@@ -2018,7 +2018,7 @@ class Associator:
             p3 = sol3.ndim + 1 + (2 if sol3.wind_estimated else 0)
             extra = max(1, p3 - p2)
             dof = int(common.sum()) - p3
-            if dof < 1 or c3 <= 0 or (c2 - c3) / extra / (c3 / dof) < _f_999(extra, dof):
+            if dof < 1 or c3 <= 0 or (c2 - c3) / extra / (c3 / dof) < f_quantile(0.999, extra, dof):
                 return None
         return sol3
 
@@ -2090,12 +2090,6 @@ class Associator:
         self._open_closed()
         self._recent_tab.invalidate()
         return out
-
-
-@functools.lru_cache(maxsize=1024)
-def _f_999(dfn: int, dfd: int) -> float:
-    """The F distribution's 0.999 quantile (scipy's, ~0.3 ms a call; cached)."""
-    return float(f_dist.ppf(0.999, dfn, dfd))
 
 
 def _majority_label(dets: list[Detection]) -> str:

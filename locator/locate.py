@@ -126,8 +126,7 @@ def ellipse_from_cov(cov2: np.ndarray, k: float) -> tuple[float, float, float]:
     taken as zero; ``dlaev2``), so the semi-axes agree with it to the last bit or
     two: ``eigh``'s call overhead was 3% of a fireworks night's association. A
     covariance with a NaN or infinite entry has no ellipse: NaN, all three."""
-    if not isinstance(cov2, np.ndarray):
-        cov2 = np.asarray(cov2, dtype=np.float64)
+    cov2 = np.asarray(cov2, dtype=np.float64)
     a, b, c = float(cov2[0, 0]), float(cov2[1, 0]), float(cov2[1, 1])
     if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
         return math.nan, math.nan, math.nan        # (no ellipse from a broken covariance)
@@ -142,9 +141,15 @@ def ellipse_from_cov(cov2: np.ndarray, k: float) -> tuple[float, float, float]:
 
 
 @functools.lru_cache(maxsize=1024)
+def f_quantile(q: float, dfn: int, dfd: int) -> float:
+    """The F distribution's ``q`` quantile (scipy's ``ppf``, ~0.3 ms a call; cached: the
+    locator asks for a few degrees of freedom over and over)."""
+    return float(f_dist.ppf(q, dfn, dfd))
+
+
 def ellipse_factor(dof: int, estimated: bool) -> float:
     if estimated and dof >= 1:
-        return 2.0 * float(f_dist.ppf(0.95, 2, dof))
+        return 2.0 * f_quantile(0.95, 2, dof)
     return CHI2_95_2D
 
 
