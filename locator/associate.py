@@ -139,7 +139,7 @@ class AssocConfig:
     aerial_min_height_m: float = 30.0    # above the assumed source height
     certain_snr_db: float = 25.0         # predicted SNR at which a sensor surely hears a shot
     late_allowance_s: float = 0.03       # a detection this late still shows a sensor heard
-    max_silent_fraction: float = 0.25    # of nearer sensors allowed to have missed a shot
+    max_silent_fraction: float = 0.2     # of nearer sensors (used or not) allowed to have missed a shot
     max_silent: int = 1                  # ...or this many, whichever is more
     masked_window_s: float = 0.3         # a sensor that triggered this soon before (the nodes'
     masked_db: float = 3.0               # echo window) at most this much quieter than the shot
@@ -1465,7 +1465,14 @@ class Associator:
                     continue
             checked += 1
             silent += 1
-        return silent <= max(self.cfg.max_silent, int(self.cfg.max_silent_fraction * checked))
+        # The allowed share is of every nearer sensor that should have heard it, those
+        # used included (they heard it where the solution says). The unused ones alone
+        # are the sensors that did not fit, so a real shot's misses crowd them: a shot
+        # heard by forty sensors, four nearer ones missing it and the nearest three
+        # hearing it late (blocked paths), was "contradicted" by four of its twelve
+        # unused nearer sensors, at a chance-alignment probability of 1e-70.
+        heard_used = sum(1 for s in used if dist[self.idx[s]] < r_used)
+        return silent <= max(self.cfg.max_silent, int(self.cfg.max_silent_fraction * (checked + heard_used)))
 
     def _label_chance(self, dets: list[Detection], x: float, y: float, z: float, w_s: float, t0_ns: int,
                       n_free: int) -> float:

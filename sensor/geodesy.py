@@ -42,17 +42,22 @@ def _bowring(x, y, z, sin, cos, sqrt, degrees):
     """:func:`ecef_to_geodetic`'s arithmetic, on arrays (numpy's functions) or on one
     point (Python floats, ``math``'s functions: the same values to the last bit, as
     ``test_one_point_is_the_arrays_arithmetic`` checks; ``atan2`` and ``hypot`` stay
-    numpy's, whose last bits differ from ``math``'s)."""
+    numpy's, whose last bits differ from ``math``'s). Powers are products: numpy's ``**``
+    on arrays is its own ``pow`` (on AVX-512 machines a vectorised one, whose last bit
+    differs from the C library's in ~3% of cubes), a float's is the C library's."""
     lon = np.arctan2(y, x)
     p = np.hypot(x, y)
     theta = np.arctan2(z * WGS84_A_M, p * WGS84_B_M)
-    lat = np.arctan2(z + WGS84_EP2 * WGS84_B_M * sin(theta) ** 3,
-                     p - WGS84_E2 * WGS84_A_M * cos(theta) ** 3)
+    st, ct = sin(theta), cos(theta)
+    lat = np.arctan2(z + WGS84_EP2 * WGS84_B_M * (st * st * st),
+                     p - WGS84_E2 * WGS84_A_M * (ct * ct * ct))
     for _ in range(2):
-        n = WGS84_A_M / sqrt(1.0 - WGS84_E2 * sin(lat) ** 2)
+        sl = sin(lat)
+        n = WGS84_A_M / sqrt(1.0 - WGS84_E2 * (sl * sl))
         h = p / cos(lat) - n
         lat = np.arctan2(z, p * (1.0 - WGS84_E2 * n / (n + h)))
-    n = WGS84_A_M / sqrt(1.0 - WGS84_E2 * sin(lat) ** 2)
+    sl = sin(lat)
+    n = WGS84_A_M / sqrt(1.0 - WGS84_E2 * (sl * sl))
     h = p / cos(lat) - n
     return degrees(lat), degrees(lon), h
 
@@ -90,21 +95,32 @@ class LocalFrame:
         e, n, u = np.tensordot(self._rotation, d, axes=1)
         return e, n, u
 
+    @functools.cached_property
+    def _to_ecef_rows(self) -> tuple:
+        """The rotation from ENU back to ECEF offsets (rows: x, y, z), as Python floats."""
+        return tuple(tuple(float(v) for v in row) for row in self._rotation.T)
+
+    def _enu_to_ecef(self, e, n, u):
+        """ENU (m; arrays or floats) to ECEF (m): each coordinate a sum of three
+        products in a fixed order, the same bits for one point and for arrays. (A matrix
+        product is the BLAS library's, whose kernel, and so its fused multiply-adds, depends
+        on the machine and on how many points: an event's latitude would depend on
+        whether it was converted alone.)"""
+        (a0, a1, a2), (b0, b1, b2), (c0, c1, c2) = self._to_ecef_rows
+        x0, y0, z0 = self._origin_ecef
+        return ((a0 * e + a1 * n + a2 * u) + x0, (b0 * e + b1 * n + b2 * u) + y0,
+                (c0 * e + c1 * n + c2 * u) + z0)
+
     def to_geodetic(self, e_m, n_m, u_m):
         """(east, north, up) metres in this frame to geodetic (deg, deg, m)."""
-        enu = np.stack([np.asarray(e_m, dtype=np.float64), np.asarray(n_m, dtype=np.float64),
-                        np.asarray(u_m, dtype=np.float64)])
-        d = np.tensordot(self._rotation.T, enu, axes=1)
-        x0, y0, z0 = self._origin_ecef
-        return ecef_to_geodetic(d[0] + x0, d[1] + y0, d[2] + z0)
+        return ecef_to_geodetic(*self._enu_to_ecef(np.asarray(e_m, dtype=np.float64),
+                                                   np.asarray(n_m, dtype=np.float64),
+                                                   np.asarray(u_m, dtype=np.float64)))
 
     def point_to_geodetic(self, e_m: float, n_m: float, u_m: float) -> tuple[float, float, float]:
         """:meth:`to_geodetic` of one point, as Python floats (deg, deg, m), the same
         values to the last bit at under half the cost (the locator converts every
         event version it publishes)."""
-        # (tensordot's own product: the same BLAS call, without its reshaping.)
-        d = np.dot(self._rotation.T, np.array([[e_m], [n_m], [u_m]], dtype=np.float64))
-        x0, y0, z0 = self._origin_ecef
-        x, y, z = float(d[0, 0] + x0), float(d[1, 0] + y0), float(d[2, 0] + z0)
+        x, y, z = self._enu_to_ecef(float(e_m), float(n_m), float(u_m))
         lat, lon, h = _bowring(x, y, z, math.sin, math.cos, math.sqrt, math.degrees)
         return float(lat), float(lon), float(h)

@@ -1137,3 +1137,50 @@ def test_incidents_stay_bounded_on_a_night_that_never_pauses():
     # A shooting (rounds seconds apart) stays one incident.
     tr3 = IncidentTracker()
     assert len({tr3.assign(f"g{k}", t0 + k * NS_PER_S // 10, 0.0, 0.0) for k in range(30)}) == 1
+
+
+def test_silent_neighbours_are_a_share_of_every_nearer_sensor():
+    """A located shot's nearer sensors with nothing near their predicted arrival
+    ("silent") contradict it, as a share of every nearer sensor that should have heard
+    it, those the solution used included (they heard it where it says). Counted among the
+    unused ones alone, a real shot's few misses filled the share: the sensors that did not
+    fit are where misses go. Twenty sensors used, the farthest the 24th nearest: four of
+    the 23 nearer silent is a shot (the old count rejected it: four of four unused),
+    five is not. Six used, with three silent nearer ones, or two silent and one heard:
+    contradicted; one silent and two heard: a shot. A detection up to the late
+    allowance after the gate shows a sensor heard it."""
+    from types import SimpleNamespace
+
+    from shotnet.locator.synthetic import grid_layout
+    from shotnet.sensor.contract import Detection
+
+    lay = grid_layout(196)
+    a = Associator(lay, AssocConfig(temperature_c=18.0))
+    src = np.array([-761.6, 283.6, 1.5])
+    sol = SimpleNamespace(x_m=src[0], y_m=src[1], z_m=src[2])
+    t0 = 1_800_000_000 * NS_PER_S
+    dist = np.linalg.norm(a.pos - src, axis=1)
+    order = [lay.ids[k] for k in np.argsort(dist)]
+
+    def arrival(sid):
+        return t0 + int(dist[a.idx[sid]] / a.c * NS_PER_S)
+
+    def check(used, silent, heard, late_ms=0.0):
+        a.history = {sid: [arrival(sid) + int(late_ms * 1e6)] for sid in heard}
+        dets = [Detection(sid, 0, arrival(sid), 100_000, "gunshot", 0.9, 0.9) for sid in used]
+        assert max(dist[a.idx[s]] for s in silent + heard) < max(dist[a.idx[s]] for s in used)
+        return a._heard_by_nearer(sol, t0, t0 + 20 * NS_PER_S, dets)
+
+    # 20 used, their farthest the 24th nearest; the 4 others nearer all silent.
+    silent4 = [order[k] for k in (3, 8, 13, 18)]
+    used20 = [s for s in order[:24] if s not in silent4]
+    assert check(used20, silent4, [])                                   # 4 of 23
+    assert not check([s for s in used20 if s != order[9]], silent4 + [order[9]], [])   # 5 of 23
+    six = order[:3] + order[6:9]
+    assert not check(six, order[3:6], [])                               # 3 of 8
+    assert not check(six, order[3:5], [order[5]])                       # 2 of 8: one is allowed
+    assert check(six, order[3:4], order[4:6])                           # 1 of 8
+    # Heard late by up to the gate and the late allowance (a blocked path): heard.
+    late_ms = [1e3 * (a._gate_s(dist[a.idx[s]]) + a.cfg.late_allowance_s) for s in order[4:6]]
+    assert check(six, order[3:4], order[4:6], late_ms=min(late_ms) - 1.0)
+    assert not check(six, order[3:4], order[4:6], late_ms=max(late_ms) + 1.0)
