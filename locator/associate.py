@@ -275,6 +275,12 @@ def _sorted_median(v: list[float]) -> float:
     return float(v[n // 2]) if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
 
+def _where(mask: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero`` of a 1-D array, without its ``ravel`` and wrapper (a fifth of
+    its cost; the association asks thousands of times a night)."""
+    return mask.nonzero()[0]
+
+
 def _offsets(lengths: list[int]) -> np.ndarray:
     """CSR offsets (int64, ``len(lengths) + 1``) of consecutive runs of these lengths.
     (A running sum in Python: a step asks for a dozen of a few dozen runs each, where
@@ -360,7 +366,7 @@ class _PendingArrays:
         j = np.minimum(i, n - 1)
         hit = (i < n) & (self.uid[j] == u)
         out = np.where(hit, i, -1)
-        for q in np.flatnonzero(~hit & (i < n) & (self.t[j] == t)).tolist():
+        for q in _where(~hit & (i < n) & (self.t[j] == t)).tolist():
             k = int(i[q]) + 1                   # others at the same time come first
             while k < n and self.t[k] == t[q]:
                 if self.uid[k] == u[q]:
@@ -467,7 +473,7 @@ class _Counting:
     __delitem__ = pop       # (a key not counting is no error: it is not counting either way)
 
     def _make_room(self) -> None:
-        live = np.flatnonzero(self.alive[:self.n])
+        live = _where(self.alive[:self.n])
         old = (self.t, self.s, self.t0, self.x, self.y, self.src)
         if len(live) > self.n // 2:
             self._alloc(2 * len(self.t))
@@ -484,7 +490,7 @@ class _Counting:
         """The live rows (indices) of candidates waiting to mature (``src``), or of the
         other seeds."""
         n = self.n
-        return np.flatnonzero(self.alive[:n] & (self.src[:n] == src))
+        return _where(self.alive[:n] & (self.src[:n] == src))
 
 
 class _Batch:
@@ -567,7 +573,7 @@ class _Batch:
         is_c = status == kernels.SEED_CANDIDATE
         gen = a._open_tab.gen
         if a.open and is_c.any():
-            c = np.flatnonzero(is_c)
+            c = _where(is_c)
             t0s = self.tp[ks[c]] + (tau0[c] * NS_PER_S).astype(np.int64)
             got_near = np.empty(len(c), dtype=np.int64)
             kernels.event_near_many(*a._open_table()[:4], t0s, x[c], y[c], a.cfg.same_shot_s * NS_PER_S,
@@ -651,7 +657,7 @@ class _EventTable:
         self.gen += 1
         if not self.valid:
             return
-        idx = np.flatnonzero(kept[:self.n])
+        idx = _where(kept[:self.n])
         m = len(idx)
         for a in (self.t0, self.x, self.y, self.major, self.cnt):
             a[:m] = a[idx]
@@ -929,7 +935,7 @@ class Associator:
             pred, gate, _, _, _, dist, dorder = self._open_arrivals()       # (events, sensors)
             ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
             bounds = np.searchsorted(ev, np.arange(len(self.open) + 1))
-            evs = np.flatnonzero(np.diff(bounds))
+            evs = _where(bounds[1:] - bounds[:-1])
             released: list[Detection] = []
             if len(evs):
                 held_i, released = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs],
@@ -1029,13 +1035,13 @@ class Associator:
         cache_mine = np.concatenate(cached)
         cache_r = np.array([h[3] if k else 0.0 for h, k in zip(hearing, ok)])
         # The waiting detections' sensors and distances (ns) from the predictions.
-        wait_j = np.repeat(np.arange(n_ev), np.diff(wait_off))
+        wait_j = np.repeat(np.arange(n_ev), wait_off[1:] - wait_off[:-1])
         wait_m = np.abs(wait_t - pred_ns[wait_j, wait_s])
         released: list[Detection] = []
         if len(wait_s):
             swap = kernels.give_way(idx, miss, lo, hi, p_s, p_uid, held_i, tried_off, tried_u, wait_off, wait_s, wait_m,
                                     len(self.layout))
-            for w in np.flatnonzero(swap >= 0).tolist():
+            for w in _where(swap >= 0).tolist():
                 j = int(wait_j[w])          # (at the same sensor)
                 released.append(ops[j].give_way(w - int(wait_off[j]), self.pending[swap[w]]))
         # The sensors' rates around each shot (as _rates: per second of its emission time),
@@ -1047,11 +1053,11 @@ class Associator:
             gate_ns, t_all, off_all, t0_ns // NS_PER_S,
             self._seen_from, self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
             int(self.cfg.min_sensors), cache_ok, cache_off, cache_mine, cache_r)
-        for j in np.flatnonzero(computed).tolist():
+        for j in _where(computed).tolist():
             op = ops[j]
             op.hearing = (op.event.version, len(op.waiting), mine[mine_off[j]:mine_off[j + 1]], float(radius[j]))
         p_t = self._parr.get(self.pending).t
-        for j in np.flatnonzero(np.diff(join_off)).tolist():
+        for j in _where(join_off[1:] - join_off[:-1]).tolist():
             joined = join[join_off[j]:join_off[j + 1]]
             ops[j].join([self.pending[i] for i in joined.tolist()], p_s[joined].tolist(), p_t[joined].tolist())
         return held_i, released
@@ -1062,7 +1068,7 @@ class Associator:
         drop them. (Only to keep the lists short: such a one matches nothing, so how
         often this runs changes no choice.)"""
         tried_d = [d for op in ops for d in op.tried.values()]
-        gone = np.flatnonzero(self._parr.get(self.pending).find(tried_d) < 0).tolist()
+        gone = _where(self._parr.get(self.pending).find(tried_d) < 0).tolist()
         if gone:
             owner = np.repeat(np.arange(len(ops)), [len(op.tried) for op in ops]).tolist()
             waiting = {id(d) for op in self.open for d in op.waiting}
@@ -1103,7 +1109,7 @@ class Associator:
         """Count ``n_new`` (per row of ``rows``) into the counting seeds' memo entries."""
         cnt = self._counting
         done = []
-        for k in np.flatnonzero(n_new).tolist():
+        for k in _where(n_new).tolist():
             r = rows[k]
             m = cnt.memo[r]
             m[3] -= int(n_new[k])
@@ -1168,7 +1174,7 @@ class Associator:
         # The ripe seeds not asleep: a seed still counting new detections sleeps until
         # its wake-up clock, if it has one.
         arr = cur.arr
-        todo = np.flatnonzero((now_ns - cur.tp >= self._first_search_ns[cur.sp]) & (now_ns >= arr.not_before) &
+        todo = _where((now_ns - cur.tp >= self._first_search_ns[cur.sp]) & (now_ns >= arr.not_before) &
                               ~(arr.counting & ((arr.wake < 0) | (now_ns < arr.wake)))).tolist()
         if self._behind and self.cfg.overload_gunshots_first:
             todo.sort(key=lambda i: not _gun(pend[i]))      # stable: time order within each
@@ -1218,7 +1224,7 @@ class Associator:
                     # Searches whose windows held a taken detection are done again, unless
                     # they found a candidate that kept every detection.
                     keys = list(results)
-                    for r in np.flatnonzero(cur.touched(lost, [results[key][-1] for key in keys])).tolist():
+                    for r in _where(cur.touched(lost, [results[key][-1] for key in keys])).tolist():
                         row = results[keys[r]]
                         if row[0] != kernels.SEED_CANDIDATE or not alive[row[7]].all():
                             del results[keys[r]]
@@ -1371,9 +1377,9 @@ class Associator:
         if n == 0:
             return first
         pred, gate = self._predict(sol, t0_ns, mine, keep=True)[:2]
-        live = np.flatnonzero(cur.alive[:n])
+        live = _where(cur.alive[:n])
         miss = np.abs(cur.tp[live] - pred[cur.sp[live]])
-        ok = np.flatnonzero(miss <= gate[cur.sp[live]])
+        ok = _where(miss <= gate[cur.sp[live]])
         if ok.size == 0:
             return first
         # Per sensor the detection nearest its prediction; of those, the earliest.
@@ -1437,7 +1443,7 @@ class Associator:
               for d in dets if d.snr_db is not None]
         src_db = float(np.median(lv)) if lv else None
         checked = silent = 0
-        near = np.flatnonzero(dist < r_used)        # (only those nearer count)
+        near = _where(dist < r_used)        # (only those nearer count)
         for k, d_k in zip(near.tolist(), dist[near].tolist()):
             sid = self._sids[k]
             if sid in used:
@@ -1711,7 +1717,7 @@ class Associator:
             return
         tab = self._arr_tab
         if tab is not None:
-            idx = np.flatnonzero(kept[:tab["n"]])
+            idx = _where(kept[:tab["n"]])
             m = len(idx)
             for a in tab["m"] + [tab["close"]]:
                 a[:m] = a[idx]
@@ -1952,7 +1958,8 @@ class Associator:
             incident_id = self._incident_for(event_id, t0_ns, sol.x_m, sol.y_m)
         lat, lon, alt = self.layout.frame.point_to_geodetic(sol.x_m, sol.y_m, sol.z_m)
         major, minor, az = sol.ellipse95()
-        pg = float(np.mean([d.p_gunshot for d in used]))
+        # (np.mean's own sum, pairwise, without its call overhead on a short list.)
+        pg = kernels.pairwise_sum(np.array([d.p_gunshot for d in used]), 0, len(used)) / len(used)
         label = "gunshot" if pg >= 0.5 else _majority_label(used)
         if aerial:
             # Guns are fired from the ground; a source tens of metres up is a firework.
@@ -2051,7 +2058,7 @@ class Associator:
         if excess > 0:
             # The oldest beyond max_pending go too.
             self.stats.unassociated += excess
-            kept[np.flatnonzero(kept)[:excess]] = False
+            kept[_where(kept)[:excess]] = False
         keep = self._parr.filtered(self.pending, kept) if not kept.all() else self.pending
         if horizon is not None:
             # Sensor histories serve the silent-neighbour check and the chance test (rates

@@ -434,7 +434,7 @@ def _free_wind(fixed: Solution | None, pos, t, sig, c_m_per_s, z_src_m, wind_m_p
     if free is None or not free.wind_estimated:
         return fixed
     used = np.zeros(len(t), dtype=bool)
-    used[np.flatnonzero(u)[free.used]] = True
+    used[u.nonzero()[0][free.used]] = True
     mod = _Model(float(c_m_per_s), float(z_src_m), free.ndim, False, np.asarray(free.wind_m_per_s, dtype=np.float64))
     par = np.array([free.x_m, free.y_m] + ([free.z_m] if free.ndim == 3 else []) + [free.t0_s])
     return dataclasses.replace(free, used=used, residuals_s=t - _predict(pos, par, mod))
@@ -486,7 +486,7 @@ def _wind_robust_core(pos, cols, t, sig, c, z_src, x0, wind, wind_sigma_m_per_s,
         fixed = _finish(pos, fix_par, fix_cov, u, fix_r, fix_sig, _Model(float(c), float(z_src), ndim, False, wind),
                         wind_sigma_m_per_s, c_sigma_m_per_s, summary=(chi2, add[:m, :m] if added else None), rms=rms)
         return (fixed,) if st2 == -1 and fixed.n_used >= min_wind_used else fixed
-    idx = np.flatnonzero(u)
+    idx = u.nonzero()[0]
     nu = len(idx)
     free_u = free_used[:nu].astype(bool)
     used = np.zeros(n, dtype=bool)
