@@ -362,7 +362,7 @@ class _PendingArrays:
             return np.full(len(dets), -1, dtype=np.int64)
         t = np.fromiter((d.t_ns for d in dets), dtype=np.int64, count=len(dets))
         u = np.fromiter(map(id, dets), dtype=np.int64, count=len(dets))
-        i = np.searchsorted(self.t[:n], t)
+        i = self.t[:n].searchsorted(t)
         j = np.minimum(i, n - 1)
         hit = (i < n) & (self.uid[j] == u)
         out = np.where(hit, i, -1)
@@ -525,7 +525,7 @@ class _Batch:
         :func:`kernels.seed_window_by_sensor`, which a crowded night's cap fills from the
         nearest sensors: one taken anywhere in it may let a farther sensor in)."""
         taken_a = np.array(taken, dtype=np.int64)
-        taken_a = taken_a[np.argsort(self.tp[taken_a], kind="stable")]
+        taken_a = taken_a[self.tp[taken_a].argsort(kind="stable")]
         seeds_a = np.array(seeds, dtype=np.int64)
         n = np.zeros(len(seeds_a), dtype=np.int64)
         kernels.new_in_windows(self.tp[seeds_a], self.sp[seeds_a], self.tp[taken_a], self.sp[taken_a],
@@ -934,7 +934,7 @@ class Associator:
             p_t, p_s = arr.t, arr.s
             pred, gate, _, _, _, dist, dorder = self._open_arrivals()       # (events, sensors)
             ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
-            bounds = np.searchsorted(ev, np.arange(len(self.open) + 1))
+            bounds = ev.searchsorted(np.arange(len(self.open) + 1))
             evs = _where(bounds[1:] - bounds[:-1])
             released: list[Detection] = []
             if len(evs):
@@ -1035,7 +1035,7 @@ class Associator:
         cache_mine = np.concatenate(cached)
         cache_r = np.array([h[3] if k else 0.0 for h, k in zip(hearing, ok)])
         # The waiting detections' sensors and distances (ns) from the predictions.
-        wait_j = np.repeat(np.arange(n_ev), wait_off[1:] - wait_off[:-1])
+        wait_j = np.arange(n_ev).repeat(wait_off[1:] - wait_off[:-1])
         wait_m = np.abs(wait_t - pred_ns[wait_j, wait_s])
         released: list[Detection] = []
         if len(wait_s):
@@ -1083,7 +1083,7 @@ class Associator:
         but they are seeds themselves; the candidate is searched again when it matures)."""
         if self._new_times and self._counting:
             new_t = np.array(self._new_times, dtype=np.int64)
-            order = np.argsort(new_t, kind="stable")
+            order = new_t.argsort(kind="stable")
             new_s = np.array(self._new_sensors, dtype=np.int64)[order]
             new_t = new_t[order]
             cnt = self._counting
@@ -1120,7 +1120,7 @@ class Associator:
             # Those pending no longer count (found by time, then key).
             pend = self.pending
             arr = self._parr.get(pend)
-            for (key, t), k in zip(done, np.searchsorted(arr.t, [t for _, t in done]).tolist()):
+            for (key, t), k in zip(done, arr.t.searchsorted([t for _, t in done]).tolist()):
                 while k < arr.n and pend[k].t_ns == t:
                     if pend[k].key == key:
                         arr.counting[k] = False
@@ -1287,7 +1287,7 @@ class Associator:
         t0_guess_ns = seed.t_ns + int(tau0 * NS_PER_S)
         mature_at = t0_guess_ns + int((cfg.settle_range_m / self.c + cfg.latency_slack_s) * NS_PER_S)
         if n_cand < cfg.early_alert_sensors and now_ns < mature_at:
-            for k in cand[np.argsort(cur.tp[cand], kind="stable")].tolist():     # (in time order)
+            for k in cand[cur.tp[cand].argsort(kind="stable")].tolist():     # (in time order)
                 d = pend[k]
                 self._set_memo(d, k, 0, mature_at, cfg.early_alert_sensors - n_cand, (x0, y0, t0_guess_ns))
                 skip.add(d.key)
@@ -1302,7 +1302,7 @@ class Associator:
         # detections are gathered in time order, as the merge and the fit take them,
         # only past it.)
         def in_order() -> list[Detection]:
-            return [pend[k] for k in cand[np.argsort(cur.tp[cand], kind="stable")].tolist()]
+            return [pend[k] for k in cand[cur.tp[cand].argsort(kind="stable")].tolist()]
         if near_gen == self._open_tab.gen:
             twin = self.open[near] if near >= 0 else None        # (as the search found it)
         else:
@@ -1373,7 +1373,7 @@ class Associator:
         own: two locators on one stream, stepping at different moments, must publish
         each shot under one id."""
         first = min(mine, key=lambda d: (d.t_ns, d.sensor_id))
-        n = int(np.searchsorted(cur.tp, first.t_ns))
+        n = int(cur.tp.searchsorted(first.t_ns))
         if n == 0:
             return first
         pred, gate = self._predict(sol, t0_ns, mine, keep=True)[:2]
@@ -1588,7 +1588,7 @@ class Associator:
         # (The gate is _gate_s's, 3 sigma of the prediction from the solution's covariance.)
         r_used = kernels.event_arrivals(self._spx, self._spy, self._spz, float(sol.x_m), float(sol.y_m),
                                         float(sol.z_m), int(t0_ns), float(self.c),
-                                        np.ascontiguousarray(sol.cov[np.ix_(k, k)]), float(self.cfg.gate_s),
+                                        np.ascontiguousarray(sol.cov[k][:, k]), float(self.cfg.gate_s),
                                         float(self._medium_err()), float(self.c**2), np.array(used, dtype=np.int64),
                                         -NOW_INFINITE, own_pred, own_gate, heard_pred, gate, dist, order)
         out = own_pred, own_gate, heard_pred, gate, dist, used, dist.tolist(), float(r_used), order
@@ -1912,7 +1912,7 @@ class Associator:
             return
         # The residuals' scale once c is free too (the step takes dc^2 info off chi^2).
         dof = max(1, sol.n_used - len(par) - 1)
-        chi2 = float(np.sum((sol.residuals_s[u] / sig[u]) ** 2)) - dc * dc * info
+        chi2 = float(((sol.residuals_s[u] / sig[u]) ** 2).sum()) - dc * dc * info
         sd = math.sqrt(max(1.0, chi2 / dof) / info)
         c_new = self.c + dc
         # Only a measurement that says more than the configured temperature (and one a
@@ -2046,20 +2046,26 @@ class Associator:
         else:
             horizon = now_ns - int((self.max_travel_s + 2 * self.cfg.latency_slack_s) * NS_PER_S)
             n_old = bisect.bisect_left(self.pending, horizon, key=_T)
-        kept = np.ones(len(self.pending), dtype=np.bool_)
+        kept = None                 # (made when the first goes: most steps expire none)
+        n_gone = 0
         for i, d in enumerate(itertools.islice(self.pending, n_old)):
             # Old by its own time AND waiting long enough since it arrived: a backlog
             # delivered late (after a restart or a partition) gets its full chance.
             if horizon is None or self._fed_at.get(d.key, 0) < horizon:
                 self.stats.unassociated += 1
                 self._fed_at.pop(d.key, None)
+                if kept is None:
+                    kept = np.ones(len(self.pending), dtype=np.bool_)
                 kept[i] = False
-        excess = int(kept.sum()) - self.cfg.max_pending
+                n_gone += 1
+        excess = len(self.pending) - n_gone - self.cfg.max_pending
         if excess > 0:
             # The oldest beyond max_pending go too.
             self.stats.unassociated += excess
+            if kept is None:
+                kept = np.ones(len(self.pending), dtype=np.bool_)
             kept[_where(kept)[:excess]] = False
-        keep = self._parr.filtered(self.pending, kept) if not kept.all() else self.pending
+        keep = self._parr.filtered(self.pending, kept) if kept is not None else self.pending
         if horizon is not None:
             # Sensor histories serve the silent-neighbour check and the chance test (rates
             # over 10 s either side) of shots whose detections are still pending, a

@@ -174,7 +174,8 @@ class _Model:
 def _median(x: np.ndarray) -> float:
     """``np.median`` of a short 1-D array without its per-call overhead (it dominated
     the robust stages' cost on a fireworks night)."""
-    v = np.sort(x)
+    v = np.array(x, dtype=np.float64)      # (a copy, sorted in place: np.sort's own steps)
+    v.sort()
     n = len(v)
     if n == 0:
         return float("nan")
