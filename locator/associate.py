@@ -1175,7 +1175,7 @@ class Associator:
         # its wake-up clock, if it has one.
         arr = cur.arr
         todo = _where((now_ns - cur.tp >= self._first_search_ns[cur.sp]) & (now_ns >= arr.not_before) &
-                              ~(arr.counting & ((arr.wake < 0) | (now_ns < arr.wake)))).tolist()
+                      ~(arr.counting & ((arr.wake < 0) | (now_ns < arr.wake)))).tolist()
         if self._behind and self.cfg.overload_gunshots_first:
             todo.sort(key=lambda i: not _gun(pend[i]))      # stable: time order within each
         self._behind = False
@@ -1442,11 +1442,12 @@ class Associator:
         lv = [d.snr_db + 20 * math.log10(max(dist[self.idx[d.sensor_id]], 1.0))
               for d in dets if d.snr_db is not None]
         src_db = float(np.median(lv)) if lv else None
-        checked = silent = 0
+        checked = silent = heard_used = 0
         near = _where(dist < r_used)        # (only those nearer count)
         for k, d_k in zip(near.tolist(), dist[near].tolist()):
             sid = self._sids[k]
             if sid in used:
+                heard_used += 1
                 continue
             if src_db is not None and src_db - 20 * math.log10(max(d_k, 1.0)) < self.cfg.certain_snr_db:
                 continue
@@ -1477,7 +1478,6 @@ class Associator:
         # heard by forty sensors, four nearer ones missing it and the nearest three
         # hearing it late (blocked paths), was "contradicted" by four of its twelve
         # unused nearer sensors, at a chance-alignment probability of 1e-70.
-        heard_used = sum(1 for s in used if dist[self.idx[s]] < r_used)
         return silent <= max(self.cfg.max_silent, int(self.cfg.max_silent_fraction * (checked + heard_used)))
 
     def _label_chance(self, dets: list[Detection], x: float, y: float, z: float, w_s: float, t0_ns: int,
