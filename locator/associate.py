@@ -189,19 +189,33 @@ class _Open:
     wait_s: list = field(default_factory=list)    # ...their sensor indices and times (ns)
     wait_t: list = field(default_factory=list)
     hearing: tuple | None = None      # (version, waiting, matched sensors, radius m): _choose_attached
-    view: tuple | None = None         # tried and waiting as arrays (attach_view), until either changes
+    view: tuple | None = None         # what the attach step asks of it (attach_view), until that changes
 
-    # (Tried and waiting change only through the methods below, which drop the arrays.)
-    def attach_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The detections tried with it (their objects' ids), and the waiting ones'
-        sensors and times (ns), as int64 arrays for the attach step's kernels; kept
-        until either list changes: every step gathers them for each event matching a
-        pending detection, and most have not changed since the step before."""
+    # (Tried and waiting change only through the methods below, the version only in
+    # Associator._grow and the hearing cache only in Associator._choose_attached: each
+    # drops the view, or there brings it up to date.)
+    def attach_view(self) -> tuple:
+        """What the attach step's kernels ask of it: the detections tried with it (their
+        objects' ids) and the waiting ones' sensors and times (ns), as int64 arrays, and
+        its hearing cache if it holds for this version and this many waiting (the matched
+        sensors, the radius m, True; else none, 0.0, False). Kept until any of it
+        changes: every step asks it of each event matching a pending detection (two
+        dozen on a fireworks night), and most have not changed since the step before."""
         v = self.view
         if v is None:
+            h = self.hearing
+            ok = h is not None and h[0] == self.event.version and h[1] == len(self.waiting)
             v = self.view = (np.fromiter(map(id, self.tried.values()), dtype=np.int64, count=len(self.tried)),
-                             np.array(self.wait_s, dtype=np.int64), np.array(self.wait_t, dtype=np.int64))
+                             np.array(self.wait_s, dtype=np.int64), np.array(self.wait_t, dtype=np.int64),
+                             h[2] if ok else _NO_INDEX, h[3] if ok else 0.0, ok)
         return v
+
+    def heard(self, mine: np.ndarray, radius_m: float) -> None:
+        """The attach step worked out its hearing radius (m) and matched sensors for this
+        version and this many waiting."""
+        self.hearing = (self.event.version, len(self.waiting), mine, radius_m)
+        if self.view is not None:
+            self.view = self.view[:3] + (mine, radius_m, True)
 
     def add_tried(self, dets) -> None:
         """These were tried with it (and did not stay)."""
@@ -1017,28 +1031,25 @@ class Associator:
         # pending ones are known: p_uid; an event's tried dict holds them, so none is
         # reused meanwhile), those waiting with it (_Open.attach_view), and the radius
         # cached for its matches.
-        tried_l, wait_sl, wait_tl = zip(*[op.attach_view() for op in ops])
+        tried_l, wait_sl, wait_tl, cached, cache_r, ok = zip(*[op.attach_view() for op in ops])
         tried_off = _offsets(list(map(len, tried_l)))
         if tried_off[-1] > self._tried_prune_at:
             self._prune_tried(ops)
-            tried_l, wait_sl, wait_tl = zip(*[op.attach_view() for op in ops])
+            tried_l, wait_sl, wait_tl, cached, cache_r, ok = zip(*[op.attach_view() for op in ops])
             tried_off = _offsets(list(map(len, tried_l)))
             self._tried_prune_at = 2 * int(tried_off[-1]) + 64
         tried_u = np.concatenate(tried_l)
         wait_off = _offsets(list(map(len, wait_sl)))
         wait_s, wait_t = np.concatenate(wait_sl), np.concatenate(wait_tl)
-        hearing = [op.hearing for op in ops]
-        ok = [h is not None and h[0] == op.event.version and h[1] == len(op.waiting) for h, op in zip(hearing, ops)]
         cache_ok = np.array(ok, dtype=np.bool_)
-        cached = [h[2] if k else _NO_INDEX for h, k in zip(hearing, ok)]
         cache_off = _offsets(list(map(len, cached)))
         cache_mine = np.concatenate(cached)
-        cache_r = np.array([h[3] if k else 0.0 for h, k in zip(hearing, ok)])
-        # The waiting detections' sensors and distances (ns) from the predictions.
-        wait_j = np.arange(n_ev).repeat(wait_off[1:] - wait_off[:-1])
-        wait_m = np.abs(wait_t - pred_ns[wait_j, wait_s])
+        cache_r = np.array(cache_r, dtype=np.float64)
         released: list[Detection] = []
         if len(wait_s):
+            # The waiting detections' sensors and distances (ns) from the predictions.
+            wait_j = np.arange(n_ev).repeat(wait_off[1:] - wait_off[:-1])
+            wait_m = np.abs(wait_t - pred_ns[wait_j, wait_s])
             swap = kernels.give_way(idx, miss, lo, hi, p_s, p_uid, held_i, tried_off, tried_u, wait_off, wait_s, wait_m,
                                     len(self.layout))
             for w in _where(swap >= 0).tolist():
@@ -1054,8 +1065,7 @@ class Associator:
             self._seen_from, self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
             int(self.cfg.min_sensors), cache_ok, cache_off, cache_mine, cache_r)
         for j in _where(computed).tolist():
-            op = ops[j]
-            op.hearing = (op.event.version, len(op.waiting), mine[mine_off[j]:mine_off[j + 1]], float(radius[j]))
+            ops[j].heard(mine[mine_off[j]:mine_off[j + 1]], float(radius[j]))
         p_t = self._parr.get(self.pending).t
         for j in _where(join_off[1:] - join_off[:-1]).tolist():
             joined = join[join_off[j]:join_off[j + 1]]
@@ -1758,6 +1768,7 @@ class Associator:
         if consume:
             self._consume(mine)
         op.event, op.sol, op.dets, op.t0_ns = ev, sol, mine, t0_ns
+        op.view = None                  # (its hearing cache was this version's)
         self._open_tab.changed(op)
         self._recent_tab.changed(op)    # (a closed event may grow too: _same_shot)
         self._arr_stale.append(op)

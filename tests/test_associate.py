@@ -818,7 +818,8 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
     detections come and expire) equal the histories' lists, and the seeds counting new
     detections hold their memo entries' times and sensors. The pending detections' memo
     arrays (not before, still counting, wake-up) hold their memo entries', and each open
-    event's arrays of tried and waiting detections (_Open.attach_view) its lists."""
+    event's arrays of tried and waiting detections (_Open.attach_view) its lists, and the
+    hearing cache it offers the attach step that of its version and waiting count."""
     from shotnet.locator.synthetic import StreamConfig, make_stream
     from shotnet.sensor.scene import default_layout
 
@@ -826,7 +827,7 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
     dets, _, loc_layout = make_stream(default_layout(), 150, 30.0, cfg, seed=5)
     a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
     last, checked, versions, closed, counted, near_seen = None, 0, 0, 0, 0, 0
-    asleep = awake = waking = viewed = 0
+    asleep = awake = waking = viewed = cached = 0
     for d in dets:
         if last is None or d.t_ns - last >= 100_000_000:
             n_open = len(a.open)
@@ -864,11 +865,18 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
             a_, w_, k_ = _pending_memo_agrees(a)
             asleep, awake, waking = asleep + a_, awake + w_, waking + k_
             for op in a.open:
-                tried_u, wait_s, wait_t = op.attach_view()
+                tried_u, wait_s, wait_t, mine, radius, cache_ok = op.attach_view()
                 assert sorted(tried_u.tolist()) == sorted(map(id, op.tried.values()))
                 assert wait_s.tolist() == op.wait_s == [a.idx[d.sensor_id] for d in op.waiting]
                 assert wait_t.tolist() == op.wait_t == [d.t_ns for d in op.waiting]
                 viewed += len(op.waiting) > 0 and len(op.tried) > 0
+                # Its hearing cache holds for this version and this many waiting, or is
+                # not offered.
+                h = op.hearing
+                holds = h is not None and (h[0], h[1]) == (op.event.version, len(op.waiting))
+                assert cache_ok == holds
+                assert (mine is h[2] and radius == h[3]) if holds else (len(mine) == 0 and radius == 0.0)
+                cached += holds
             if a.open and a.pending and checked % 5 == 0:
                 # A search's candidates carry the open event near their source, as
                 # Associator._near_event finds it, at the table's generation.
@@ -883,7 +891,8 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
                         near_seen += twin is not None
         a.feed(d)
     assert checked > 100 and versions > 10 and closed > 10 and counted > 50 and near_seen > 5, near_seen
-    assert asleep > 1000 and awake > 100 and waking > 10 and viewed > 100, (asleep, awake, waking, viewed)
+    assert asleep > 1000 and awake > 100 and waking > 10 and viewed > 100 and cached > 100, \
+        (asleep, awake, waking, viewed, cached)
 
 
 def test_a_dense_night_on_a_large_array_is_located():
