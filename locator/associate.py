@@ -1617,11 +1617,14 @@ class Associator:
         search it served)."""
         tab = self._arr_tab
         n = len(self.open)
+        if tab is not None and tab["out"] is not None and n == tab["n"] and not self._arr_stale:
+            return tab["out"]       # (nothing changed since it was last asked: most asks of a step)
         if tab is None:
             cap = max(64, 2 * n)
             tab = self._arr_tab = {"n": 0, "row": {}, "ver": [], "close": np.empty(cap, dtype=np.int64),
                                    "m": [np.empty((cap, len(self.layout)), dtype=t)
-                                         for t in (np.int64, np.float64, np.int64, np.float64, np.float64, np.int64)]}
+                                         for t in (np.int64, np.float64, np.int64, np.float64, np.float64, np.int64)],
+                                   "out": None}
             self._arr_stale = []
         row, ver, m = tab["row"], tab["ver"], tab["m"]
         if n > m[0].shape[0]:
@@ -1645,7 +1648,8 @@ class Associator:
                 row[id(op)] = k
                 ver.append(op.event.version)
         tab["n"] = n
-        return tuple(a[:n] for a in m[:4]) + (tab["close"][:n], m[4][:n], m[5][:n])
+        tab["out"] = tuple(a[:n] for a in m[:4]) + (tab["close"][:n], m[4][:n], m[5][:n])
+        return tab["out"]
 
     def _explained_until(self, t_ns: np.ndarray, s: np.ndarray) -> np.ndarray:
         """Whether each detection (times ns, sensor indices) is the arrival, early by at
@@ -1733,7 +1737,7 @@ class Associator:
                 a[:m] = a[idx]
             tab["ver"] = [tab["ver"][k] for k in idx.tolist()]
             tab["row"] = {id(op): k for k, op in enumerate(itertools.islice(still, m))}
-            tab["n"] = m
+            tab["n"], tab["out"] = m, None
         self.open = still
         self._open_tab.keep(kept, still)
 
