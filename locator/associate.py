@@ -190,6 +190,7 @@ class _Open:
     wait_t: list = field(default_factory=list)
     hearing: tuple | None = None      # (version, waiting, matched sensors, radius m): _choose_attached
     view: tuple | None = None         # what the attach step asks of it (attach_view), until that changes
+    n_matched: int = -1               # how many pending detections matched it at the last attach step
 
     # (Tried and waiting change only through the methods below, the version only in
     # Associator._grow and the hearing cache only in Associator._choose_attached: each
@@ -270,6 +271,8 @@ class AssocStats:
     chance: int = 0                 # candidates that chance alignments explain as well
     silent_neighbours: int = 0
     explained: int = 0              # seeds not searched: an open shot's arrival (or its echo)
+    attach_again: int = 0           # attach choices made again: an event left out as unchanged
+                                    # matched a detection another took (it is asked too)
 
 
 STEP_PARTS = ("search kernel", "fits", "search checks", "attach", "housekeeping")
@@ -327,7 +330,7 @@ class _PendingArrays:
     merged into: on a crowded night ten thousand detections are pending, and building
     these anew for every pass of every step was most of a step's time."""
 
-    _DTYPES = (np.int64, np.int64, np.int64, np.float64, np.int64, np.int64, np.bool_, np.int64)
+    _DTYPES = (np.int64, np.int64, np.int64, np.float64, np.int64, np.int64, np.bool_, np.int64, np.bool_)
 
     def __init__(self, idx: dict[str, int], memo: dict[str, list]):
         self.idx = idx
@@ -340,11 +343,12 @@ class _PendingArrays:
         # uid: each detection object's id(), to find it again (find); not_before, counting
         # and wake: its seed memo's "not before" clock (ns; 0 without one), whether it
         # still counts new detections (needs more before it is searched again), and its
-        # wake-up clock (ns; -1: none); kept by Associator._set_memo and _count_new.
-        self.t, self.s, self.sig, self.pg, self.uid, self.not_before, self.counting, self.wake = arrays
+        # wake-up clock (ns; -1: none); kept by Associator._set_memo and _count_new. fresh:
+        # pending since the last attach step (Associator._attach_pending clears it).
+        self.t, self.s, self.sig, self.pg, self.uid, self.not_before, self.counting, self.wake, self.fresh = arrays
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
-        return self.t, self.s, self.sig, self.pg, self.uid, self.not_before, self.counting, self.wake
+        return self.t, self.s, self.sig, self.pg, self.uid, self.not_before, self.counting, self.wake, self.fresh
 
     def _columns(self, dets: list[Detection]) -> tuple[np.ndarray, ...]:
         """The arrays' values for ``dets``, as arrays (the integer ones gathered in one pass)."""
@@ -353,7 +357,7 @@ class _PendingArrays:
                          for d, m in zip(dets, map(memo.get, map(_KEY, dets), itertools.repeat(_NO_MEMO)))],
                         dtype=np.int64).reshape(-1, 7)
         return ints[:, 0], ints[:, 1], ints[:, 2], np.array([d.p_gunshot for d in dets], dtype=np.float64), \
-            ints[:, 3], ints[:, 4], ints[:, 5].astype(np.bool_), ints[:, 6]
+            ints[:, 3], ints[:, 4], ints[:, 5].astype(np.bool_), ints[:, 6], np.ones(len(dets), dtype=np.bool_)
 
     def get(self, pending: list[Detection]) -> "_PendingArrays":
         """The arrays for ``pending`` (extended if it only grew since)."""
@@ -690,6 +694,10 @@ class _EventTable:
 class Associator:
     """Detections in, events out. Pure logic: no sockets, no threads, no wall clock."""
 
+    # The attach step leaves out the open events unchanged since the last step
+    # (_attach_pending); False asks every matched event each step (the tests compare).
+    _leave_unchanged = True
+
     def __init__(self, layout: SensorLayout, cfg: AssocConfig = AssocConfig()):
         self.layout = layout
         self.cfg = cfg
@@ -948,15 +956,39 @@ class Associator:
             p_t, p_s = arr.t, arr.s
             pred, gate, _, _, _, dist, dorder = self._open_arrivals()       # (events, sensors)
             ev, idx, miss = kernels.arrival_matches(p_t, p_s, pred, gate, len(self.layout))
-            bounds = ev.searchsorted(np.arange(len(self.open) + 1))
-            evs = _where(bounds[1:] - bounds[:-1])
+            n_open = len(self.open)
+            bounds = ev.searchsorted(np.arange(n_open + 1))
+            counts = bounds[1:] - bounds[:-1]
+            # An event unchanged since the last step (the same version, waiting, tried and
+            # hearing: its view kept) whose matches are the same (no pending detection new
+            # since then among them, and as many: detections only leave) chose nothing
+            # then (a join or give-way changes it), so it chooses nothing now: it is left
+            # out, unless a detection it matches is taken by another event now (then it is
+            # asked too, and the choice made again). On a fireworks night two dozen events
+            # match something at each step and a few change.
+            changed = np.fromiter([op.view is None or op.n_matched != c or not self._leave_unchanged
+                                   for op, c in zip(self.open, counts.tolist())], dtype=np.bool_, count=n_open)
+            changed[ev[arr.fresh[idx]]] = True
+            for op, c in zip(self.open, counts.tolist()):
+                op.n_matched = c
+            matched = _where(counts)
             released: list[Detection] = []
-            if len(evs):
-                held_i, released = self._choose_attached([self.open[e] for e in evs], idx, miss, bounds[evs],
-                                                         bounds[evs + 1], p_s, arr.uid, pred[evs], gate[evs],
-                                                         dist[evs], dorder[evs], self._open_table()[0][evs])
-                if held_i.any():
-                    self.pending = self._parr.filtered(self.pending, ~held_i)
+            while True:
+                evs = matched[changed[matched]]
+                if not len(evs):
+                    break
+                left = ~changed[ev]         # (the matches of those left out)
+                held_i, released = self._choose_attached(evs, idx, miss, bounds, p_s, arr.uid, pred, gate, dist,
+                                                         dorder, idx[left])
+                if released is not None:
+                    if held_i.any():
+                        self.pending = self._parr.filtered(self.pending, ~held_i)
+                    break
+                # Those whose matches were taken are asked too (and so on), from the start.
+                self.stats.attach_again += 1
+                changed[ev[left & held_i[idx]]] = True
+            released = released or []
+            self._parr.get(self.pending).fresh[:] = False
         else:
             released = []
         back: list[Detection] = list(released)
@@ -1002,16 +1034,16 @@ class Associator:
                 self._recent_tab.keep(kept, self.recent)
         return out
 
-    def _choose_attached(self, ops: list[_Open], idx: np.ndarray, miss: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                         p_s: np.ndarray, p_uid: np.ndarray, pred_ns: np.ndarray, gate_ns: np.ndarray,
-                         dist: np.ndarray, dorder: np.ndarray, t0_ns: np.ndarray) -> tuple[np.ndarray, list[Detection]]:
-        """Of the pending detections matching open events' predicted arrivals (``ops``,
-        in order, each with its pairs ``idx[lo:hi]``, pending indices, ``miss`` ns from
-        the prediction; ``p_s`` and ``p_uid`` the pending detections' sensors and
-        objects' ids; ``pred_ns`` and ``gate_ns`` the events' predicted arrivals and
-        gates, -1 and 0 at their own sensors; ``dist`` their distances, m, ``dorder`` the
-        sensors in order of distance; ``t0_ns`` their emission times), those that join
-        (:func:`kernels.attach_choose`):
+    def _choose_attached(self, evs: np.ndarray, idx: np.ndarray, miss: np.ndarray, bounds: np.ndarray,
+                         p_s: np.ndarray, p_uid: np.ndarray, pred: np.ndarray, gate: np.ndarray, dist: np.ndarray,
+                         dorder: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, list[Detection]] | None:
+        """Of the pending detections matching open events' predicted arrivals (the
+        events ``evs``, indices in ``open``, in order, each with its pairs
+        ``idx[bounds[e]:bounds[e + 1]]``, pending indices, ``miss`` ns from the
+        prediction; ``p_s`` and ``p_uid`` the pending detections' sensors and objects'
+        ids; ``pred`` and ``gate`` every open event's predicted arrivals and gates, -1 and
+        0 at their own sensors, ``dist`` its distances, m, ``dorder`` its sensors in order
+        of distance), those that join (:func:`kernels.attach_choose`):
         per sensor the one nearest the prediction, not yet tried with the event nor
         taken by an earlier one, within hearing range. Beyond hearing range every
         match is chance, and on a crowded night chance matches are common: a far shot
@@ -1024,7 +1056,13 @@ class Associator:
         sensor (it joined as it came: an early one within the gate, another shot's
         arrival tens of ms before this one's, was held here, and the shot it belonged to
         took the next best); it is pending again, tried with this event. Returns which
-        pending detections joined (bool, by pending index), and those that gave way."""
+        pending detections joined (bool, by pending index), and those that gave way; or,
+        having changed nothing, which would have joined and None, if any of ``left``
+        (pending indices: the matches of events left out as unchanged) was taken."""
+        ops = [self.open[e] for e in evs.tolist()]
+        lo, hi = bounds[evs], bounds[evs + 1]
+        pred_ns, gate_ns, dist, dorder = pred[evs], gate[evs], dist[evs], dorder[evs]
+        t0_ns = self._open_table()[0][evs]
         n_ev = len(ops)
         held_i = np.zeros(len(p_s), dtype=np.bool_)
         # Per event (CSR): the detections it has tried, by the objects' id() (as the
@@ -1046,15 +1084,14 @@ class Associator:
         cache_mine = np.concatenate(cached)
         cache_r = np.array(cache_r, dtype=np.float64)
         released: list[Detection] = []
+        swaps: list[int] = []
         if len(wait_s):
             # The waiting detections' sensors and distances (ns) from the predictions.
             wait_j = np.arange(n_ev).repeat(wait_off[1:] - wait_off[:-1])
             wait_m = np.abs(wait_t - pred_ns[wait_j, wait_s])
             swap = kernels.give_way(idx, miss, lo, hi, p_s, p_uid, held_i, tried_off, tried_u, wait_off, wait_s, wait_m,
                                     len(self.layout))
-            for w in _where(swap >= 0).tolist():
-                j = int(wait_j[w])          # (at the same sensor)
-                released.append(ops[j].give_way(w - int(wait_off[j]), self.pending[swap[w]]))
+            swaps = _where(swap >= 0).tolist()
         # The sensors' rates around each shot (as _rates: per second of its emission time),
         # and for the chance of a match by chance its own sensors at the plain gate
         # (_gate_s), where the kernel works out a radius.
@@ -1064,6 +1101,11 @@ class Associator:
             gate_ns, t_all, off_all, t0_ns // NS_PER_S,
             self._seen_from, self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
             int(self.cfg.min_sensors), cache_ok, cache_off, cache_mine, cache_r)
+        if len(left) and held_i[left].any():
+            return held_i, None
+        for w in swaps:
+            j = int(wait_j[w])          # (at the same sensor)
+            released.append(ops[j].give_way(w - int(wait_off[j]), self.pending[swap[w]]))
         for j in _where(computed).tolist():
             ops[j].heard(mine[mine_off[j]:mine_off[j + 1]], float(radius[j]))
         p_t = self._parr.get(self.pending).t

@@ -806,6 +806,45 @@ def test_seeds_at_one_time_and_sensor_keep_their_own_memo():
     assert woke > 20, woke
 
 
+def test_the_attach_step_leaving_out_unchanged_events_chooses_as_asking_all():
+    """The attach step leaves out the open events unchanged since the last step (same
+    version, waiting, tried and hearing; the same matches, none new): they chose nothing
+    then, so they choose nothing now, unless a detection they match is taken now (then
+    they are asked too). Two locators on a crowded stream, one asking every matched
+    event at every step: after every step the same events, the same pending detections
+    and the same detections waiting with each open event; and the re-asking happened."""
+    from shotnet.locator.synthetic import StreamConfig, grid_layout, make_stream
+    from shotnet.sensor.scene import default_layout
+
+    streams = [make_stream(default_layout(), 150, 30.0,
+                           StreamConfig(lookalike_fraction=0.9, false_per_sensor_per_s=0.2), seed=6)]
+    lay = grid_layout(64)
+    streams.append(make_stream(lay, 120, 8.0, StreamConfig(lookalike_fraction=1.0, false_per_sensor_per_s=0.05,
+                                                           hearing_m=1200.0),
+                               seed=3, extent_m=float(np.abs(lay.enu_m[:, :2]).max())))
+    left_out = again = 0
+    for dets, _, loc_layout in streams:
+        fast = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
+        full = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
+        full._leave_unchanged = False
+        last = None
+        for d in sorted(dets, key=lambda d: d.t_ns):
+            if last is None or d.t_ns - last >= 100_000_000:
+                asked = [op for op in fast.open if op.view is not None]
+                assert fast.step(d.t_ns) == full.step(d.t_ns)
+                left_out += len(asked)
+                last = d.t_ns
+                assert [p.key for p in fast.pending] == [p.key for p in full.pending]
+                assert [[w.key for w in op.waiting] for op in fast.open] == \
+                       [[w.key for w in op.waiting] for op in full.open]
+            fast.feed(d)
+            full.feed(d)
+        assert fast.flush() == full.flush()
+        again += fast.stats.attach_again
+        assert full.stats.attach_again == 0
+    assert again > 5 and left_out > 1000, (again, left_out)
+
+
 def test_the_tables_kept_between_steps_equal_building_them_anew():
     """Associator._open_arrivals keeps the open events' predicted arrivals as matrices
     between steps (a new event adds its row, a new version rewrites its own, events
