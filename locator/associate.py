@@ -72,7 +72,6 @@ import itertools
 import logging
 import math
 import operator
-import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -714,6 +713,7 @@ class Associator:
         self.wind = np.asarray(cfg.wind_m_per_s, dtype=np.float64).copy()
         self.wind_known = cfg.wind_known
         self._winds: collections.deque = collections.deque(maxlen=cfg.wind_history)
+        self._winds_sorted: tuple[list[float], list[float]] = ([], [])
         self.pos = layout.enu_m
         self.pending: list[Detection] = []      # sorted by time at the end of each step
         self._memo: dict[str, list] = {}         # (the seed memo, below)
@@ -2002,9 +2002,14 @@ class Associator:
             # (Per component: sd = sqrt(max(var, 1e-6)) < 3 m/s; NaN fails.)
             if (math.sqrt(max(sol.cov[k, k], 1e-6)) < 3.0 and math.sqrt(max(sol.cov[k + 1, k + 1], 1e-6)) < 3.0
                     and math.hypot(*sol.wind_m_per_s) < 25.0):
-                self._winds.append(sol.wind_m_per_s)
-                self.wind = np.array([statistics.median([w[0] for w in self._winds]),
-                                      statistics.median([w[1] for w in self._winds])])
+                winds, (we, wn) = self._winds, self._winds_sorted   # (the same, kept sorted per component)
+                if len(winds) == winds.maxlen:
+                    old = winds[0]
+                    del we[bisect.bisect_left(we, old[0])], wn[bisect.bisect_left(wn, old[1])]
+                winds.append(sol.wind_m_per_s)
+                bisect.insort(we, sol.wind_m_per_s[0])
+                bisect.insort(wn, sol.wind_m_per_s[1])
+                self.wind = np.array([_sorted_median(we), _sorted_median(wn)])
                 self.wind_known = True
 
     def _make_event(self, sol: Solution, used: list[Detection], t0_ns: int, aerial: bool,

@@ -350,7 +350,7 @@ def _finish(pos, par, cov, used, r, sig, mod: _Model, wind_sigma_m_per_s: float,
     if already worked out; ``rms``: the solution's :attr:`Solution.residual_rms_s`, if
     already worked out (:func:`kernels.masked_rms`)."""
     ndim = mod.ndim
-    dof = int(used.sum()) - mod.n_params
+    dof = int(np.count_nonzero(used)) - mod.n_params
     if summary is None:
         cols = [np.ascontiguousarray(pos[:, k]) for k in range(3)]
         add = np.zeros((mod.n_params, mod.n_params))

@@ -1,6 +1,7 @@
 """Association on the simulated city: every gunshot found once, placed to metres."""
 
 import json
+import statistics
 import time
 
 import numpy as np
@@ -866,7 +867,7 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
     dets, _, loc_layout = make_stream(default_layout(), 150, 30.0, cfg, seed=5)
     a = Associator(loc_layout, AssocConfig(temperature_c=18.0, survey_sigma_m=1.0))
     last, checked, versions, closed, counted, near_seen = None, 0, 0, 0, 0, 0
-    asleep = awake = waking = viewed = cached = 0
+    asleep = awake = waking = viewed = cached = winds = 0
     for d in dets:
         if last is None or d.t_ns - last >= 100_000_000:
             n_open = len(a.open)
@@ -901,6 +902,13 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
                 assert (cnt.t[r], cnt.s[r], cnt.src[r]) == (m[0], m[4], len(m) > 5)
                 assert not cnt.src[r] or (cnt.x[r], cnt.y[r], cnt.t0[r]) == tuple(m[5:8])
             counted = max(counted, len(cnt))
+            # The regional wind: the median of the recent estimates, kept sorted per component.
+            we, wn = a._winds_sorted
+            assert we == sorted(w[0] for w in a._winds) and wn == sorted(w[1] for w in a._winds)
+            if a._winds:
+                assert a.wind.tolist() == [statistics.median(w[0] for w in a._winds),
+                                           statistics.median(w[1] for w in a._winds)]
+                winds = max(winds, len(a._winds))
             a_, w_, k_ = _pending_memo_agrees(a)
             asleep, awake, waking = asleep + a_, awake + w_, waking + k_
             for op in a.open:
@@ -932,6 +940,7 @@ def test_the_tables_kept_between_steps_equal_building_them_anew():
     assert checked > 100 and versions > 10 and closed > 10 and counted > 50 and near_seen > 5, near_seen
     assert asleep > 1000 and awake > 100 and waking > 10 and viewed > 100 and cached > 100, \
         (asleep, awake, waking, viewed, cached)
+    assert winds == AssocConfig().wind_history      # (the window filled, and estimates left it)
 
 
 def test_a_dense_night_on_a_large_array_is_located():
