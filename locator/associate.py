@@ -737,7 +737,7 @@ class Associator:
         # to it), or for a candidate waiting to mature, where its source predicts. Also
         # each seed's last failed candidate, never solved twice.
         self._counting = _Counting()             # the memo entries still counting new detections
-        self._failed: dict[str, frozenset] = {}
+        self._failed: dict[str, frozenset | tuple] = {}
         self._new_times: list[int] = []         # times (ns) and sensor indices of detections fed since
         self._new_sensors: list[int] = []       # the last count (_forget_stale_seeds)
         self._rate_cache: dict[int, np.ndarray] = {}  # second -> per-sensor rates, this step
@@ -1344,12 +1344,18 @@ class Associator:
                 self._set_memo(d, k, 0, mature_at, cfg.early_alert_sensors - n_cand, (x0, y0, t0_guess_ns))
                 skip.add(d.key)
             return None
-        cand_i = cand.tolist()
-        keys = frozenset([pend[k].key for k in cand_i])
-        if keys <= self._failed.get(seed.key, frozenset()):
-            self._remember(seed, at, now_ns)       # the same candidate failed before: nothing new
-            return None
-        self._failed[seed.key] = keys
+        # The seed's last candidate that got no further (its detections; their keys are
+        # worked out when the seed gets this far again, as about half do).
+        ids = cand.tolist()
+        got = operator.itemgetter(*ids)(pend) if len(ids) > 1 else tuple(pend[k] for k in ids)
+        before = self._failed.get(seed.key)
+        if before is not None:
+            if not isinstance(before, frozenset):
+                before = frozenset(map(_KEY, before))
+            if frozenset(map(_KEY, got)) <= before:
+                self._remember(seed, at, now_ns)       # the same candidate failed before: nothing new
+                return None
+        self._failed[seed.key] = got
         # (Most candidates of a crowded night end at the chance pre-test below: their
         # detections are gathered in time order, as the merge and the fit take them,
         # only past it.)
