@@ -597,17 +597,18 @@ class _Batch:
                                     a.cfg.same_shot_m + a.cfg.coarse_cell_m, got_near)
             near[c] = got_near
         out = {}
+        pend, no_triple, candidate = self.pend, kernels.SEED_NO_TRIPLE, kernels.SEED_CANDIDATE
         for q, (k, st, n, xq, yq, tq, pq, p5q, nq) in enumerate(zip(seeds, status.tolist(), count.tolist(), x.tolist(),
                                                                     y.tolist(), tau0.tolist(), prob.tolist(),
                                                                     prob5.tolist(), near.tolist())):
-            if st == kernels.SEED_NO_TRIPLE:
+            if st == no_triple:
                 t0 = time.perf_counter()
-                row = self._grid(k, hist)
+                out[pend[k].key] = self._grid(k, hist) + (k,)
                 a._kernel_s += time.perf_counter() - t0
             else:
-                got = cand[q, :n].copy() if st == kernels.SEED_CANDIDATE else _NO_INDEX
-                row = (st, n, xq, yq, tq, pq, p5q, got, nq, gen)
-            out[self.pend[k].key] = row + (k,)
+                # (The candidate a view of this chunk's array: only ever read.)
+                out[pend[k].key] = (st, n, xq, yq, tq, pq, p5q, cand[q, :n] if st == candidate else _NO_INDEX, nq,
+                                    gen, k)
         return out
 
     def _grid(self, k: int, hist: tuple) -> tuple:
@@ -1287,7 +1288,7 @@ class Associator:
                            and (r == q or until(r) < 0))
                     results.update(cur.run(list(itertools.islice(nxt, self.search_chunk))))
                 known = self._medium_known()
-                ev = self._search_seed(d, i, results.pop(d.key)[:-1], now_ns, skip, cur)
+                ev = self._search_seed(d, i, results.pop(d.key), now_ns, skip, cur)
                 if self._medium_known() != known:
                     # The first estimate of the wind (or of the speed of sound) narrows
                     # the search windows: search again. (Later estimates move them a
@@ -1315,12 +1316,12 @@ class Associator:
     def _search_seed(self, seed: Detection, at: int, found: tuple, now_ns: int, skip: set[str],
                      cur: _Batch) -> Event | None:
         """The checks and the solve for a seed (the pending detection ``at``) searched by
-        :meth:`_Batch.run` (``cur``): ``found`` is ``(status, count, x m, y m, emission
-        offset s, chance pre-test, with five free, the candidate's detections (indices in
-        ``cur``), the open event nearby and the open events' table generation it was found
-        at)``."""
+        :meth:`_Batch.run` (``cur``): ``found`` is its row there, ``(status, count, x m, y
+        m, emission offset s, chance pre-test, with five free, the candidate's detections
+        (indices in ``cur``), the open event nearby, the open events' table generation it
+        was found at, the seed's index)``."""
         cfg = self.cfg
-        status, count, x0, y0, tau0, prob, prob5, cand, near, near_gen = found
+        status, count, x0, y0, tau0, prob, prob5, cand, near, near_gen, _ = found
         if status == kernels.SEED_FEW:
             self._remember(seed, at, now_ns, need_new=cfg.min_sensors - count)
             return None
