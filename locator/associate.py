@@ -413,7 +413,8 @@ class _PendingArrays:
     def filtered(self, old: list[Detection], keep: np.ndarray) -> list[Detection]:
         """The detections of ``old`` that ``keep`` (bool, per detection) marks, in order,
         as a new list these arrays now describe."""
-        return self._replaced(old, list(itertools.compress(old, keep.tolist())), lambda a, k: a[keep])
+        ix = keep.nonzero()[0]          # (once, not a boolean mask's count for each of nine arrays)
+        return self._replaced(old, list(itertools.compress(old, keep.tolist())), lambda a, k: a.take(ix))
 
     def merged(self, old: list[Detection], more: list[Detection]) -> list[Detection]:
         """``sorted(old + more)`` by time (stable: ``old``'s first among equal times) as
@@ -429,6 +430,7 @@ class _PendingArrays:
         put = np.array(at, dtype=np.int64) + np.arange(len(at))
         rest = np.ones(len(new), dtype=np.bool_)
         rest[put] = False
+        rest = rest.nonzero()[0]
 
         def change(a: np.ndarray, k: int) -> np.ndarray:
             out = np.empty(len(new), dtype=a.dtype)
