@@ -191,9 +191,9 @@ class _Open:
     view: tuple | None = None         # what the attach step asks of it (attach_view), until that changes
     n_matched: int = -1               # how many pending detections matched it at the last attach step
 
-    # (Tried and waiting change only through the methods below, the version only in
-    # Associator._grow and the hearing cache only in Associator._choose_attached: each
-    # drops the view, or there brings it up to date.)
+    # (Tried and waiting change only through the methods below, the hearing cache only
+    # through heard() and the version only in Associator._grow: each drops the view, or
+    # heard() brings it up to date.)
     def attach_view(self) -> tuple:
         """What the attach step's kernels ask of it: the detections tried with it (their
         objects' ids) and the waiting ones' sensors and times (ns), as int64 arrays, and
@@ -969,9 +969,11 @@ class Associator:
             # out, unless a detection it matches is taken by another event now (then it is
             # asked too, and the choice made again). On a fireworks night two dozen events
             # match something at each step and a few change.
-            changed = np.fromiter([op.view is None or op.n_matched != c or not self._leave_unchanged
-                                   for op, c in zip(self.open, counts.tolist())], dtype=np.bool_, count=n_open)
+            changed = np.fromiter([op.view is None or op.n_matched != c for op, c in zip(self.open, counts.tolist())],
+                                  dtype=np.bool_, count=n_open)
             changed[ev[arr.fresh[idx]]] = True
+            if not self._leave_unchanged:
+                changed[:] = True
             for op, c in zip(self.open, counts.tolist()):
                 op.n_matched = c
             matched = _where(counts)
@@ -1039,7 +1041,7 @@ class Associator:
 
     def _choose_attached(self, evs: np.ndarray, idx: np.ndarray, miss: np.ndarray, bounds: np.ndarray,
                          p_s: np.ndarray, p_uid: np.ndarray, pred: np.ndarray, gate: np.ndarray, dist: np.ndarray,
-                         dorder: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, list[Detection]] | None:
+                         dorder: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, list[Detection] | None]:
         """Of the pending detections matching open events' predicted arrivals (the
         events ``evs``, indices in ``open``, in order, each with its pairs
         ``idx[bounds[e]:bounds[e + 1]]``, pending indices, ``miss`` ns from the
@@ -1060,7 +1062,7 @@ class Associator:
         arrival tens of ms before this one's, was held here, and the shot it belonged to
         took the next best); it is pending again, tried with this event. Returns which
         pending detections joined (bool, by pending index), and those that gave way; or,
-        having changed nothing, which would have joined and None, if any of ``left``
+        having applied none of it, which would have joined and None, if any of ``left``
         (pending indices: the matches of events left out as unchanged) was taken."""
         ops = [self.open[e] for e in evs.tolist()]
         lo, hi = bounds[evs], bounds[evs + 1]
