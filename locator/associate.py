@@ -270,6 +270,7 @@ class AssocStats:
     chance: int = 0                 # candidates that chance alignments explain as well
     silent_neighbours: int = 0
     explained: int = 0              # seeds not searched: an open shot's arrival (or its echo)
+    attach_left_out: int = 0        # open events with matches left out of an attach step as unchanged
     attach_again: int = 0           # attach choices made again: an event left out as unchanged
                                     # matched a detection another took (it is asked too)
 
@@ -986,6 +987,7 @@ class Associator:
                 held_i, released = self._choose_attached(evs, idx, miss, bounds, p_s, arr.uid, pred, gate, dist,
                                                          dorder, idx[left])
                 if released is not None:
+                    self.stats.attach_left_out += len(matched) - len(evs)
                     if held_i.any():
                         self.pending = self._parr.filtered(self.pending, ~held_i)
                     break
