@@ -414,7 +414,7 @@ class _PendingArrays:
     def filtered(self, old: list[Detection], keep: np.ndarray) -> list[Detection]:
         """The detections of ``old`` that ``keep`` (bool, per detection) marks, in order,
         as a new list these arrays now describe."""
-        ix = keep.nonzero()[0]          # (once, not a boolean mask's count for each of nine arrays)
+        ix = _where(keep)               # (once, not a boolean mask's count for each of nine arrays)
         return self._replaced(old, list(itertools.compress(old, keep.tolist())), lambda a, k: a.take(ix))
 
     def merged(self, old: list[Detection], more: list[Detection]) -> list[Detection]:
@@ -431,7 +431,7 @@ class _PendingArrays:
         put = np.array(at, dtype=np.int64) + np.arange(len(at))
         rest = np.ones(len(new), dtype=np.bool_)
         rest[put] = False
-        rest = rest.nonzero()[0]
+        rest = _where(rest)
 
         def change(a: np.ndarray, k: int) -> np.ndarray:
             out = np.empty(len(new), dtype=a.dtype)
@@ -741,7 +741,7 @@ class Associator:
         # to it), or for a candidate waiting to mature, where its source predicts. Also
         # each seed's last failed candidate, never solved twice.
         self._counting = _Counting()             # the memo entries still counting new detections
-        self._failed: dict[str, frozenset | tuple] = {}
+        self._failed: dict[str, tuple[Detection, ...]] = {}
         self._new_times: list[int] = []         # times (ns) and sensor indices of detections fed since
         self._new_sensors: list[int] = []       # the last count (_forget_stale_seeds)
         self._rate_cache: dict[int, np.ndarray] = {}  # second -> per-sensor rates, this step
@@ -970,12 +970,13 @@ class Associator:
             # out, unless a detection it matches is taken by another event now (then it is
             # asked too, and the choice made again). On a fireworks night two dozen events
             # match something at each step and a few change.
-            changed = np.fromiter([op.view is None or op.n_matched != c for op, c in zip(self.open, counts.tolist())],
+            n_matched = counts.tolist()
+            changed = np.fromiter([op.view is None or op.n_matched != c for op, c in zip(self.open, n_matched)],
                                   dtype=np.bool_, count=n_open)
             changed[ev[arr.fresh[idx]]] = True
             if not self._leave_unchanged:
                 changed[:] = True
-            for op, c in zip(self.open, counts.tolist()):
+            for op, c in zip(self.open, n_matched):
                 op.n_matched = c
             matched = _where(counts)
             released: list[Detection] = []
@@ -994,7 +995,6 @@ class Associator:
                 # Those whose matches were taken are asked too (and so on), from the start.
                 self.stats.attach_again += 1
                 changed[ev[left & held_i[idx]]] = True
-            released = released or []
             self._parr.get(self.pending).fresh[:] = False
         else:
             released = []
@@ -1356,12 +1356,9 @@ class Associator:
         ids = cand.tolist()
         got = operator.itemgetter(*ids)(pend) if len(ids) > 1 else tuple(pend[k] for k in ids)
         before = self._failed.get(seed.key)
-        if before is not None:
-            if not isinstance(before, frozenset):
-                before = frozenset(map(_KEY, before))
-            if frozenset(map(_KEY, got)) <= before:
-                self._remember(seed, at, now_ns)       # the same candidate failed before: nothing new
-                return None
+        if before is not None and frozenset(map(_KEY, got)) <= frozenset(map(_KEY, before)):
+            self._remember(seed, at, now_ns)       # the same candidate failed before: nothing new
+            return None
         self._failed[seed.key] = got
         # (Most candidates of a crowded night end at the chance pre-test below: their
         # detections are gathered in time order, as the merge and the fit take them,
