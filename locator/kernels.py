@@ -292,6 +292,18 @@ def _travel1(sx, sy, sz, s, x, y, z, c, wx, wy):
     return math.sqrt(dx * dx + dy * dy + dz * dz) / c - (dx * wx + dy * wy) / (c * c)
 
 
+@numba.njit(cache=True, nogil=True)
+def _travel1_inv(px, py, pz, x, y, z, inv_c, inv_c2, wx, wy):
+    """:func:`_travel1` to a sensor at ``(px, py, pz)``, its divisions by ``c`` and
+    ``c^2`` as products with ``inv_c = 1 / c`` and ``inv_c2 = 1 / c^2`` (the last bit may
+    differ; where only whether an arrival falls in a window of milliseconds is asked,
+    that is no difference)."""
+    dx = px - x
+    dy = py - y
+    dz = pz - z
+    return math.sqrt(dx * dx + dy * dy + dz * dz) * inv_c - (dx * wx + dy * wy) * inv_c2
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def seed_coherence(gx, gy, z_src, sx, sy, sz, s0, t_sorted, offsets, c, wx, wy, half_window_s,
                    best_count, best_cost):
@@ -411,6 +423,16 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
     in_near = np.zeros(n_sens, dtype=np.int64)
     for i in range(n_near):
         in_near[near[i]] = 1
+    # The near sensors' positions and detection runs, gathered once for the lookups
+    # below (most of a crowded window's time), and the travel time's divisions as
+    # products (:func:`_travel1_inv`).
+    near_x, near_y, near_z = np.empty(n_near), np.empty(n_near), np.empty(n_near)
+    near_lo, near_hi = np.empty(n_near, dtype=np.int64), np.empty(n_near, dtype=np.int64)
+    for i in range(n_near):
+        s = near[i]
+        near_x[i], near_y[i], near_z[i] = sx[s], sy[s], sz[s]
+        near_lo[i], near_hi[i] = offsets[s], offsets[s + 1]
+    inv_c, inv_c2 = 1.0 / c, 1.0 / (c * c)
     max_roots = 2 * max_per_sensor * max_per_sensor * n_nb * (n_nb - 1) // 2 + 1
     rx = np.empty(max_roots)
     ry = np.empty(max_roots)
@@ -504,9 +526,9 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
                             if s == a or s == b:
                                 continue
                             left -= 1
-                            p = _travel1(sx, sy, sz, s, x, y, z_src, c, wx, wy) - off
-                            lo_ = offsets[s]
-                            hi_ = offsets[s + 1]
+                            p = _travel1_inv(near_x[i], near_y[i], near_z[i], x, y, z_src, inv_c, inv_c2, wx, wy) - off
+                            lo_ = near_lo[i]
+                            hi_ = near_hi[i]
                             if hi_ - lo_ <= 64:
                                 hit = 0
                                 for j in range(lo_, hi_):
@@ -545,7 +567,7 @@ def seed_hypotheses(sx, sy, sz, z_src, s0, nbrs, t_sorted, offsets, c, wx, wy, h
             s = busy[i]
             if cnt + n_busy - i < bar:
                 break
-            p = _travel1(sx, sy, sz, s, x, y, z_src, c, wx, wy) - off
+            p = _travel1_inv(sx[s], sy[s], sz[s], x, y, z_src, inv_c, inv_c2, wx, wy) - off
             r = _nearest_residual(t_sorted, offsets[s], offsets[s + 1], p)
             if r <= half_window_s:
                 cnt += 1
