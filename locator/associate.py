@@ -1101,12 +1101,13 @@ class Associator:
             swaps = _where(swap >= 0).tolist()
         # The sensors' rates around each shot (as _rates: per second of its emission time),
         # and for the chance of a match by chance its own sensors at the plain gate
-        # (_gate_s), where the kernel works out a radius.
+        # (_gate_s with no prediction error: the kernel adds the medium's term), where
+        # the kernel works out a radius.
         t_all, off_all = self._flat_history()[:2]
         join, join_off, mine, mine_off, radius, computed = kernels.attach_choose(
             idx, miss, lo, hi, p_s, p_uid, held_i, wait_off, wait_s, tried_off, tried_u, pred_ns, dist, dorder,
             gate_ns, t_all, off_all, t0_ns // NS_PER_S,
-            self._seen_from, self._seen_to, self.cfg.gate_s + 3.0 * 0.0, float(self._medium_err()), self.c**2,
+            self._seen_from, self._seen_to, float(self.cfg.gate_s), float(self._medium_err()), self.c**2,
             int(self.cfg.min_sensors), cache_ok, cache_off, cache_mine, cache_r)
         if len(left) and held_i[left].any():
             return held_i, None
