@@ -298,8 +298,7 @@ def _travel1_inv(px, py, pz, x, y, z, inv_c, inv_c2, wx, wy):
     ``c^2`` as products with ``inv_c = 1 / c`` and ``inv_c2 = 1 / c^2``. The last bit may
     differ; the triple search (:func:`seed_hypotheses`) asks whether an arrival falls in
     a window of milliseconds, and ranks sources of one count on their residuals' sums,
-    so it could only tell where two sums agreed to that bit (every published event of
-    four test streams is the same)."""
+    so it could only tell where two sums agreed to that bit."""
     dx = px - x
     dy = py - y
     dz = pz - z
