@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 APT_PACKAGES := libportaudio2 libsndfile1 iproute2 gpsd gpsd-clients chrony linuxptp chromium
 STAMP_APT := $(VENV)/.stamp-apt
 STAMP_PIP := $(VENV)/.stamp-pip
+STAMP_AOT := $(VENV)/.stamp-aot
 
 .PHONY: demo test test-slow bench train setup clean
 
-setup: $(STAMP_PIP)
+setup: $(STAMP_AOT)
 
 # Debian packages the stack needs (PortAudio for sounddevice). Skipped when present.
 $(STAMP_APT):
@@ -37,24 +38,30 @@ $(STAMP_PIP): $(STAMP_APT) pyproject.toml
 	@# Training and the torch/ONNX parity test; nodes never need torch. The CPU wheel of
 	@# torch 2.13.0 is on these machines; elsewhere the parity test is skipped.
 	$(BIN)/pip install -q torch==2.13.0 onnx || echo "torch not installable here: the training parity test will be skipped"
-	@# Compile the Numba kernels once so the first run of each node is fast.
-	$(BIN)/python -c "import shotnet.locator.kernels, shotnet.sensor.trigger" >/dev/null
+	@# Compile the locator's Numba kernels once so its first run is fast.
+	$(BIN)/python -c "import shotnet.locator.kernels" >/dev/null
 	@touch $@
 
-demo: $(STAMP_PIP)
+# The node's kernels, compiled ahead of time (numba.pycc) into an extension module that
+# needs only numpy: a node never loads Numba and LLVM (~120 MB). Rebuilt when they change.
+$(STAMP_AOT): $(STAMP_PIP) sensor/nodekernels.py
+	$(BIN)/python -m shotnet.sensor.nodekernels
+	@touch $@
+
+demo: $(STAMP_AOT)
 	$(BIN)/shotnet demo
 
-test: $(STAMP_PIP)
+test: $(STAMP_AOT)
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP_PIP)
+test-slow: $(STAMP_AOT)
 	$(BIN)/python -m pytest -q -m slow
 
-bench: $(STAMP_PIP)
+bench: $(STAMP_AOT)
 	$(BIN)/python bench/run_all.py
 
-train: $(STAMP_PIP)
+train: $(STAMP_AOT)
 	$(BIN)/shotnet train
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info sensor/_nodekernels.*

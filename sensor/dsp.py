@@ -7,7 +7,8 @@ against scipy in the tests:
 - :func:`butter_sos`: digital Butterworth high-pass or band-pass as second-order
   sections (analog prototype, frequency transform, bilinear transform with pre-warping;
   scipy's ``butter(..., output="sos")``).
-- :func:`sosfilt`: cascaded biquads, transposed direct form II, with state (Numba).
+- :func:`sosfilt`: cascaded biquads, transposed direct form II, with state (a kernel
+  compiled ahead of time: :mod:`shotnet.sensor.nodekernels`).
 - :func:`resample_poly`: polyphase resampling with scipy's default anti-alias filter
   (Kaiser window, beta 5, half length 10 x the larger rate factor) and alignment.
 """
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from . import nodekernels
 
 
 def butter_sos(order: int, fc_hz, btype: str, fs_hz: float) -> np.ndarray:
@@ -64,26 +66,12 @@ def butter_sos(order: int, fc_hz, btype: str, fs_hz: float) -> np.ndarray:
     return sos
 
 
-@numba.njit(cache=True)
-def _sosfilt(sos, x, zi, y):
-    n_sec = sos.shape[0]
-    for i in range(x.shape[0]):
-        v = x[i]
-        for s in range(n_sec):
-            b0, b1, b2, a1, a2 = sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5]
-            out = b0 * v + zi[s, 0]
-            zi[s, 0] = b1 * v - a1 * out + zi[s, 1]
-            zi[s, 1] = b2 * v - a2 * out
-            v = out
-        y[i] = v
-
-
 def sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray | None = None):
     """Filter ``x``; with ``zi`` (sections x 2, updated in place) returns ``(y, zi)``."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     y = np.empty_like(x)
     state = np.zeros((sos.shape[0], 2)) if zi is None else zi
-    _sosfilt(np.ascontiguousarray(sos, dtype=np.float64), x, state, y)
+    nodekernels.sosfilt(np.ascontiguousarray(sos, dtype=np.float64), x, state, y)
     return y if zi is None else (y, state)
 
 

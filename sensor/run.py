@@ -32,6 +32,7 @@ from collections import deque
 import numpy as np
 
 from . import config as nodeconf
+from . import nodekernels
 from .classify import load_classifier
 from .clock import ClockQuality, FittedSampleClock, LinearSampleClock
 from .contract import Heartbeat
@@ -270,7 +271,8 @@ def main(argv=None) -> int:
                           "clock": {"source": q.source, "locked": q.locked, "sigma_ns": q.sigma_ns},
                           "spool": {"path": cfg.node.spool_path, "depth": node.spool.depth(),
                                     "next_seq": node.spool.next_seq()},
-                          "curve": bool(cfg.security.curve_secret_key_file), "model": node.classifier.name}))
+                          "curve": bool(cfg.security.curve_secret_key_file), "model": node.classifier.name,
+                          "kernels": nodekernels.COMPILED}))
         node.close()
         return 0
     signal.signal(signal.SIGTERM, node.stop)

@@ -1,9 +1,10 @@
 """Onset trigger and picker for impulses: causal band-pass, recursive STA/LTA, AIC pick.
 
-Three layers, as in stumpy: ``_sta_lta_kernel`` (Numba, arrays and scalars in, buffers
-out, no I/O), :class:`Trigger` (streaming state across blocks), and :func:`pick_onset`
-(AIC refinement with sub-sample precision on a window around a trigger). A pure-Python
-twin of every kernel lives in the tests.
+Three layers, as in stumpy: ``_sta_lta_kernel`` (:func:`shotnet.sensor.nodekernels.sta_lta`,
+compiled ahead of time with Numba: arrays and scalars in, buffers out, no I/O),
+:class:`Trigger` (streaming state across blocks), and :func:`pick_onset` (AIC refinement
+with sub-sample precision on a window around a trigger). A pure-Python twin of every
+kernel lives in the tests.
 
 Only causal filters are used: a zero-phase filter (filtfilt) spreads energy before the
 onset and moves picks 1-3 ms early.
@@ -14,72 +15,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
+from . import nodekernels
 from .dsp import butter_sos, sosfilt
 
 
-@numba.njit(cache=True)
-def _sta_lta_kernel(x, sta_a, mta_a, lta_a, freeze_ratio, max_freeze, state, ratio_out, jump_out):
-    """Recursive STA/LTA and STA/MTA on ``x**2``.
-
-    ``state`` = [sta, mta, lta, frozen] is updated in place. ``ratio_out[i]`` receives
-    STA/LTA and ``jump_out[i]`` STA/MTA, both *before* sample i updates the longer
-    averages. While STA/LTA exceeds ``freeze_ratio`` the LTA is frozen (at most
-    ``max_freeze`` samples), so a loud shot's energy does not inflate the background and
-    mask a quieter shot a second later; STA/MTA (MTA ~50 ms) finds each new onset inside
-    the reverberant tail of the previous one, as in a burst of automatic fire.
-    """
-    sta = state[0]
-    mta = state[1]
-    lta = state[2]
-    frozen = state[3]
-    for i in range(x.shape[0]):
-        e = x[i] * x[i]
-        sta += sta_a * (e - sta)
-        r = sta / lta if lta > 0.0 else 0.0
-        ratio_out[i] = r
-        jump_out[i] = sta / mta if mta > 0.0 else 0.0
-        mta += mta_a * (e - mta)
-        if r > freeze_ratio and frozen < max_freeze:
-            frozen += 1.0
-        else:
-            lta += lta_a * (e - lta)
-            if r <= freeze_ratio:
-                frozen = 0.0
-    state[0] = sta
-    state[1] = mta
-    state[2] = lta
-    state[3] = frozen
-
-
-@numba.njit(cache=True)
-def _aic_kernel(x, out):
-    """Maeda's AIC on a window: ``AIC(k) = k log var(x[:k]) + (n-k-1) log var(x[k:])``.
-    The minimum is the onset. ``out`` ends up +inf where undefined."""
-    n = x.shape[0]
-    s1 = 0.0
-    s2 = 0.0
-    tot1 = 0.0
-    tot2 = 0.0
-    for i in range(n):
-        tot1 += x[i]
-        tot2 += x[i] * x[i]
-    for k in range(n):
-        out[k] = np.inf
-    for k in range(1, n - 1):
-        s1 += x[k - 1]
-        s2 += x[k - 1] * x[k - 1]
-        m1 = s1 / k
-        v1 = s2 / k - m1 * m1
-        r1 = tot1 - s1
-        r2 = tot2 - s2
-        m2 = r1 / (n - k)
-        v2 = r2 / (n - k) - m2 * m2
-        if k >= 2 and n - k >= 2:
-            # A floor keeps digital silence (exact zeros before an impulse) pickable.
-            out[k] = k * math.log(max(v1, 1e-30)) + (n - k - 1) * math.log(max(v2, 1e-30))
+# The kernels (compiled ahead of time, so a node does not load Numba).
+_sta_lta_kernel = nodekernels.sta_lta
+_aic_kernel = nodekernels.aic
 
 
 def aic_curve(x: np.ndarray) -> np.ndarray:

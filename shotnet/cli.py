@@ -12,7 +12,7 @@ COMMANDS = {
     "locate": ("shotnet.locator.batch", "locate shots in a JSON Lines file of detections"),
     "classify": ("shotnet.sensor.classify_cli", "find and classify impulses in sound files"),
     "train": ("shotnet.models.train", "build the corpus, train the classifier, export ONNX + card"),
-    "sensor": ("shotnet.sensor.run", "sensor node: 'shotnet sensor run ...'"),
+    "sensor": ("shotnet.sensor.run", "sensor node: 'shotnet sensor run ... | build-kernels'"),
     "locator": ("shotnet.locator.service", "locator service: 'shotnet locator run ...'"),
     "keys": ("shotnet.sensor.keys", "CURVE key pairs: 'shotnet keys create NAME... | list'"),
     "cameras": ("shotnet.locator.cameras", "camera hub: 'shotnet cameras run|select|check ...'"),
@@ -40,12 +40,17 @@ def main(argv=None) -> int:
     if cmd not in COMMANDS:
         print(f"shotnet: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    import importlib
+
+    if cmd == "sensor" and rest and rest[0] == "build-kernels":
+        # (The node's kernels compiled ahead of time, so a node does not load Numba.)
+        return importlib.import_module("shotnet.sensor.nodekernels").main(rest[1:])
     if cmd in ("sensor", "locator"):
         if not rest or rest[0] != "run":
-            print(f"usage: shotnet {cmd} run [options]", file=sys.stderr)
+            print(f"usage: shotnet {cmd} run [options]" + (" | build-kernels" if cmd == "sensor" else ""),
+                  file=sys.stderr)
             return 2
         rest = rest[1:]
-    import importlib
 
     return importlib.import_module(COMMANDS[cmd][0]).main(rest)
 

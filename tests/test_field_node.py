@@ -500,6 +500,7 @@ def test_sigterm_flushes_the_spool(tmp_path, city_scene):
     r = subprocess.run([sys.executable, "-m", "shotnet", "sensor", "run", "--config", str(conf), "--dry-run"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and json.loads(r.stdout)["spool"]["next_seq"] == 0, r.stderr
+    assert json.loads(r.stdout)["kernels"] == "ahead of time"       # (built by make: no Numba on the node)
     p = subprocess.Popen([sys.executable, "-m", "shotnet", "sensor", "run", "--config", str(conf)],
                          stderr=subprocess.PIPE, text=True)
     time.sleep(5.0)
