@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 _MODULE = "_nodekernels"
@@ -177,16 +179,62 @@ def _load():
 _aot, _why = _load()
 if _aot is not None:
     COMPILED = "ahead of time"
-    sosfilt, sta_lta, aic = _aot.sosfilt, _aot.sta_lta, _aot.aic
+    _k_sosfilt, _k_sta_lta, _k_aic = _aot.sosfilt, _aot.sta_lta, _aot.aic
 else:
     import numba
 
     COMPILED = "jit"
     log.info("node kernels compiled by Numba's JIT (the ahead-of-time module is %s: `make` or "
              "`shotnet sensor build-kernels` builds it and saves the node ~120 MB)", _why)
-    sosfilt = numba.njit(cache=True)(_sosfilt)
-    sta_lta = numba.njit(cache=True)(_sta_lta)
-    aic = numba.njit(cache=True)(_aic)
+    _k_sosfilt = numba.njit(cache=True)(_sosfilt)
+    _k_sta_lta = numba.njit(cache=True)(_sta_lta)
+    _k_aic = numba.njit(cache=True)(_aic)
+
+
+# The compiled functions take their arrays as declared, unchecked (one of another layout
+# or type is read as if it were float64 and contiguous, and none checks bounds): these
+# check them first, a few microseconds a block.
+def _f8(what: str, a, shape: tuple) -> None:
+    """``a`` must be a C-contiguous float64 array of ``shape`` (None: any length)."""
+    if (isinstance(a, np.ndarray) and a.dtype == np.float64 and a.flags.c_contiguous and a.ndim == len(shape)
+            and all(n is None or n == m for n, m in zip(shape, a.shape))):
+        return
+    if isinstance(a, np.ndarray):
+        got = f"{a.dtype} of shape {a.shape}" + ("" if a.flags.c_contiguous else ", not contiguous")
+    else:
+        got = type(a).__name__
+    want = "(" + ", ".join("n" if n is None else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+    raise TypeError(f"{what}: a C-contiguous float64 array of shape {want} expected, got {got}")
+
+
+def sosfilt(sos, x, zi, y) -> None:
+    """``y`` (n) = ``x`` (n) through the sections ``sos`` (k x 6: b0 b1 b2 a0 a1 a2, a0 = 1),
+    the state ``zi`` (k x 2) updated in place. All float64, C-contiguous."""
+    _f8("sos", sos, (None, 6))
+    _f8("x", x, (None,))
+    _f8("zi", zi, (sos.shape[0], 2))
+    _f8("y", y, (x.shape[0],))
+    _k_sosfilt(sos, x, zi, y)
+
+
+def sta_lta(x, sta_a: float, mta_a: float, lta_a: float, freeze_ratio: float, max_freeze: float, state, ratio_out,
+            jump_out) -> None:
+    """STA/LTA and STA/MTA of ``x`` (n) into ``ratio_out`` and ``jump_out`` (n), ``state``
+    (4: sta, mta, lta, samples frozen) updated in place; the averages' weights per sample
+    (``*_a``), the ratio above which the LTA is frozen and for at most how many samples."""
+    _f8("x", x, (None,))
+    _f8("state", state, (4,))
+    _f8("ratio_out", ratio_out, (x.shape[0],))
+    _f8("jump_out", jump_out, (x.shape[0],))
+    _k_sta_lta(x, float(sta_a), float(mta_a), float(lta_a), float(freeze_ratio), float(max_freeze), state, ratio_out,
+               jump_out)
+
+
+def aic(x, out) -> None:
+    """Maeda's AIC curve of the window ``x`` (n) into ``out`` (n; +inf where undefined)."""
+    _f8("x", x, (None,))
+    _f8("out", out, (x.shape[0],))
+    _k_aic(x, out)
 
 
 def main(argv=None) -> int:

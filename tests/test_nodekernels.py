@@ -51,6 +51,25 @@ def test_compiled_kernels_equal_the_jit_to_the_bit(rng):
     assert (y["aot"][2] > 2.0).any() and np.isfinite(y["aot"][5][2:-2]).all()
 
 
+def test_arrays_of_another_type_layout_or_size_are_refused(rng):
+    """The compiled functions read their arrays as declared, unchecked: a strided view,
+    float32 or a short output would be read or written out of bounds. Each is refused."""
+    x = rng.standard_normal(100)
+    for call in (lambda: nodekernels.aic(x[::2], np.empty(50)),
+                 lambda: nodekernels.aic(x.astype(np.float32), np.empty(100)),
+                 lambda: nodekernels.aic(x, np.empty(99)),
+                 lambda: nodekernels.aic(list(x), np.empty(100)),
+                 lambda: nodekernels.sosfilt(np.zeros((2, 6)), x, np.zeros((3, 2)), np.empty(100)),
+                 lambda: nodekernels.sosfilt(np.zeros((2, 5)), x, np.zeros((2, 2)), np.empty(100)),
+                 lambda: nodekernels.sta_lta(x, 0.1, 0.01, 0.001, 2.0, 50.0, np.zeros(3), np.empty(100),
+                                             np.empty(100))):
+        with pytest.raises(TypeError, match="C-contiguous float64 array of shape"):
+            call()
+    out = np.empty(100)
+    nodekernels.sta_lta(x, 0.1, 0.01, 0.001, 2, 50, np.ones(4), out, np.empty(100))   # (ints are numbers)
+    assert np.isfinite(out).all()
+
+
 def test_filters_equal_scipys(rng):
     """The node's filters without scipy.signal: the same designs and outputs."""
     signal = pytest.importorskip("scipy.signal")
