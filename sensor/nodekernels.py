@@ -16,8 +16,9 @@ needs only numpy at run time:
 node, ``shotnet sensor build-kernels``). It carries a hash of the kernels' source: a
 module built from other source, or none, is not used, and the kernels are compiled by
 Numba's JIT instead (the same code, the same results to the bit; the node then carries
-Numba's memory, and :data:`COMPILED` says ``"jit"``). All arrays are float64 and
-C-contiguous; the callers make them so.
+Numba's memory, and :data:`COMPILED` says ``"jit"``). Every array is float64 and
+C-contiguous, of the sizes given: each function checks (a ``TypeError`` otherwise), since
+the compiled code reads and writes them unchecked.
 """
 
 from __future__ import annotations
@@ -166,12 +167,16 @@ def build(output_dir: str | Path | None = None) -> Path:
 
 
 def _load():
-    """The compiled module if it was built from this source, else None."""
+    """``(the compiled module, "")`` if it was built from this source, else ``(None, why not)``."""
     try:
         from . import _nodekernels as mod  # type: ignore[attr-defined]
     except ImportError:
         return None, "not built"
-    if mod.built_from() != source_hash():
+    try:
+        ours = source_hash()
+    except OSError:                 # (installed without the .py files: nothing to check against)
+        return None, "not checkable against its source"
+    if mod.built_from() != ours:
         return None, "built from other source"
     return mod, ""
 
